@@ -1,0 +1,344 @@
+"""Read georeferenced rasters as 8-bit RGB chips for a CLIP-style model.
+
+Any raster GDAL can open is accepted: multispectral, 16-bit, float, with
+nodata values, alpha bands or internal masks, and plain images without a
+georeference (PNG, JPEG), which get an identity transform and no CRS.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyproj
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioIOError
+from rasterio.io import DatasetReader
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from .errors import InputError
+
+Bounds = tuple[float, float, float, float]
+
+# Long side of the whole-raster sample that the percentile stretch is computed on.
+STATS_SIDE = 1024
+STRETCH_PERCENTILES = (2.0, 98.0)
+# Slack for window edges that land on pixel edges up to floating-point error.
+_SNAP_EPS = 1e-6
+
+_stretch_cache: dict[tuple[str, float, int], tuple[float, float]] = {}
+_geod = pyproj.Geod(ellps="WGS84")
+_WGS84 = CRS.from_epsg(4326)
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What a raster is, without reading its pixels.
+
+    ``bounds`` is (minx, miny, maxx, maxy) in the raster CRS (pixel coordinates
+    for rasters without a CRS).
+    """
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtypes: tuple[str, ...]
+    crs: CRS | None
+    transform: Affine
+    bounds: Bounds
+    nodata: float | None
+
+
+@dataclass
+class RasterChip:
+    """An extent of a raster, as 8-bit RGB plus validity mask."""
+
+    image: np.ndarray  # (H, W, 3) uint8 RGB, ready for a CLIP model
+    valid: np.ndarray  # (H, W) bool, False where any selected band is nodata/masked
+    transform: Affine  # chip pixel (col, row) -> raster CRS coordinates
+    crs: CRS | None  # the raster's CRS (None for plain images such as PNGs)
+    bounds: Bounds  # chip (minx, miny, maxx, maxy) in the raster CRS
+    pixel_size_m: float  # ground size of one chip pixel in metres (1.0 without CRS)
+    source: str  # the raster path
+
+
+def describe_raster(path: str | os.PathLike) -> RasterInfo:
+    """Return size, bands, CRS and extent of the raster at ``path``."""
+    with _open(path) as ds:
+        return RasterInfo(
+            path=str(path),
+            width=ds.width,
+            height=ds.height,
+            count=ds.count,
+            dtypes=tuple(ds.dtypes),
+            crs=ds.crs,
+            transform=ds.transform,
+            bounds=_window_bounds(Window(0, 0, ds.width, ds.height), ds.transform),
+            nodata=ds.nodata,
+        )
+
+
+def parse_bands(text: str | None) -> tuple[int, ...] | None:
+    """Parse a band list such as ``"4,3,2"`` into 1-based indexes; empty means default."""
+    if not text or not text.strip():
+        return None
+    items = text.replace(",", " ").split()
+    if not all(item.isdigit() and int(item) >= 1 for item in items):
+        raise InputError(
+            f"Band list {text!r} is not valid: give 1-based band numbers separated by commas, e.g. \"4,3,2\"."
+        )
+    return tuple(int(item) for item in items)
+
+
+def read_chip(
+    path: str | os.PathLike,
+    bbox: Bounds | None = None,
+    bbox_crs: str | None = None,
+    bands: Sequence[int] | None = None,
+    max_side: int | None = 2048,
+) -> RasterChip:
+    """Read an extent of a raster as an RGB chip.
+
+    ``bbox`` is (minx, miny, maxx, maxy) in ``bbox_crs`` (default: the raster
+    CRS; pixel coordinates for rasters without a CRS) and is snapped outward to
+    the raster's pixel grid; None reads the whole raster. ``bands`` are three
+    (R, G, B) or one (grey) 1-based band indexes. If the extent's long side
+    exceeds ``max_side`` pixels it is read decimated by averaging.
+    """
+    with _open(path) as ds:
+        indexes = _select_bands(bands, ds.count, path)
+        window = _bbox_window(ds, bbox, bbox_crs)
+        out_h, out_w = _out_shape(window, max_side)
+        # Only the window is read, and decimated by GDAL (from overviews when the
+        # file has them), so huge rasters are never loaded whole.
+        data = ds.read(
+            indexes, window=window, out_shape=(3, out_h, out_w), resampling=Resampling.average
+        )
+        masks = ds.read_masks(indexes, window=window, out_shape=(3, out_h, out_w))
+        valid = np.all((masks > 0) & _finite(data), axis=0)
+        if not valid.any():
+            raise InputError("The requested extent contains only nodata pixels.")
+        image = np.stack(
+            [_to_uint8(ds, band, values, valid) for band, values in zip(indexes, data)], axis=-1
+        )
+        image[~valid] = 0
+        transform = (
+            ds.transform
+            @ Affine.translation(window.col_off, window.row_off)
+            @ Affine.scale(window.width / out_w, window.height / out_h)
+        )
+        return RasterChip(
+            image=image,
+            valid=valid,
+            transform=transform,
+            crs=ds.crs,
+            bounds=_window_bounds(window, ds.transform),
+            pixel_size_m=_pixel_size_m(transform, ds.crs, out_w, out_h),
+            source=str(path),
+        )
+
+
+def _crs_label(crs: CRS) -> str:
+    """A short name for ``crs`` in messages: ``EPSG:xxxx`` when it has one."""
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else pyproj.CRS.from_user_input(crs).name
+
+
+@contextmanager
+def _open(path: str | os.PathLike) -> Iterator[DatasetReader]:
+    """Open a raster, turning "missing", "not a raster" and "unreadable" into InputError."""
+    # GDAL virtual paths (/vsicurl/..., /vsizip/...) are not files on disk.
+    if not str(path).startswith("/vsi") and not Path(path).exists():
+        raise InputError(f"Raster file not found: {path}.")
+    try:
+        with warnings.catch_warnings():
+            # Plain images are expected: they get an identity transform.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            ds = rasterio.open(path)
+    except RasterioIOError as error:
+        raise InputError(f"{path} is not a raster file that GDAL can read ({error}).") from None
+    with ds:
+        try:
+            yield ds
+        except RasterioIOError as error:
+            # GDAL opens truncated files from their header and fails on the pixels.
+            detail = error.__cause__ or error
+            raise InputError(
+                f"{path} is not a raster file that GDAL can read: it may be truncated or corrupt ({detail})."
+            ) from None
+
+
+def _select_bands(bands: Sequence[int] | None, count: int, path: str | os.PathLike) -> list[int]:
+    """Return the three 1-based band indexes to use as R, G, B."""
+    if bands is None:
+        return [1, 2, 3] if count >= 3 else [1, 1, 1]
+    bands = list(bands)
+    if len(bands) not in (1, 3):
+        raise InputError(
+            f"Band list {bands} has {len(bands)} bands: give three (R,G,B) or one (shown as grey)."
+        )
+    bad = [band for band in bands if not 1 <= band <= count]
+    if bad:
+        raise InputError(
+            f"Band {bad[0]} does not exist: {path} has {count} band{'s' if count > 1 else ''} (numbered from 1)."
+        )
+    return bands * 3 if len(bands) == 1 else bands
+
+
+def _bbox_window(ds: DatasetReader, bbox: Bounds | None, bbox_crs: str | None) -> Window:
+    """The integer pixel window covering ``bbox``, snapped outward and clipped to the raster."""
+    if bbox is None:
+        return Window(0, 0, ds.width, ds.height)
+    minx, miny, maxx, maxy = bbox
+    if not (minx < maxx and miny < maxy):
+        raise InputError(
+            f"Extent {_fmt(bbox)} is empty or inverted: give it as minx, miny, maxx, maxy with min < max."
+        )
+    bounds = _to_raster_crs(ds, bbox, bbox_crs)
+    # Map all four corners through the inverse transform rather than use
+    # windows.from_bounds, which rejects south-up grids such as plain images.
+    corners = [~ds.transform @ (x, y) for x in bounds[::2] for y in bounds[1::2]]
+    cols, rows = zip(*corners)
+    col0 = max(math.floor(min(cols) + _SNAP_EPS), 0)
+    row0 = max(math.floor(min(rows) + _SNAP_EPS), 0)
+    col1 = min(math.ceil(max(cols) - _SNAP_EPS), ds.width)
+    row1 = min(math.ceil(max(rows) - _SNAP_EPS), ds.height)
+    if col1 <= col0 or row1 <= row0:
+        raise _outside_error(ds, bbox, bbox_crs)
+    return Window(col0, row0, col1 - col0, row1 - row0)
+
+
+def _to_raster_crs(ds: DatasetReader, bbox: Bounds, bbox_crs: str | None) -> Bounds:
+    """Transform ``bbox`` from ``bbox_crs`` into the raster CRS (bounding box of the densified edges)."""
+    if bbox_crs is None:
+        return bbox
+    src_crs = _parse_crs(bbox_crs)
+    if ds.crs is None:
+        raise InputError(
+            f"{ds.name} has no CRS, so an extent in {bbox_crs} cannot be placed on it: "
+            "give the extent in pixel coordinates without a CRS."
+        )
+    # Compare in lon/lat first: an extent much larger than the raster (a zoomed-out
+    # map canvas) cannot be projected into a local projection such as UTM.
+    raster_bounds = _window_bounds(Window(0, 0, ds.width, ds.height), ds.transform)
+    raster_ll = transform_bounds(ds.crs, _WGS84, *raster_bounds, densify_pts=21)
+    bbox_ll = transform_bounds(src_crs, _WGS84, *bbox, densify_pts=21)
+    if raster_ll[0] < raster_ll[2] and bbox_ll[0] < bbox_ll[2]:  # neither crosses the antimeridian
+        if not _overlaps(bbox_ll, raster_ll):
+            raise _outside_error(ds, bbox, bbox_crs)
+        if _contains(bbox_ll, raster_ll):
+            return raster_bounds
+    bounds = transform_bounds(src_crs, ds.crs, *bbox, densify_pts=21)
+    if not all(math.isfinite(v) for v in bounds):
+        raise _outside_error(ds, bbox, bbox_crs)
+    return bounds
+
+
+def _overlaps(a: Bounds, b: Bounds) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _contains(outer: Bounds, inner: Bounds) -> bool:
+    return outer[0] <= inner[0] and outer[1] <= inner[1] and inner[2] <= outer[2] and inner[3] <= outer[3]
+
+
+def _parse_crs(text: str) -> CRS:
+    try:
+        return CRS.from_user_input(text)
+    except CRSError:
+        raise InputError(
+            f"CRS {text!r} is not recognised: give an EPSG code such as \"EPSG:4326\" or a WKT definition."
+        ) from None
+
+
+def _outside_error(ds: DatasetReader, bbox: Bounds, bbox_crs: str | None) -> InputError:
+    raster_crs = _crs_label(ds.crs) if ds.crs else "pixel coordinates"
+    bbox_label = bbox_crs or raster_crs
+    raster_bounds = _window_bounds(Window(0, 0, ds.width, ds.height), ds.transform)
+    return InputError(
+        f"The requested extent {_fmt(bbox)} ({bbox_label}) does not overlap the raster {ds.name}, "
+        f"whose bounds are {_fmt(raster_bounds)} ({raster_crs})."
+    )
+
+
+def _fmt(bounds: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.10g}" for v in bounds) + ")"
+
+
+def _window_bounds(window: Window, transform: Affine) -> Bounds:
+    """(minx, miny, maxx, maxy) of ``window``, whatever the sign of the pixel size."""
+    x0, y0 = transform @ (window.col_off, window.row_off)
+    x1, y1 = transform @ (window.col_off + window.width, window.row_off + window.height)
+    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+def _out_shape(window: Window, max_side: int | None) -> tuple[int, int]:
+    """(rows, cols) to read ``window`` at, keeping the aspect ratio, long side <= ``max_side``."""
+    height, width = int(window.height), int(window.width)
+    if max_side is None or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _finite(data: np.ndarray) -> np.ndarray:
+    """(B, H, W) bool: False at NaN/inf, which float rasters often use without declaring nodata."""
+    return np.isfinite(data) if data.dtype.kind == "f" else np.ones(data.shape, dtype=bool)
+
+
+def _to_uint8(ds: DatasetReader, band: int, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(H, W) band values -> (H, W) uint8; non-uint8 bands get the whole-raster percentile stretch."""
+    if values.dtype == np.uint8:
+        return values
+    low, high = _stretch_limits(ds, band)
+    if math.isnan(low):  # the whole-raster sample missed every valid pixel: use the chip's
+        low, high = np.percentile(values[valid], STRETCH_PERCENTILES)
+    # A constant band maps to 0 instead of dividing by zero.
+    span = max(high - low, np.finfo(np.float64).eps)
+    scaled = (np.nan_to_num(values.astype(np.float64)) - low) * (255.0 / span)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _stretch_limits(ds: DatasetReader, band: int) -> tuple[float, float]:
+    """2nd and 98th percentiles of the valid pixels of the whole band (NaN if none were sampled).
+
+    Computed on a decimated read of the whole raster, not the chip, so that
+    different extents of one raster get the same colours; cached per file version.
+    """
+    key = (ds.name, _mtime(ds.name), band)
+    if key not in _stretch_cache:
+        scale = min(1.0, STATS_SIDE / max(ds.width, ds.height))
+        shape = (max(1, round(ds.height * scale)), max(1, round(ds.width * scale)))
+        values = ds.read(band, out_shape=shape)
+        sampled = values[(ds.read_masks(band, out_shape=shape) > 0) & _finite(values)]
+        limits = np.percentile(sampled, STRETCH_PERCENTILES) if sampled.size else (np.nan, np.nan)
+        _stretch_cache[key] = (float(limits[0]), float(limits[1]))
+    return _stretch_cache[key]
+
+
+def _mtime(path: str) -> float:
+    """Modification time of a file, 0 for GDAL virtual paths."""
+    return os.path.getmtime(path) if os.path.exists(path) else 0.0
+
+
+def _pixel_size_m(transform: Affine, crs: CRS | None, width: int, height: int) -> float:
+    """Ground size in metres of one pixel of ``transform`` (at the centre for geographic CRSs)."""
+    size = math.hypot(transform.a, transform.d)
+    if crs is None:
+        return 1.0
+    if not crs.is_geographic:
+        return size * crs.linear_units_factor[1]
+    lon, lat = transform @ (width / 2, height / 2)
+    _, _, distance = _geod.inv(lon - size / 2, lat, lon + size / 2, lat)
+    return float(distance)

@@ -1,0 +1,115 @@
+"""Text side: prompt templates and a persistent cache of query embeddings.
+
+A query ("swimming pool") is embedded as the renormalised mean of its
+L2-normalised template embeddings ("a photo of a swimming pool.", ...). Each
+query's embedding is cached on disk, keyed by model weights + template set +
+query, so editing one class re-embeds only that class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+from .errors import InputError
+from .models import LoadedModel, cache_dir
+
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    # The 80 OpenAI ImageNet templates, as SegEarth-OV uses them.
+    "openai": tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES),
+    # AerOSeg's remote-sensing templates.
+    "remote-sensing": (
+        "A satellite image of a {}.",
+        "A land use image of a {}.",
+        "A remote sensing image of a {}.",
+        "An aerial image of a {}.",
+    ),
+    "plain": ("{}",),
+}
+
+
+def resolve_templates(name_or_path: str) -> tuple[str, ...]:
+    """A template set by name, or a text file with one template per line, each containing ``{}``."""
+    if name_or_path in TEMPLATE_SETS:
+        return TEMPLATE_SETS[name_or_path]
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise InputError(f"Unknown template set '{name_or_path}': use one of {', '.join(TEMPLATE_SETS)} or a file path.")
+    templates = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    bad = [t for t in templates if "{}" not in t]
+    if not templates or bad:
+        raise InputError(f"Template file {path} needs one template per line, each with '{{}}' for the class name.")
+    return templates
+
+
+class TextEmbedder(Protocol):
+    """Anything that turns queries into L2-normalised embeddings (Q, C)."""
+
+    def embed(self, queries: list[str]) -> torch.Tensor: ...
+
+
+class ClipTextEmbedder:
+    """CLIP text tower + template averaging + a two-level (memory, disk) cache."""
+
+    def __init__(self, loaded: LoadedModel, templates: tuple[str, ...], batch_size: int = 256,
+                 cache_root: Path | None = None) -> None:
+        self.loaded = loaded
+        self.templates = templates
+        self.batch_size = batch_size
+        key = hashlib.sha256("\n".join(templates).encode()).hexdigest()[:16]
+        self.cache_path = (cache_root or cache_dir() / "text") / _safe(loaded.weights_id) / key
+        self._memory: dict[str, np.ndarray] = {}
+        self.encoded_queries = 0  # how many queries went through the text tower (for tests and benches)
+
+    def embed(self, queries: list[str]) -> torch.Tensor:
+        """Embeddings of ``queries``, shape (Q, C), float32, unit L2 norm."""
+        missing = [q for q in dict.fromkeys(queries) if self._lookup(q) is None]
+        if missing:
+            for query, vector in zip(missing, self._encode(missing)):
+                self._store(query, vector)
+        return torch.from_numpy(np.stack([self._memory[q] for q in queries]))
+
+    @torch.inference_mode()
+    def _encode(self, queries: list[str]) -> np.ndarray:
+        model, device = self.loaded.model, self.loaded.device
+        texts = [t.format(q) for q in queries for t in self.templates]
+        chunks = []
+        for start in range(0, len(texts), self.batch_size):
+            tokens = self.loaded.tokenizer(texts[start:start + self.batch_size]).to(device)
+            chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
+        per_template = torch.cat(chunks).view(len(queries), len(self.templates), -1)
+        self.encoded_queries += len(queries)
+        return F.normalize(per_template.mean(dim=1), dim=-1).numpy()
+
+    def _file(self, query: str) -> Path:
+        return self.cache_path / (hashlib.sha256(query.encode()).hexdigest()[:32] + ".npy")
+
+    def _lookup(self, query: str) -> np.ndarray | None:
+        if query not in self._memory:
+            try:
+                self._memory[query] = np.load(self._file(query))
+            except (OSError, ValueError):
+                return None
+        return self._memory[query]
+
+    def _store(self, query: str, vector: np.ndarray) -> None:
+        self._memory[query] = vector.astype(np.float32)
+        try:  # the disk cache is an optimisation: a read-only cache dir must not fail a job
+            self.cache_path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.cache_path, suffix=".tmp", delete=False) as tmp:
+                np.save(tmp, self._memory[query])
+            os.replace(tmp.name, self._file(query))
+        except OSError:
+            pass
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

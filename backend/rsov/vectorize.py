@@ -1,0 +1,275 @@
+"""Turn per-pixel class maps into georeferenced polygons and write them for QGIS.
+
+Outputs are GeoPackage or GeoJSON vectors (one MultiPolygon feature per
+connected region of one class) and single-band GeoTIFF class rasters with a
+colour table. Every file is written atomically: it appears complete at its path
+or not at all.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyogrio.raw
+import pyproj
+import rasterio
+import rasterio.features
+import shapely
+from affine import Affine
+from rasterio.crs import CRS
+from scipy import ndimage
+from shapely.geometry import MultiPolygon, Polygon, mapping, shape
+from shapely.geometry.base import BaseGeometry
+
+from .atomic import atomic_output
+from .errors import InputError
+from .preview import class_colour
+
+VECTOR_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON"}
+RASTER_SUFFIXES = (".tif", ".tiff")
+# Attribute field -> numpy dtype, in layer order; pyogrio writes object as a string field.
+FIELDS = {"class": object, "class_id": np.int32, "score": np.float64, "area_m2": np.float64}
+
+_geod = pyproj.Geod(ellps="WGS84")
+
+
+@dataclass
+class VectorFeature:
+    """One connected region of one class."""
+
+    geometry: BaseGeometry  # Polygon or MultiPolygon in the raster CRS (holes kept)
+    class_name: str
+    class_id: int
+    score: float  # mean winning-class probability over the region's pixels
+    area_m2: float
+
+
+def polygonize(
+    class_map: np.ndarray,
+    score_map: np.ndarray,
+    valid: np.ndarray | None,
+    transform: Affine,
+    crs: CRS | str | None,
+    class_names: Sequence[str],
+    simplify_px: float = 0.0,
+    min_area_m2: float = 0.0,
+) -> list[VectorFeature]:
+    """Vectorize a class map into one feature per 4-connected region of one class.
+
+    ``class_map`` is (H, W) integer with 0 = background and k >= 1 meaning
+    ``class_names[k - 1]``; ``score_map`` is (H, W) float, the winning class's
+    probability; ``valid`` is (H, W) bool or None, and invalid pixels never
+    produce features. ``simplify_px`` is a Douglas-Peucker tolerance in pixels
+    (topology-preserving; results are repaired to valid polygons).
+    Features smaller than ``min_area_m2`` are dropped; the rest are ordered by
+    class id, then by decreasing area.
+    """
+    keep = class_map > 0 if valid is None else (class_map > 0) & valid
+    _check_class_ids(class_map[keep], class_names)
+    labels, region_class = _label_regions(class_map, keep)
+    scores = ndimage.mean(score_map, labels, index=np.arange(1, len(region_class) + 1))
+    tolerance = simplify_px * math.sqrt(abs(transform.determinant))
+    crs = None if crs is None else CRS.from_user_input(crs)
+    features = []
+    shapes = rasterio.features.shapes(labels, mask=keep, connectivity=4, transform=transform)
+    # With 4-connectivity on 4-connected labels, GDAL yields exactly one polygon per label.
+    for geojson, label in shapes:
+        geometry = _clean(shape(geojson), tolerance)
+        if geometry is None:
+            continue
+        area = _area_m2(geometry, crs)
+        if area < min_area_m2:
+            continue
+        class_id = int(region_class[int(label) - 1])
+        features.append(
+            VectorFeature(geometry, class_names[class_id - 1], class_id, float(scores[int(label) - 1]), area)
+        )
+    return sorted(features, key=lambda f: (f.class_id, -f.area_m2))
+
+
+def write_vector(
+    features: Sequence[VectorFeature],
+    path: str | os.PathLike,
+    crs: CRS | str | None,
+    *,
+    layer: str = "rsov",
+    layer_per_class: bool = False,
+    class_names: Sequence[str] = (),
+) -> Path:
+    """Write features to a GeoPackage (``.gpkg``) or GeoJSON (``.geojson``) file.
+
+    Fields are class, class_id, score and area_m2; geometries are MultiPolygons.
+    GeoPackage gets one layer named ``layer``, or with ``layer_per_class`` one
+    layer per class named after it (every name in ``class_names`` gets a layer, empty
+    if the class was not found, so a vocabulary always yields the same layers). GeoJSON is written in the raster CRS, not
+    WGS84 as RFC 7946 asks: GDAL records that CRS in a "crs" member, which QGIS
+    and GDAL read, and no reprojection blurs the pixel-aligned edges. An empty
+    ``features`` still writes an empty layer with the schema.
+    """
+    path = Path(path)
+    driver = VECTOR_DRIVERS.get(path.suffix.lower())
+    if driver is None:
+        raise InputError(
+            f"Cannot write {path}: the extension {path.suffix!r} is not supported; use .gpkg or .geojson."
+        )
+    if layer_per_class and driver != "GPKG":
+        raise InputError(f"Cannot write {path}: one layer per class needs a GeoPackage (.gpkg) output.")
+    crs_wkt = None if crs is None else CRS.from_user_input(crs).to_wkt()
+    with atomic_output(path) as tmp:
+        for name, group in _layers(features, layer, layer_per_class, class_names).items():
+            rows = [_properties(f) for f in group]
+            pyogrio.raw.write(
+                tmp,
+                np.array([shapely.to_wkb(_as_multi(f.geometry)) for f in group], dtype=object),
+                [np.array([row[field] for row in rows], dtype=dtype) for field, dtype in FIELDS.items()],
+                list(FIELDS),
+                layer=name,
+                driver=driver,
+                geometry_type="MultiPolygon",
+                crs=crs_wkt,
+            )
+    return path
+
+
+def features_to_geojson(features: Sequence[VectorFeature], crs: CRS | str | None) -> dict[str, Any]:
+    """A GeoJSON FeatureCollection dict in the raster CRS, named in a top-level "crs" member.
+
+    The "crs" member is left out when ``crs`` is None (plain images).
+    """
+    collection: dict[str, Any] = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "geometry": mapping(f.geometry),
+                "properties": _properties(f),
+            }
+            for f in features
+        ],
+    }
+    if crs is not None:
+        crs = CRS.from_user_input(crs)
+        epsg = crs.to_epsg()
+        name = f"EPSG:{epsg}" if epsg else crs.to_wkt()
+        collection["crs"] = {"type": "name", "properties": {"name": name}}
+    return collection
+
+
+def write_class_raster(
+    class_map: np.ndarray,
+    transform: Affine,
+    crs: CRS | str | None,
+    path: str | os.PathLike,
+    class_names: Sequence[str],
+) -> Path:
+    """Write an (H, W) class map (0 = background, k = ``class_names[k - 1]``) as a GeoTIFF.
+
+    Single band, uint8, LZW, with a colour table (background black) and the
+    class names in the band description.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in RASTER_SUFFIXES:
+        raise InputError(f"Cannot write {path}: a class raster must be a GeoTIFF (.tif).")
+    if len(class_names) > 255:
+        raise InputError(
+            f"A class raster holds at most 255 classes, but {len(class_names)} were given: write polygons instead."
+        )
+    _check_class_ids(class_map, class_names)
+    height, width = class_map.shape
+    profile = {
+        "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8",
+        "crs": crs, "transform": transform, "compress": "lzw", "tiled": True,
+    }
+    description = "; ".join(f"{i}={name}" for i, name in enumerate(["background", *class_names]))
+    with atomic_output(path) as tmp, rasterio.open(tmp, "w", **profile) as ds:
+        ds.write(class_map.astype(np.uint8), 1)
+        ds.write_colormap(1, {k: (*class_colour(k), 255) for k in range(len(class_names) + 1)})
+        ds.set_band_description(1, description)
+    return path
+
+
+def _check_class_ids(class_ids: np.ndarray, class_names: Sequence[str]) -> None:
+    """Every class id in ``class_ids`` (any shape) must name a class."""
+    highest = class_ids.max(initial=0)
+    if highest > len(class_names):
+        raise ValueError(f"class map holds class {highest} but only {len(class_names)} class names were given")
+
+
+def _label_regions(class_map: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Number the 4-connected regions of each class.
+
+    Returns an (H, W) int32 label image (0 = no region, regions 1..N) and an
+    (N,) array with the class id of each region.
+    """
+    labels = np.zeros(class_map.shape, dtype=np.int32)
+    region_class: list[int] = []
+    for class_id in np.unique(class_map[keep]):
+        # scipy's default structuring element in 2-D is the 4-neighbour cross.
+        regions, count = ndimage.label(keep & (class_map == class_id))
+        inside = regions > 0
+        labels[inside] = regions[inside] + len(region_class)
+        region_class.extend([int(class_id)] * count)
+    return labels, np.array(region_class, dtype=np.int64)
+
+
+def _clean(geometry: BaseGeometry, tolerance: float) -> Polygon | MultiPolygon | None:
+    """Simplify (topology-preserving) and repair a polygon; None if nothing is left."""
+    if tolerance > 0:
+        geometry = geometry.simplify(tolerance, preserve_topology=True)
+    # Simplification can, rarely, still leave invalid rings; keep the polygonal repair.
+    if not geometry.is_valid:
+        geometry = shapely.make_valid(geometry)
+        polygons = [g for g in getattr(geometry, "geoms", [geometry]) if isinstance(g, (Polygon, MultiPolygon))]
+        geometry = shapely.union_all(polygons) if polygons else None
+    return None if geometry is None or geometry.is_empty else geometry
+
+
+def _area_m2(geometry: BaseGeometry, crs: CRS | None) -> float:
+    """Area in square metres (geodesic for geographic CRSs; CRS units squared without a CRS)."""
+    if crs is None:
+        return float(geometry.area)
+    if crs.is_geographic:
+        return sum(
+            _ring_area(p.exterior) - sum(_ring_area(r) for r in p.interiors)
+            for p in _as_multi(geometry).geoms
+        )
+    return float(geometry.area) * crs.linear_units_factor[1] ** 2
+
+
+def _ring_area(ring: shapely.LinearRing) -> float:
+    """Geodesic area enclosed by a lon/lat ring, whatever its orientation."""
+    lons, lats = ring.xy
+    area, _ = _geod.polygon_area_perimeter(lons, lats)
+    return abs(area)
+
+
+def _as_multi(geometry: BaseGeometry) -> MultiPolygon:
+    return geometry if isinstance(geometry, MultiPolygon) else MultiPolygon([geometry])
+
+
+def _layers(
+    features: Sequence[VectorFeature], layer: str, layer_per_class: bool, class_names: Sequence[str]
+) -> dict[str, list[VectorFeature]]:
+    """Layer name -> its features; always at least one (possibly empty) layer."""
+    if not layer_per_class or not (features or class_names):
+        return {layer: list(features)}
+    layers: dict[str, list[VectorFeature]] = {name: [] for name in class_names}
+    for feature in sorted(features, key=lambda f: f.class_id):
+        layers.setdefault(feature.class_name, []).append(feature)
+    return layers
+
+
+def _properties(feature: VectorFeature) -> dict[str, Any]:
+    """The attribute values of ``feature``, keyed like FIELDS."""
+    return {
+        "class": feature.class_name,
+        "class_id": feature.class_id,
+        "score": feature.score,
+        "area_m2": feature.area_m2,
+    }

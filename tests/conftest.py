@@ -1,0 +1,44 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+# Third-party sample data beside the checkout (read-only; never copied into the repo).
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real remote-sensing samples (see its README.md)."""
+    assert SHARED_DATA.is_dir(), f"sample data folder {SHARED_DATA} is missing"
+    return SHARED_DATA
+
+
+@pytest.fixture
+def make_geotiff(tmp_path: Path) -> Callable[..., Path]:
+    """Factory writing a (B, H, W) array as a GeoTIFF in tmp_path; returns its path."""
+
+    def make(
+        data: np.ndarray,
+        name: str = "synthetic.tif",
+        crs: str | None = "EPSG:25832",
+        transform: Affine = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5600000.0),
+        nodata: float | None = None,
+    ) -> Path:
+        path = tmp_path / name
+        count, height, width = data.shape
+        with rasterio.open(
+            path, "w", driver="GTiff", width=width, height=height, count=count,
+            dtype=data.dtype, crs=crs, transform=transform, nodata=nodata,
+        ) as ds:
+            ds.write(data)
+        return path
+
+    return make
