@@ -23,7 +23,7 @@ import rasterio
 import torch
 
 from rsov.dense_clip import SegEarthCLIP
-from rsov.engine import Engine, SegmentRequest, resolve_device
+from rsov.engine import Engine, FeatureCache, SegmentRequest, resolve_device
 from rsov.models import DEFAULT_MODEL, LoadedModel, find_weights, load_model, resolve_spec
 from rsov.predictor import FeatureOptions
 from rsov.text import ClipTextEmbedder
@@ -93,15 +93,12 @@ def main() -> int:
         print(f"rsov bench: {label}, device {device} (GPU: {gpu}), torch threads {torch.get_num_threads()}")
         options = FeatureOptions(long_side=args.long_side)
         request = SegmentRequest(str(raster), CLASSES, features=options)
-        queries = len(engine.predictor().text.__class__.__name__) and None  # placeholder removed below
-        del queries
 
         # 1. cold: text tower for 10 classes x synonyms x 80 templates, image encoding, scoring.
         cold, t_cold = timed(lambda: engine.segment(request))
-        windows = len(engine.predictor().features.windows) if engine.predictor().features else None
-        n_windows = len(next(iter(engine.cache._items.values())).windows)
+        n_windows = len(cold.image_features.windows)
         # 2. warm text cache, new image features (as if another extent with the same vocabulary).
-        engine.cache = type(engine.cache)()
+        engine.cache = FeatureCache()
         warm, t_warm = timed(lambda: engine.segment(request))
         # 3. edit one class: its text is embedded, image features come from the cache.
         edited = replace(request, classes=CLASSES[:-1] + ("solar panel",))
@@ -118,7 +115,7 @@ def main() -> int:
               f"(x{t_warm / t_edit:.1f} faster than the warm run)")
 
         # 4. fast precision: same request, labels compared with fp32.
-        engine.cache = type(engine.cache)()
+        engine.cache = FeatureCache()
         fast_req = replace(request, features=replace(options, precision=fast))
         fast_res, t_fast = timed(lambda: engine.segment(fast_req))
         agree = float((fast_res.prediction.class_map == warm.prediction.class_map).mean())
@@ -131,7 +128,7 @@ def main() -> int:
             jbu_res, t_jbu = timed(lambda: engine_jbu.segment(request))
             print(f"with FeatUp JBU upsampler (cold text)      : {t_jbu:8.2f} s  "
                   f"(encode+upsample {jbu_res.timings['encode_s']:.2f} s, features "
-                  f"{next(iter(engine_jbu.cache._items.values())).nbytes / 2**20:.0f} MiB)")
+                  f"{jbu_res.image_features.nbytes / 2**20:.0f} MiB)")
         print(f"peak memory (process RSS)                  : {peak_rss_mb():8.0f} MiB")
         if device.type == "cuda":
             print(f"peak GPU memory                            : {torch.cuda.max_memory_allocated() / 2**20:8.0f} MiB")

@@ -76,6 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--preview", help="also write a PNG preview (image with classes overlaid)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    serve = sub.add_parser("serve", help="run the local HTTP backend for the QGIS plugin")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--allow-remote", action="store_true", help="required to bind an address other than loopback")
+    serve.add_argument("--allowed-host", action="append", default=[], help="extra Host header name to accept (with --allow-remote)")
+    serve.add_argument("--model", default=DEFAULT_MODEL, help=f"model to keep loaded (default: {DEFAULT_MODEL})")
+    serve.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    serve.add_argument("--upsampler", default="bilinear", choices=["bilinear", "jbu"])
+    serve.add_argument("--upsampler-checkpoint")
+    serve.add_argument("--token-file", type=Path, help="token file (default: ~/.config/rsov/token; created if missing)")
+    serve.add_argument("--allow-dir", action="append", type=Path, default=[],
+                       help="only read rasters under this directory (repeatable; default: any file you can read)")
+    serve.add_argument("--results-dir", type=Path, help="where job results are kept (default: a private temp folder)")
+    serve.add_argument("--results-ttl", type=float, default=3600.0, help="seconds a finished job's results are kept")
+    serve.add_argument("--max-queue", type=int, default=8, help="jobs allowed to wait; more get HTTP 429")
+    serve.add_argument("--max-upload-mb", type=int, default=512)
+    serve.add_argument("--cache-mb", type=int, default=2048, help="memory for image features of recent extents")
+
     models = sub.add_parser("models", help="list known models and whether their weights are on this machine")
     models.add_argument("--download", metavar="NAME", help="download a model's weights into the cache")
     return parser
@@ -125,6 +143,33 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .engine import FeatureCache, load_engine
+    from .server import LOCAL_HOSTS, ServerConfig, create_app, default_results_dir, default_token_file, load_or_create_token
+
+    if args.host not in LOCAL_HOSTS and not args.allow_remote:
+        raise InputError(f"Binding {args.host} exposes the backend to the network: add --allow-remote if you mean it.")
+    token_file = (args.token_file or default_token_file()).expanduser()
+    token = load_or_create_token(token_file)
+    results_dir = (args.results_dir or default_results_dir()).expanduser()
+    results_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    engine = load_engine(args.model, args.device, args.upsampler, args.upsampler_checkpoint,
+                         cache=FeatureCache(args.cache_mb << 20))
+    config = ServerConfig(
+        token=token, token_file=token_file, results_dir=results_dir,
+        allowed_dirs=tuple(d.expanduser().resolve() for d in args.allow_dir),
+        allowed_hosts=LOCAL_HOSTS | {h.lower() for h in args.allowed_host},
+        max_upload_bytes=args.max_upload_mb << 20, max_queued=args.max_queue, results_ttl_s=args.results_ttl,
+        model_name=args.model,
+    )
+    print(f"rsov {__version__}: model {args.model} on {engine.device}; token in {token_file}; "
+          f"listening on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    uvicorn.run(create_app(engine, config), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     if args.download:
         spec = resolve_spec(args.download)
@@ -144,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "model", None) == "tiny-random":
         print("rsov: WARNING: model tiny-random has random weights; this output is MEANINGLESS.", file=sys.stderr)
     try:
-        return _segment(args) if args.command == "segment" else _models(args)
+        return {"segment": _segment, "serve": _serve, "models": _models}[args.command](args)
     except WeightsMissingError as exc:
         print(f"rsov: {exc}", file=sys.stderr)
         return EXIT_WEIGHTS

@@ -59,6 +59,7 @@ class SegmentResult:
     vocabulary: Vocabulary
     prediction: Prediction
     features: list[VectorFeature]
+    image_features: ImageFeatures
     timings: dict[str, float] = field(default_factory=dict)
     features_cached: bool = False
 
@@ -149,7 +150,8 @@ class Engine:
                               vocabulary.names, request.simplify_px, request.min_area_m2)
         timings["vectorize_s"] = time.perf_counter() - t
         report("done", 1.0)
-        return SegmentResult(chip, vocabulary, prediction, features, timings, features_cached=cached is not None)
+        return SegmentResult(chip, vocabulary, prediction, features, predictor.features, timings,
+                             features_cached=cached is not None)
 
     def _cache_key(self, request: SegmentRequest, chip: RasterChip) -> str:
         stat = os.stat(request.raster)

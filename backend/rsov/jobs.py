@@ -1,0 +1,179 @@
+"""A job queue with one worker, so two clients never run the models (and fill the GPU) at once.
+
+Jobs move queued -> running -> done | failed | cancelled. Results are written to
+disk (atomically) before a job is marked done, kept for ``ttl_s`` seconds, then
+deleted with the job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import queue
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .atomic import atomic_output
+from .engine import Engine, SegmentRequest, SegmentResult
+from .errors import CancelledError, RsovError
+from .vectorize import features_to_geojson, write_vector
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+FINAL = (DONE, FAILED, CANCELLED)
+
+
+class QueueFullError(RsovError):
+    """Too many jobs are waiting."""
+
+
+@dataclass
+class Job:
+    """One segmentation job and what a client may see of it."""
+
+    id: str
+    request: SegmentRequest
+    folder: Path  # results (and an uploaded chip) live here
+    state: str = QUEUED
+    progress: float = 0.0
+    stage: str = "queued"
+    message: str = ""
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def geojson_path(self) -> Path:
+        return self.folder / "result.geojson"
+
+    @property
+    def gpkg_path(self) -> Path:
+        return self.folder / "result.gpkg"
+
+    def status(self) -> dict:
+        return {"job_id": self.id, "state": self.state, "progress": round(self.progress, 4), "stage": self.stage,
+                "message": self.message, "error": self.error}
+
+
+class JobManager:
+    """Owns the jobs, the queue and the single worker thread."""
+
+    def __init__(self, engine: Engine, results_dir: Path, max_queued: int = 8, ttl_s: float = 3600.0) -> None:
+        self.engine = engine
+        self.results_dir = results_dir
+        self.max_queued = max_queued
+        self.ttl_s = ttl_s
+        self.jobs: dict[str, Job] = {}
+        self._queue: queue.Queue[Job] = queue.Queue()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="rsov-worker", daemon=True)
+        self._worker.start()
+
+    def new_folder(self) -> tuple[str, Path]:
+        """A fresh job id and its private results folder."""
+        job_id = uuid.uuid4().hex
+        folder = self.results_dir / job_id
+        folder.mkdir(parents=True, mode=0o700)
+        return job_id, folder
+
+    def submit(self, job_id: str, folder: Path, request: SegmentRequest) -> Job:
+        self.cleanup()
+        with self._lock:
+            waiting = sum(1 for j in self.jobs.values() if j.state == QUEUED)
+            if waiting >= self.max_queued:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise QueueFullError(f"{waiting} jobs are already waiting (the limit is {self.max_queued}); try again later.")
+            job = Job(job_id, request, folder)
+            self.jobs[job_id] = job
+        self._queue.put(job)
+        return job
+
+    def cancel(self, job: Job) -> None:
+        job.cancel.set()
+        with self._lock:
+            if job.state == QUEUED:
+                self._finish(job, CANCELLED, "cancelled before it started")
+
+    def cleanup(self) -> None:
+        """Forget finished jobs older than the TTL and delete their files."""
+        cutoff = time.time() - self.ttl_s
+        with self._lock:
+            old = [j for j in self.jobs.values() if j.finished is not None and j.finished < cutoff]
+            for job in old:
+                del self.jobs[job.id]
+        for job in old:
+            shutil.rmtree(job.folder, ignore_errors=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put(None)  # type: ignore[arg-type]  # wakes the worker
+        self._worker.join(timeout=10)
+
+    # ---- worker --------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            job = self._queue.get()
+            if job is None or job.state != QUEUED:
+                continue
+            with self._lock:
+                job.state, job.stage = RUNNING, "starting"
+            try:
+                result = self._run(job)
+                if job.cancel.is_set():  # cancelled after the last window: honour it anyway
+                    raise CancelledError("The job was cancelled.")
+                self._save(job, result)
+                with self._lock:
+                    job.message = f"{len(result.features)} polygons"
+                    job.progress = 1.0
+                    self._finish(job, DONE, "done")
+            except CancelledError:
+                with self._lock:
+                    self._finish(job, CANCELLED, "cancelled")
+            except RsovError as exc:
+                with self._lock:
+                    job.error = str(exc)
+                    self._finish(job, FAILED, "failed")
+            except Exception as exc:  # a bug or a crash in a model: report it, keep serving
+                log.exception("job %s failed", job.id)
+                with self._lock:
+                    job.error = f"Internal error: {type(exc).__name__}: {exc}"
+                    self._finish(job, FAILED, "failed")
+            finally:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()  # a cancelled or failed job must not keep GPU memory
+
+    def _run(self, job: Job) -> SegmentResult:
+        def stage(name: str, fraction: float) -> None:
+            job.stage, job.progress = name, max(job.progress, min(fraction, 0.99))
+
+        try:
+            return self.engine.segment(job.request, stage, job.cancel.is_set)
+        except torch.cuda.OutOfMemoryError:
+            # One retry, one window at a time, before giving up.
+            torch.cuda.empty_cache()
+            job.message = "GPU out of memory: retrying one window at a time"
+            features = dataclasses.replace(job.request.features, batch_size=1)
+            return self.engine.segment(dataclasses.replace(job.request, features=features), stage, job.cancel.is_set)
+
+    def _save(self, job: Job, result: SegmentResult) -> None:
+        job.stage = "writing results"
+        write_vector(result.features, job.gpkg_path, result.chip.crs)
+        with atomic_output(job.geojson_path) as tmp:
+            tmp.write_text(json.dumps(features_to_geojson(result.features, result.chip.crs)), encoding="utf-8")
+
+    def _finish(self, job: Job, state: str, stage: str) -> None:
+        if job.state in FINAL:
+            return
+        job.state, job.stage, job.finished = state, stage, time.time()

@@ -1,0 +1,332 @@
+"""``rsov serve``: the local HTTP service the QGIS plugin talks to.
+
+Models load once and stay warm; jobs run one at a time (see ``jobs``). Every
+endpoint but ``GET /v1/health`` needs ``Authorization: Bearer <token>``, the
+token living in a user-only file; requests whose Host header is not a trusted
+name are refused (DNS-rebinding defence). The API contract is documented in the
+README and served as OpenAPI at ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import __version__
+from .engine import Engine, SegmentRequest
+from .errors import InputError, RsovError
+from .jobs import DONE, FINAL, JobManager, QueueFullError
+from .models import list_models
+from .predictor import FeatureOptions, ScoreOptions
+from .raster_io import read_chip
+from .vocabulary import DEFAULT_BACKGROUND, MAX_CLASSES, build_vocabulary
+
+log = logging.getLogger(__name__)
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"code", "message"}}`` with an HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class JobOptions(BaseModel):
+    """Method options of a job; every one optional, unknown ones refused."""
+
+    model_config = ConfigDict(extra="forbid")
+    threshold: float = Field(0.3, ge=0, le=1)
+    resolution: float | None = Field(None, gt=0, description="working ground resolution, metres per pixel")
+    long_side: int = Field(448, ge=16, le=4096)
+    bands: list[int] | None = Field(None, min_length=1, max_length=3)
+    templates: str = "openai"
+    background: list[str] | None = Field(None, max_length=64)
+    simplify: float = Field(1.0, ge=0, le=100)
+    min_area: float = Field(0.0, ge=0)
+    rotations: list[int] = Field([0], min_length=1, max_length=4)
+    cls_lambda: float = Field(0.3, ge=0, le=2)
+    dec_keep: float | None = Field(None, gt=0, le=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    max_side: int = Field(2048, ge=16, le=8192)
+
+
+class JobRequest(BaseModel):
+    """Body of ``POST /v1/jobs`` (for an upload, the ``request`` part, without ``raster``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    raster: str | None = Field(None, description="absolute path of a raster the server can read")
+    bbox: tuple[float, float, float, float] | None = None
+    bbox_crs: str | None = None
+    classes: list[str] = Field(..., max_length=MAX_CLASSES)
+    mode: Literal["semantic"] = "semantic"
+    model: str | None = Field(None, description="must be the loaded model when given")
+    options: JobOptions = Field(default_factory=JobOptions)
+
+
+@dataclass
+class ServerConfig:
+    token: str
+    token_file: Path
+    results_dir: Path
+    allowed_dirs: tuple[Path, ...] = ()  # empty: any file the user can read (but never the token file)
+    allowed_hosts: frozenset[str] = LOCAL_HOSTS
+    max_upload_bytes: int = 512 << 20
+    max_queued: int = 8
+    results_ttl_s: float = 3600.0
+    model_name: str = "custom"
+    extra_private: tuple[Path, ...] = field(default_factory=tuple)
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _describe_validation(exc: ValidationError | RequestValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    return f"Invalid request: {where}: {first.get('msg', 'invalid value')}."
+
+
+def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
+    """The FastAPI application around one engine and one job manager."""
+    jobs = JobManager(engine, config.results_dir, config.max_queued, config.results_ttl_s)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        jobs.stop()
+
+    app = FastAPI(title="rsov backend", version=__version__, lifespan=lifespan,
+                  description="Open-vocabulary segmentation of remote-sensing rasters (see the README for the contract).")
+    app.state.jobs = jobs
+    private = {config.token_file.resolve(), *(p.resolve() for p in config.extra_private)}
+
+    @app.middleware("http")
+    async def trusted_host_only(request: Request, call_next):
+        host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]").lower()
+        if host not in config.allowed_hosts:
+            return _error(403, "untrusted_host", f"Host '{host}' is not allowed; talk to the backend as 127.0.0.1 or localhost.")
+        return await call_next(request)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError):
+        return _error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError):
+        return _error(422, "invalid_request", _describe_validation(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def crash(_: Request, exc: Exception):
+        log.exception("unhandled error")
+        return _error(500, "internal_error", f"Internal error: {type(exc).__name__}.")
+
+    def authorised(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.token.encode()):
+            raise ApiError(401, "unauthorized", f"Missing or wrong token: send 'Authorization: Bearer <token>' "
+                                                f"with the token from {config.token_file}.")
+
+    def job_or_404(job_id: str):
+        job = jobs.jobs.get(job_id)
+        if job is None:
+            raise ApiError(404, "no_such_job", f"No job '{job_id}' (finished jobs are forgotten after "
+                                               f"{config.results_ttl_s:.0f} s).")
+        return job
+
+    def check_path(raw: str) -> str:
+        if raw.startswith("/vsi") or not os.path.isabs(raw):
+            raise ApiError(400, "bad_path", f"Raster path '{raw}' must be an absolute path to a local file.")
+        path = Path(raw).resolve()
+        if path in private or path == config.results_dir.resolve() or config.results_dir.resolve() in path.parents:
+            raise ApiError(403, "forbidden_path", f"The backend does not read {raw}.")
+        if config.allowed_dirs and not any(d == path or d in path.parents for d in config.allowed_dirs):
+            allowed = ", ".join(str(d) for d in config.allowed_dirs)
+            raise ApiError(403, "forbidden_path", f"{raw} is outside the directories this backend may read ({allowed}).")
+        if not path.is_file():
+            raise ApiError(400, "bad_path", f"Raster file not found: {raw}.")
+        return str(path)
+
+    def build_request(body: JobRequest, raster: str) -> SegmentRequest:
+        if body.model is not None and body.model != config.model_name:
+            raise ApiError(400, "unknown_model", f"Model '{body.model}' is not loaded; this backend runs '{config.model_name}'.")
+        o = body.options
+        try:
+            request = SegmentRequest(
+                raster=raster, classes=tuple(body.classes), bbox=body.bbox, bbox_crs=body.bbox_crs,
+                bands=tuple(o.bands) if o.bands else None,
+                background=tuple(o.background) if o.background is not None else DEFAULT_BACKGROUND,
+                templates=o.templates,
+                features=FeatureOptions(long_side=o.long_side, resolution_m=o.resolution, rotations=tuple(o.rotations),
+                                        precision=o.precision),
+                scoring=ScoreOptions(threshold=o.threshold, cls_lambda=o.cls_lambda, dec_keep=o.dec_keep),
+                max_side=o.max_side, simplify_px=o.simplify, min_area_m2=o.min_area,
+            )
+            build_vocabulary(list(request.classes), request.background)
+            engine.text_embedder(request.templates)
+            # A small decimated read checks the file, bands, extent and nodata before the job is queued.
+            read_chip(raster, request.bbox, request.bbox_crs, request.bands, max_side=64)
+        except InputError as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
+        return request
+
+    def enqueue(body: JobRequest, raster: str, job_id: str, folder: Path) -> JSONResponse:
+        try:
+            job = jobs.submit(job_id, folder, build_request(body, raster))
+        except QueueFullError as exc:
+            raise ApiError(429, "queue_full", str(exc)) from None
+        except ApiError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return JSONResponse({"job_id": job.id}, status_code=202)
+
+    @app.get("/v1/health")
+    def health() -> dict:
+        device = engine.device
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+        return {"status": "ok", "version": __version__, "model": config.model_name, "models": [config.model_name],
+                "device": device.type, "gpu_name": gpu}
+
+    @app.get("/v1/models", dependencies=[Depends(authorised)])
+    def models() -> dict:
+        rows = [dict(row, loaded=row["name"] == config.model_name) for row in list_models()]
+        if not any(r["loaded"] for r in rows):
+            rows.append({"name": config.model_name, "arch": "", "description": "loaded model",
+                         "weights_present": True, "loaded": True})
+        return {"models": rows}
+
+    @app.post("/v1/jobs", status_code=202, dependencies=[Depends(authorised)],
+              openapi_extra={"requestBody": {"content": {
+                  "application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}},
+                  "multipart/form-data": {"schema": {"type": "object", "required": ["request", "chip"], "properties": {
+                      "request": {"type": "string", "description": "JobRequest as JSON, without raster"},
+                      "chip": {"type": "string", "format": "binary", "description": "a GeoTIFF"}}}},
+              }, "required": True}})
+    async def create_job(request: Request) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            return await _create_upload_job(request)
+        if not content_type.startswith("application/json"):
+            raise ApiError(415, "unsupported_media_type", "Send the job as application/json or multipart/form-data.")
+        try:
+            body = JobRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise ApiError(422, "invalid_request", _describe_validation(exc)) from None
+        if body.raster is None:
+            raise ApiError(422, "invalid_request", "Invalid request: raster: give a raster path, or upload a chip.")
+        raster = check_path(body.raster)
+        job_id, folder = jobs.new_folder()
+        return enqueue(body, raster, job_id, folder)
+
+    async def _create_upload_job(request: Request) -> JSONResponse:
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > config.max_upload_bytes:
+            raise ApiError(413, "too_large", f"The upload is larger than the limit of {config.max_upload_bytes >> 20} MiB.")
+        form = await request.form(max_part_size=config.max_upload_bytes)
+        chip, raw = form.get("chip"), form.get("request")
+        if chip is None or isinstance(chip, str) or not isinstance(raw, str):
+            raise ApiError(422, "invalid_request", "Invalid request: a multipart job needs a 'request' JSON part and a 'chip' file.")
+        try:
+            body = JobRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            raise ApiError(422, "invalid_request", _describe_validation(exc)) from None
+        if body.raster is not None:
+            raise ApiError(422, "invalid_request", "Invalid request: raster: leave it out when uploading a chip.")
+        job_id, folder = jobs.new_folder()
+        target = folder / "chip.tif"
+        size = 0
+        with open(target, "wb") as out:
+            while block := await chip.read(1 << 20):
+                size += len(block)
+                if size > config.max_upload_bytes:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    raise ApiError(413, "too_large", f"The upload is larger than the limit of {config.max_upload_bytes >> 20} MiB.")
+                out.write(block)
+        return enqueue(body, str(target), job_id, folder)
+
+    @app.get("/v1/jobs/{job_id}", dependencies=[Depends(authorised)])
+    def job_status(job_id: str) -> dict:
+        return job_or_404(job_id).status()
+
+    @app.get("/v1/jobs/{job_id}/result", dependencies=[Depends(authorised)])
+    def job_result(job_id: str, format: Literal["geojson", "gpkg"] = "geojson"):
+        job = job_or_404(job_id)
+        if job.state != DONE:
+            raise ApiError(409, "not_done", f"Job {job_id} is {job.state}, not done; poll GET /v1/jobs/{job_id}.")
+        if format == "gpkg":
+            return FileResponse(job.gpkg_path, media_type="application/geopackage+sqlite3", filename=f"rsov_{job_id}.gpkg")
+        return JSONResponse(json.loads(job.geojson_path.read_text(encoding="utf-8")), media_type="application/geo+json")
+
+    @app.delete("/v1/jobs/{job_id}", dependencies=[Depends(authorised)])
+    def cancel_job(job_id: str) -> dict:
+        job = job_or_404(job_id)
+        if job.state in FINAL:
+            return {"job_id": job.id, "state": job.state}
+        jobs.cancel(job)  # a running job stops at its next window
+        return {"job_id": job.id, "state": "cancelled"}
+
+    def openapi() -> dict:
+        # The job body is parsed by hand (JSON or multipart), so its schemas are registered here.
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            request_schema = JobRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(request_schema.pop("$defs", {}))
+            components["JobRequest"] = request_schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+    return app
+
+
+def default_token_file() -> Path:
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    return config_home / "rsov" / "token"
+
+
+def load_or_create_token(path: Path) -> str:
+    """Read the token file, or create it with a fresh random token, readable by this user only."""
+    path = path.expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)  # never leave a readable token behind
+        token = path.read_text(encoding="utf-8").strip()
+        if len(token) < 16:
+            raise InputError(f"The token file {path} holds no usable token (16+ characters); delete it to make a new one.")
+        return token
+    except OSError as exc:
+        raise InputError(f"Cannot create the token file {path}: {exc.strerror}.") from exc
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(token + "\n")
+    return token
+
+
+def default_results_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"rsov-jobs-{os.getuid() if hasattr(os, 'getuid') else 'user'}"

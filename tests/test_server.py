@@ -1,0 +1,259 @@
+"""`rsov serve` as a real process on 127.0.0.1, spoken to over real HTTP."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pyogrio
+import pytest
+from shapely.geometry import box, shape
+
+from rsov.client import Client, ClientError
+
+BIN = Path(sys.executable).parent
+OEM_BOUNDS = (346000.0, 5647500.0, 346500.0, 5648000.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A running `rsov serve --model tiny-random`, stopped on close."""
+
+    def __init__(self, folder: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.token_file = folder / "token"
+        self.results = folder / "results"
+        self.log = open(folder / "server.log", "w")
+        env = {**os.environ, "RSOV_CACHE_DIR": str(folder / "cache")}
+        self.proc = subprocess.Popen(
+            [BIN / "rsov", "serve", "--model", "tiny-random", "--port", str(self.port), "--token-file",
+             self.token_file, "--results-dir", self.results, *extra],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(self.url + "/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert self.proc.poll() is None, (folder / "server.log").read_text()
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+        self.token = self.token_file.read_text().strip()
+        self.client = Client(self.url, self.token, timeout=60)
+
+    def http(self, method: str, path: str, token: str | None = "default", **kw) -> httpx.Response:
+        headers = kw.pop("headers", {})
+        if token is not None:
+            headers["Authorization"] = f"Bearer {self.token if token == 'default' else token}"
+        return httpx.request(method, self.url + path, headers=headers, timeout=60, **kw)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("server"))
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def oem(shared_data) -> str:
+    return str(shared_data / "openearthmap" / "oem_koeln_50.tif")
+
+
+def slow_options() -> dict:
+    # ~1000 windows of the tiny model: long enough to cancel or to occupy the worker
+    return {"long_side": 3600, "max_side": 4096}
+
+
+def test_health_needs_no_token(server):
+    body = server.http("GET", "/v1/health", token=None).json()
+    assert body["status"] == "ok" and body["model"] == "tiny-random" and body["device"] == "cpu"
+    assert body["gpu_name"] is None and body["version"]
+
+
+def test_token_file_is_private_and_required(server, oem):
+    assert stat.S_IMODE(server.token_file.stat().st_mode) == 0o600
+    for method, path in [("GET", "/v1/models"), ("POST", "/v1/jobs"), ("GET", "/v1/jobs/x"), ("DELETE", "/v1/jobs/x"),
+                         ("GET", "/v1/jobs/x/result")]:
+        for token in (None, "wrong-token"):
+            response = server.http(method, path, token=token, json={"raster": oem, "classes": ["a"]})
+            assert response.status_code == 401, (method, path)
+            assert "token" in response.json()["error"]["message"]
+
+
+def test_foreign_host_header_is_refused(server):
+    response = server.http("GET", "/v1/health", headers={"Host": "evil.example.com"})
+    assert response.status_code == 403 and response.json()["error"]["code"] == "untrusted_host"
+
+
+def test_models_lists_the_loaded_one(server):
+    rows = server.http("GET", "/v1/models").json()["models"]
+    loaded = [r for r in rows if r["loaded"]]
+    assert [r["name"] for r in loaded] == ["tiny-random"]
+    assert any(r["name"] == "ViT-B-16-openai" and not r["weights_present"] for r in rows)
+
+
+def test_job_runs_to_done_with_growing_progress(server, oem):
+    job = server.client.submit(oem, ["building,roof", "tree", "road"], bbox=(346100, 5647600, 346400, 5647900),
+                               bbox_crs="EPSG:25832", long_side=1024)
+    seen = []
+    final = server.client.wait(job, poll_s=0.02, on_status=seen.append)
+    assert final["state"] == "done" and final["progress"] == 1.0 and final["error"] is None
+    progress = [s["progress"] for s in seen]
+    assert progress == sorted(progress) and len(set(progress)) >= 2
+    geojson = server.client.result(job)
+    assert geojson["type"] == "FeatureCollection"
+    assert geojson["crs"]["properties"]["name"] == "EPSG:25832"
+    extent = box(346100, 5647600, 346400, 5647900).buffer(0.01)
+    for feature in geojson["features"]:
+        assert set(feature["properties"]) >= {"class", "class_id", "score", "area_m2"}
+        assert feature["properties"]["class"] in {"building", "tree", "road"}
+        assert extent.contains(shape(feature["geometry"]))
+    gpkg = server.client.result(job, format="gpkg")
+    path = server.results.parent / "dl.gpkg"
+    path.write_bytes(gpkg)
+    info = pyogrio.read_info(path)
+    assert info["crs"] == "EPSG:25832" and info["features"] == len(geojson["features"])
+
+
+def test_cancel_mid_job(server, oem):
+    job = server.client.submit(oem, ["building"], **slow_options())
+    deadline = time.monotonic() + 120
+    while server.client.status(job)["progress"] < 0.1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert server.client.cancel(job)["state"] == "cancelled"
+    final = server.client.wait(job, timeout=60)
+    assert final["state"] == "cancelled" and final["progress"] < 0.9
+    with pytest.raises(ClientError) as err:
+        server.client.result(job)
+    assert err.value.status == 409
+
+
+def test_two_concurrent_jobs_both_finish(server, oem):
+    def run(classes):
+        job = server.client.submit(oem, classes, long_side=672)
+        return server.client.wait(job)["state"], len(server.client.result(job)["features"]) >= 0
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(run, [["building", "tree"], ["water", "road", "grass"]]))
+    assert results == [("done", True), ("done", True)]
+
+
+def test_upload_a_chip(server, oem):
+    with open(oem, "rb") as chip:
+        response = server.http("POST", "/v1/jobs", files={"chip": ("chip.tif", chip, "image/tiff")},
+                               data={"request": '{"classes": ["building", "tree"], "bbox": [346000, 5647500, 346200, 5647700]}'})
+    assert response.status_code == 202, response.text
+    job = response.json()["job_id"]
+    assert server.client.wait(job)["state"] == "done"
+    assert server.client.result(job)["crs"]["properties"]["name"] == "EPSG:25832"
+
+
+def bad_requests(oem, tmp: Path, token_file: Path):
+    text = tmp / "notes.tif"
+    text.write_text("not a raster")
+    return [
+        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "invalid json"),
+        ({"json": {"raster": oem, "classes": ["a"], "colour": "red"}}, 422, "colour"),
+        ({"json": {"raster": "/nowhere/x.tif", "classes": ["a"]}}, 400, "not found"),
+        ({"json": {"raster": "relative/x.tif", "classes": ["a"]}}, 400, "absolute"),
+        ({"json": {"raster": "/vsicurl/http://example.com/x.tif", "classes": ["a"]}}, 400, "local file"),
+        ({"json": {"raster": str(text), "classes": ["a"]}}, 400, "GDAL"),
+        ({"json": {"raster": str(token_file), "classes": ["a"]}}, 403, "does not read"),
+        ({"json": {"raster": oem, "classes": ["a"], "bbox": [0, 0, 1, 1]}}, 400, "does not overlap"),
+        ({"json": {"raster": oem, "classes": [" , "]}}, 400, "is empty"),
+        ({"json": {"raster": oem, "classes": []}}, 400, "vocabulary is empty"),
+        ({"json": {"raster": oem, "classes": [f"c{i}" for i in range(1000)]}}, 422, "classes"),
+        ({"json": {"raster": oem, "classes": ["a"], "model": "ViT-H-14"}}, 400, "not loaded"),
+        ({"json": {"raster": oem, "classes": ["a"], "bbox_crs": "EPSG:0", "bbox": [1, 2, 3, 4]}}, 400, "EPSG:0"),
+        ({"json": {"raster": oem, "classes": ["a"], "options": {"threshold": 3}}}, 422, "threshold"),
+        ({"json": {"raster": oem, "classes": ["a"], "options": {"bands": [7, 8, 9]}}}, 400, "band"),
+        ({"content": b"raster=x", "headers": {"content-type": "text/plain"}}, 415, "json"),
+    ]
+
+
+def test_every_bad_request_gets_a_4xx_sentence(server, oem, tmp_path):
+    for kwargs, status, needle in bad_requests(oem, tmp_path, server.token_file):
+        response = server.http("POST", "/v1/jobs", **kwargs)
+        assert response.status_code == status, (kwargs, response.text)
+        message = response.json()["error"]["message"]
+        assert needle.lower() in message.lower(), (needle, message)
+    assert server.http("GET", "/v1/jobs/nope").status_code == 404
+    assert server.http("GET", "/v1/health").status_code == 200  # still serving
+
+
+def test_failing_job_is_reported_and_server_keeps_serving(server, oem, tmp_path):
+    copy = tmp_path / "soon_broken.tif"
+    shutil.copy(oem, copy)
+    blocker = server.client.submit(oem, ["building"], **slow_options())  # keeps the worker busy
+    victim = server.client.submit(str(copy), ["building"])
+    copy.write_bytes(b"garbage" * 100)  # the file breaks while the job waits
+    server.client.cancel(blocker)
+    final = server.client.wait(victim, timeout=120)
+    assert final["state"] == "failed" and "GDAL" in final["error"]
+    after = server.client.submit(oem, ["tree"])
+    assert server.client.wait(after)["state"] == "done"
+
+
+def test_allow_list_queue_limit_and_upload_limit(tmp_path, oem):
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    inside = allowed / "oem.tif"
+    shutil.copy(oem, inside)
+    srv = Server(tmp_path, "--allow-dir", str(allowed), "--max-queue", "1", "--max-upload-mb", "1")
+    try:
+        response = srv.http("POST", "/v1/jobs", json={"raster": oem, "classes": ["a"]})
+        assert response.status_code == 403 and "outside the directories" in response.json()["error"]["message"]
+        first = srv.client.submit(str(inside), ["a"], **slow_options())
+        deadline = time.monotonic() + 60
+        while srv.client.status(first)["state"] == "queued":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        srv.client.submit(str(inside), ["b"])  # waits in the queue
+        with pytest.raises(ClientError) as err:
+            srv.client.submit(str(inside), ["c"])
+        assert err.value.status == 429
+        srv.client.cancel(first)
+        big = b"\0" * (2 << 20)
+        response = srv.http("POST", "/v1/jobs", files={"chip": ("c.tif", big)}, data={"request": '{"classes": ["a"]}'})
+        assert response.status_code == 413
+    finally:
+        srv.close()
+
+
+def test_refuses_non_loopback_without_flag(tmp_path):
+    proc = subprocess.run([BIN / "rsov", "serve", "--model", "tiny-random", "--host", "0.0.0.0", "--token-file",
+                           tmp_path / "t"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--allow-remote" in proc.stderr
+
+
+def test_openapi_fuzz_finds_no_server_errors(server):
+    assert server.http("GET", "/openapi.json", token=None).status_code == 200
+    proc = subprocess.run(
+        [BIN / "st", "run", f"{server.url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "25",
+         "--header", f"Authorization: Bearer {server.token}", "--generation-deterministic", "--request-timeout", "30"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:]
