@@ -1,9 +1,10 @@
-"""`make bench`: speed and memory of the engine on a 1024 x 1024 extent with 10 classes.
+"""`make bench`: speed and memory of the engine and the server on 1024 x 1024 extents with 10 classes.
 
 Uses the real ViT-B/16 architecture. If its OpenAI weights are in the cache they are used; otherwise
-the weights are random (speed does not depend on weight values, and the figures say which). The
-raster is the OpenEarthMap sample mirrored to 1024 x 1024 and written as a GeoTIFF, so the run goes
-through the same reading, encoding, scoring and vectorizing as `rsov segment`.
+random weights are saved to a checkpoint and loaded the real way (speed does not depend on weight
+values; the figures say which). The raster is the OpenEarthMap sample mirrored out to 1100 x 1100
+and written as a GeoTIFF, so every run goes through reading, encoding, scoring and vectorizing
+exactly as `rsov segment` and `rsov serve` do. Ratios are measured within one run.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,58 +24,148 @@ import open_clip
 import rasterio
 import torch
 
-from rsov.dense_clip import SegEarthCLIP
-from rsov.engine import Engine, FeatureCache, SegmentRequest, resolve_device
-from rsov.models import DEFAULT_MODEL, LoadedModel, find_weights, load_model, resolve_spec
+from rsov.client import Client
+from rsov.engine import FeatureCache, SegmentRequest, load_engine, resolve_device
+from rsov.models import DEFAULT_MODEL, find_weights, resolve_spec
 from rsov.predictor import FeatureOptions
-from rsov.text import ClipTextEmbedder
-from rsov.upsample import load_jbu_upsampler
 
 SHARED = Path(os.environ.get("SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+JBU = SHARED / "weights" / "featup" / "clip_jbu_stack_cocostuff.ckpt"
 CLASSES = ("building,roof,house", "tree,forest", "grass", "road", "water,river", "bareland,barren", "pavement",
            "cropland", "car", "swimming pool")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+SIZE = 1024
 
 
 def make_raster(folder: Path) -> Path:
-    """The OEM sample mirrored out to 1024 x 1024 (same CRS and pixel size)."""
+    """The OEM sample mirrored out to 1100 x 1100 (same CRS and pixel size)."""
     with rasterio.open(SHARED / "data" / "openearthmap" / "oem_koeln_50.tif") as src:
         data = src.read([1, 2, 3])
-        profile = src.profile | {"width": 1024, "height": 1024, "count": 3, "driver": "GTiff"}
-    big = np.pad(data, ((0, 0), (0, 24), (0, 24)), mode="reflect")
-    path = folder / "bench_1024.tif"
+        profile = src.profile | {"width": 1100, "height": 1100, "count": 3, "driver": "GTiff"}
+    path = folder / "bench.tif"
     with rasterio.open(path, "w", **profile) as dst:
-        dst.write(big)
+        dst.write(np.pad(data, ((0, 0), (0, 100), (0, 100)), mode="reflect"))
     return path
 
 
-def build_engine(device: torch.device, upsampler: str | None) -> tuple[Engine, str]:
+def extent(raster: Path, shift_px: int) -> tuple[float, float, float, float]:
+    """A SIZE x SIZE pixel extent, moved right and down by ``shift_px`` (a new extent for the caches)."""
+    with rasterio.open(raster) as src:
+        left, top, res = src.bounds.left + shift_px * src.res[0], src.bounds.top - shift_px * src.res[1], src.res[0]
+    return left, top - SIZE * res, left + SIZE * res, top
+
+
+def bench_model(folder: Path) -> tuple[str, str]:
+    """The model name to load and a label saying whether its weights are real."""
     spec = resolve_spec(DEFAULT_MODEL)
     if find_weights(spec) is not None:
-        loaded, label = load_model(DEFAULT_MODEL, device), f"{DEFAULT_MODEL} (real weights)"
-    else:
-        torch.manual_seed(0)
-        model = open_clip.create_model(spec.arch, pretrained=None, device=device).eval().requires_grad_(False)
-        loaded = LoadedModel(spec, model, open_clip.get_tokenizer(spec.arch), open_clip.OPENAI_DATASET_MEAN,
-                             open_clip.OPENAI_DATASET_STD, "bench-random-vit-b-16", device)
-        label = f"{spec.arch} (random weights: timing only)"
-    encoder = SegEarthCLIP(loaded.model, loaded.mean, loaded.std).to(device)
-    up = load_jbu_upsampler(upsampler).to(device) if upsampler else None
-    text_root = Path(tempfile.mkdtemp(prefix="rsov-bench-text-"))
-    return Engine(encoder, lambda t: ClipTextEmbedder(loaded, t, cache_root=text_root), up, device, label), label
+        return DEFAULT_MODEL, f"{DEFAULT_MODEL} (real weights)"
+    torch.manual_seed(0)
+    path = folder / "vit_b16_random.pt"
+    torch.save(open_clip.create_model(spec.arch, pretrained=None).state_dict(), path)
+    return f"{spec.arch}@{path}", f"{spec.arch} (random weights: timing only)"
 
 
 def timed(fn):
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
     start = time.perf_counter()
     out = fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    sync()
     return out, time.perf_counter() - start
+
+
+def line(label: str, value: str) -> None:
+    print(f"  {label:<44}: {value}")
+
+
+def bench_engine(args: argparse.Namespace, model: str, device: torch.device, raster: Path) -> None:
+    """In-process engine: cold, warm, edited vocabulary, fast precision, JBU upsampler."""
+    fast = "fp16" if device.type == "cuda" else "bf16"
+    engine = load_engine(model, str(device))
+    options = FeatureOptions(long_side=args.long_side)
+    request = SegmentRequest(str(raster), CLASSES, bbox=extent(raster, 0), features=options)
+
+    cold, t_cold = timed(lambda: engine.segment(request))  # text tower: 10 classes x synonyms x 80 templates
+    n_windows = len(cold.image_features.windows)
+    engine.cache = FeatureCache()
+    warm, t_warm = timed(lambda: engine.segment(request))  # new image features, text from the cache
+    edited = replace(request, classes=CLASSES[:-1] + ("solar panel",))
+    rescored, t_edit = timed(lambda: engine.segment(edited))  # one new class; image features from the cache
+    assert rescored.features_cached
+    engine.cache = FeatureCache()
+    fast_res, t_fast = timed(lambda: engine.segment(replace(request, features=replace(options, precision=fast))))
+    agree = float((fast_res.prediction.class_map == warm.prediction.class_map).mean())
+    present = len(np.unique(warm.prediction.class_map))  # agreement means little if one class covers all
+
+    h, w = cold.prediction.class_map.shape
+    print(f"engine: {w}x{h} px extent, working long side {options.long_side} px, {n_windows} windows 224/112, "
+          f"{len(CLASSES)} classes")
+    line("cold run (text embeddings + image + scoring)", f"{t_cold:8.2f} s")
+    line("warm run (image encode + scoring)", f"{t_warm:8.2f} s  ({n_windows / warm.timings['encode_s']:.2f} windows/s; "
+         f"encode {warm.timings['encode_s']:.2f} s, score {warm.timings['score_s']:.2f} s, "
+         f"vectorize {warm.timings['vectorize_s']:.2f} s)")
+    line("re-run after editing one class", f"{t_edit:8.2f} s  (x{t_warm / t_edit:.1f} faster than the warm run)")
+    line(f"{fast} run (image encode + scoring)", f"{t_fast:8.2f} s  (x{t_warm / t_fast:.2f} vs fp32; "
+         f"label agreement with fp32 {agree * 100:.2f} % over {present} classes present)")
+    if not args.no_jbu and JBU.is_file():
+        engine_jbu = load_engine(model, str(device), "jbu", str(JBU))
+        jbu_res, t_jbu = timed(lambda: engine_jbu.segment(request))
+        line("with FeatUp JBU upsampler", f"{t_jbu:8.2f} s  (encode+upsample {jbu_res.timings['encode_s']:.2f} s, "
+             f"features kept {jbu_res.image_features.nbytes / 2**20:.0f} MiB vs "
+             f"{warm.image_features.nbytes / 2**20:.1f} MiB without)")
+    line("peak memory (process RSS)", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:8.0f} MiB")
+    if device.type == "cuda":
+        line("peak GPU memory", f"{torch.cuda.max_memory_allocated() / 2**20:8.0f} MiB")
+
+
+def start_server(model: str, device: torch.device, folder: Path, port: int = 18765) -> tuple[subprocess.Popen, Client]:
+    token_file = folder / "token"
+    proc = subprocess.Popen(
+        [Path(sys.executable).parent / "rsov", "serve", "--model", model, "--device", device.type, "--port", str(port),
+         "--token-file", str(token_file), "--results-dir", str(folder / "jobs")],
+        stderr=subprocess.DEVNULL,
+    )
+    client = Client(f"http://127.0.0.1:{port}", timeout=600)
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            client.health()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("rsov serve did not start") from None
+            time.sleep(0.5)
+    client.token = token_file.read_text().strip()
+    return proc, client
+
+
+def bench_server(args: argparse.Namespace, model: str, device: torch.device, raster: Path, folder: Path) -> None:
+    """Back-to-back jobs on a warm `rsov serve`, against the same jobs on the in-process engine."""
+    extents = [extent(raster, 8 * i) for i in range(args.jobs + 1)]  # no job reuses another's features
+    proc, client = start_server(model, device, folder)
+    try:
+        client.wait(client.submit(str(raster), list(CLASSES), bbox=extents[0]))  # warm-up: text cache
+        latencies = []
+        started = time.perf_counter()
+        for bbox in extents[1:]:
+            t = time.perf_counter()
+            job = client.submit(str(raster), list(CLASSES), bbox=bbox)
+            client.wait(job, poll_s=0.02)
+            client.result(job)
+            latencies.append(time.perf_counter() - t)
+        total = time.perf_counter() - started
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    engine = load_engine(model, str(device))
+    engine.segment(SegmentRequest(str(raster), CLASSES, bbox=extents[0]))  # the same warm-up
+    direct = [timed(lambda: engine.segment(SegmentRequest(str(raster), CLASSES, bbox=b)))[1] for b in extents[1:]]
+    http_s, direct_s = float(np.median(latencies)), float(np.median(direct))
+    print(f"server: {args.jobs} back-to-back {SIZE}x{SIZE} jobs, {len(CLASSES)} classes, warm")
+    line("throughput", f"{60 * args.jobs / total:8.1f} jobs/min")
+    line("latency POST -> result (median)", f"{http_s:8.2f} s")
+    line("in-process engine, same jobs (median)", f"{direct_s:8.2f} s")
+    line("HTTP path overhead", f"{http_s - direct_s:8.2f} s ({100 * (http_s / direct_s - 1):+.1f} %)")
 
 
 def main() -> int:
@@ -81,57 +173,23 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--long-side", type=int, default=448, help="working size (448 = paper default)")
     parser.add_argument("--no-jbu", action="store_true", help="skip the FeatUp JBU run")
+    parser.add_argument("--jobs", type=int, default=5, help="back-to-back jobs for the server figures")
+    parser.add_argument("--only", choices=["engine", "server"], help="run one part")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    fast = "fp16" if device.type == "cuda" else "bf16"
     torch.set_grad_enabled(False)
-
     with tempfile.TemporaryDirectory() as tmp:
-        raster = make_raster(Path(tmp))
-        engine, label = build_engine(device, None)
+        folder = Path(tmp)
+        os.environ["RSOV_CACHE_DIR"] = str(folder / "cache")  # cold text cache, for us and the server
+        raster = make_raster(folder)
+        model, label = bench_model(folder)
         gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "none"
-        print(f"rsov bench: {label}, device {device} (GPU: {gpu}), torch threads {torch.get_num_threads()}")
-        options = FeatureOptions(long_side=args.long_side)
-        request = SegmentRequest(str(raster), CLASSES, features=options)
-
-        # 1. cold: text tower for 10 classes x synonyms x 80 templates, image encoding, scoring.
-        cold, t_cold = timed(lambda: engine.segment(request))
-        n_windows = len(cold.image_features.windows)
-        # 2. warm text cache, new image features (as if another extent with the same vocabulary).
-        engine.cache = FeatureCache()
-        warm, t_warm = timed(lambda: engine.segment(request))
-        # 3. edit one class: its text is embedded, image features come from the cache.
-        edited = replace(request, classes=CLASSES[:-1] + ("solar panel",))
-        rescored, t_edit = timed(lambda: engine.segment(edited))
-        assert rescored.features_cached
-        h, w = cold.prediction.class_map.shape
-        print(f"extent {w}x{h} px -> working {options.long_side} px long side, {n_windows} windows of 224/112, "
-              f"{len(CLASSES)} classes")
-        print(f"cold run (text embeddings + image + scoring): {t_cold:8.2f} s")
-        print(f"warm run (image encode + scoring)          : {t_warm:8.2f} s  "
-              f"({n_windows / warm.timings['encode_s']:.2f} windows/s; encode {warm.timings['encode_s']:.2f} s, "
-              f"score {warm.timings['score_s']:.2f} s, vectorize {warm.timings['vectorize_s']:.2f} s)")
-        print(f"re-run after editing one class             : {t_edit:8.2f} s  "
-              f"(x{t_warm / t_edit:.1f} faster than the warm run)")
-
-        # 4. fast precision: same request, labels compared with fp32.
-        engine.cache = FeatureCache()
-        fast_req = replace(request, features=replace(options, precision=fast))
-        fast_res, t_fast = timed(lambda: engine.segment(fast_req))
-        agree = float((fast_res.prediction.class_map == warm.prediction.class_map).mean())
-        print(f"{fast} run (image encode + scoring)           : {t_fast:8.2f} s  "
-              f"(x{t_warm / t_fast:.2f} vs fp32; label agreement with fp32 {agree * 100:.2f} %)")
-
-        jbu_path = SHARED / "weights" / "featup" / "clip_jbu_stack_cocostuff.ckpt"
-        if not args.no_jbu and jbu_path.is_file():
-            engine_jbu, _ = build_engine(device, str(jbu_path))
-            jbu_res, t_jbu = timed(lambda: engine_jbu.segment(request))
-            print(f"with FeatUp JBU upsampler (cold text)      : {t_jbu:8.2f} s  "
-                  f"(encode+upsample {jbu_res.timings['encode_s']:.2f} s, features "
-                  f"{jbu_res.image_features.nbytes / 2**20:.0f} MiB)")
-        print(f"peak memory (process RSS)                  : {peak_rss_mb():8.0f} MiB")
-        if device.type == "cuda":
-            print(f"peak GPU memory                            : {torch.cuda.max_memory_allocated() / 2**20:8.0f} MiB")
+        print(f"rsov bench: {label}; device {device} (GPU: {gpu}); torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads")
+        if args.only in (None, "engine"):
+            bench_engine(args, model, device, raster)
+        if args.only in (None, "server"):
+            bench_server(args, model, device, raster, folder)
     return 0
 
 

@@ -166,6 +166,8 @@ def test_rotation_ensemble_and_precision_options_run(predictor):
     assert not torch.allclose(base.patches[0], rot.patches[0])
     fast = predictor.set_image(image, FeatureOptions(precision="bf16"))
     assert fast.patches[0].dtype == torch.bfloat16
+    assert next(predictor._models("bf16")[0].parameters()).dtype == torch.bfloat16  # a cast copy, kept
+    assert next(predictor.encoder.parameters()).dtype == torch.float32
     with pytest.raises(InputError):
         FeatureOptions(rotations=(45,))
 

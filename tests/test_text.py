@@ -30,6 +30,14 @@ def test_embedding_is_normalised_mean_of_normalised_templates(tiny, tmp_path):
     assert torch.allclose(got[0], expected, atol=1e-6)
 
 
+def test_trimmed_text_encoding_equals_open_clip(tiny):
+    from rsov.text import encode_text_trimmed
+
+    tokens = tiny.tokenizer(["a", "an aerial image of a large swimming pool next to a red roof", "tree"])
+    with torch.no_grad():
+        assert torch.allclose(encode_text_trimmed(tiny.model, tokens), tiny.model.encode_text(tokens), atol=1e-5)
+
+
 def test_disk_cache_survives_a_restart_and_edits_reembed_one_class(tiny, tmp_path):
     first = ClipTextEmbedder(tiny, TEMPLATE_SETS["remote-sensing"], cache_root=tmp_path)
     a = first.embed(["building", "tree", "water"])

@@ -101,17 +101,20 @@ class Engine:
         self.name = name
         self.cache = cache if cache is not None else FeatureCache()
         self._text_factory = text_factory
-        self._texts: dict[tuple[str, ...], TextEmbedder] = {}
-
-    def text_embedder(self, templates: str) -> TextEmbedder:
-        """The (cached) text embedder for a template set name or file."""
-        key = resolve_templates(templates)
-        if key not in self._texts:
-            self._texts[key] = self._text_factory(key)
-        return self._texts[key]
+        self._predictors: dict[tuple[str, ...], Predictor] = {}
 
     def predictor(self, templates: str = "openai") -> Predictor:
-        return Predictor(self.encoder, self.text_embedder(templates), self.upsampler, self.device)
+        """The predictor for a template set name or file, kept with its text cache and cast models.
+
+        One job at a time per engine: a predictor holds the features of its last image.
+        """
+        key = resolve_templates(templates)
+        if key not in self._predictors:
+            self._predictors[key] = Predictor(self.encoder, self._text_factory(key), self.upsampler, self.device)
+        return self._predictors[key]
+
+    def text_embedder(self, templates: str) -> TextEmbedder:
+        return self.predictor(templates).text
 
     def segment(self, request: SegmentRequest, stage: StageFn | None = None, cancelled: CancelFn | None = None) -> SegmentResult:
         """Run one request end to end; vocabulary errors surface before any pixel is read."""

@@ -14,6 +14,7 @@ them (SegEarth-OV, seed 003):
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -163,6 +164,21 @@ class Predictor:
         self.upsampler = upsampler
         self.device = torch.device(device)
         self.features: ImageFeatures | None = None
+        self._cast: dict[str, tuple[DenseEncoder, nn.Module | None]] = {}
+
+    def _models(self, precision: str) -> tuple[DenseEncoder, nn.Module | None]:
+        """Encoder and upsampler in ``precision``, cast once and kept.
+
+        Casting the weights beats autocast: on CPUs, bf16 autocast over frozen weights ran
+        ~15x slower than fp32 here, while bf16 weights ran ~2.4x faster.
+        """
+        if precision == "fp32" or not isinstance(self.encoder, nn.Module):
+            return self.encoder, self.upsampler
+        if precision not in self._cast:
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+            up = copy.deepcopy(self.upsampler).to(dtype) if self.upsampler is not None else None
+            self._cast[precision] = (copy.deepcopy(self.encoder).to(dtype), up)
+        return self._cast[precision]
 
     # ---- image side -------------------------------------------------------------------------
 
@@ -210,20 +226,20 @@ class Predictor:
 
     def _encode(self, crops: torch.Tensor, options: FeatureOptions) -> tuple[list[torch.Tensor], torch.Tensor]:
         """crops (B, 3, h, w) -> per crop (C, h', w') unit-norm features, (B, C) unit-norm [CLS]."""
+        encoder, upsampler = self._models(options.precision)
         h, w = crops.shape[-2:]
         top, left = _centred_padding(h, self.encoder.patch_size), _centred_padding(w, self.encoder.patch_size)
         # SegEarth-OV pads crops to a multiple of the patch size with zeros (the mean colour), split evenly.
         padded = F.pad(crops, (left[0], left[1], top[0], top[1]))
-        with _autocast(self.device, options.precision):
-            feats, tokens = 0, 0
-            for degrees in options.rotations:
-                k = (degrees // 90) % 4
-                f, t = self.encoder(torch.rot90(padded, k, dims=(2, 3)))
-                feats = feats + torch.rot90(f, -k, dims=(2, 3))
-                tokens = tokens + t
-            feats, tokens = feats / len(options.rotations), tokens / len(options.rotations)
-            if self.upsampler is not None:
-                feats = self.upsampler(feats, padded)[:, :, top[0]:top[0] + h, left[0]:left[0] + w]
+        feats, tokens = 0, 0
+        for degrees in options.rotations:
+            k = (degrees // 90) % 4
+            f, t = encoder(torch.rot90(padded, k, dims=(2, 3)))
+            feats = feats + torch.rot90(f, -k, dims=(2, 3))
+            tokens = tokens + t
+        feats, tokens = feats / len(options.rotations), tokens / len(options.rotations)
+        if upsampler is not None:
+            feats = upsampler(feats, padded.to(feats.dtype))[:, :, top[0]:top[0] + h, left[0]:left[0] + w]
         store = torch.float32 if options.precision == "fp32" else feats.dtype
         feats = F.normalize(feats.float(), dim=1).to(store)
         return list(feats), F.normalize(tokens.float(), dim=-1)
@@ -312,9 +328,4 @@ def _same_shape_groups(windows: list[tuple[int, int, int, int]]) -> list[list[tu
         groups.setdefault((win[2] - win[0], win[3] - win[1]), []).append(win)
     return list(groups.values())
 
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 

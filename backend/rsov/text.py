@@ -84,7 +84,7 @@ class ClipTextEmbedder:
         chunks = []
         for start in range(0, len(texts), self.batch_size):
             tokens = self.loaded.tokenizer(texts[start:start + self.batch_size]).to(device)
-            chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
+            chunks.append(F.normalize(encode_text_trimmed(model, tokens).float(), dim=-1).cpu())
         per_template = torch.cat(chunks).view(len(queries), len(self.templates), -1)
         self.encoded_queries += len(queries)
         return F.normalize(per_template.mean(dim=1), dim=-1).numpy()
@@ -109,6 +109,26 @@ class ClipTextEmbedder:
             os.replace(tmp.name, self._file(query))
         except OSError:
             pass
+
+
+def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text(tokens)`` without the padding: (N, 77) tokens -> (N, C).
+
+    CLIP's text tower is causal and pools the end-of-text token (the largest id), so the
+    positions after the longest prompt cannot change the result; prompts are ~10 tokens
+    of 77, so dropping them makes text encoding several times faster. Other text towers
+    (or pooling rules) fall back to ``encode_text``.
+    """
+    plain = getattr(model, "text_pool_type", None) == "argmax" and getattr(model, "attn_mask", None) is not None
+    if not plain or not hasattr(model, "token_embedding"):
+        return model.encode_text(tokens)
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    tokens = tokens[:, :length]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
+    return model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
 
 
 def _safe(name: str) -> str:

@@ -1,0 +1,70 @@
+"""Fixtures of the plugin tests (real QGIS, offscreen).
+
+Outside QGIS's Python (e.g. the backend's `pytest tests`) this folder is skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_DATA = REPO.parent / "shared" / "data"
+OEM_RASTER = SHARED_DATA / "openearthmap" / "oem_koeln_50.tif"
+
+if importlib.util.find_spec("qgis") is None:
+    collect_ignore_glob = ["*.py"]
+else:
+    import pytest
+    from qgis.core import QgsProject, QgsRasterLayer, QgsSettings
+
+    from fake_backend import FakeBackend
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+
+    @pytest.fixture(autouse=True)
+    def clean_settings(monkeypatch, tmp_path):
+        """Each test starts with no rsov settings, no backend environment and an empty project."""
+        QgsSettings().remove("rsov")
+        for variable in ("RSOV_BACKEND_URL", "RSOV_TOKEN_FILE"):
+            monkeypatch.delenv(variable, raising=False)
+        QgsSettings().setValue("rsov/output_dir", str(tmp_path / "results"))
+        yield
+        QgsProject.instance().clear()
+        QgsSettings().remove("rsov")
+
+    @pytest.fixture
+    def oem_raster() -> Path:
+        """The OpenEarthMap sample (1000x1000 RGB, EPSG:25832), read-only."""
+        assert OEM_RASTER.is_file(), f"sample raster {OEM_RASTER} is missing"
+        return OEM_RASTER
+
+    @pytest.fixture
+    def oem_layer(oem_raster, qgis_new_project) -> QgsRasterLayer:
+        layer = QgsRasterLayer(str(oem_raster), "oem_koeln_50")
+        assert layer.isValid()
+        QgsProject.instance().addMapLayer(layer)
+        return layer
+
+    @pytest.fixture
+    def fake_backend(tmp_path, monkeypatch):
+        """A running contract-following fake backend; the environment points the plugin at it."""
+        token_file = tmp_path / "token"
+        backend = FakeBackend()
+        token_file.write_text(backend.token + "\n")
+        backend.start()
+        backend.token_file = token_file
+        monkeypatch.setenv("RSOV_BACKEND_URL", backend.url)
+        monkeypatch.setenv("RSOV_TOKEN_FILE", str(token_file))
+        yield backend
+        backend.stop()
+
+    @pytest.fixture(scope="session")
+    def plugin_zip() -> Path:
+        """dist/rsov_qgis.zip, freshly built by `make package`."""
+        import subprocess
+
+        subprocess.run(["make", "-s", "-C", str(REPO), "package"], check=True, capture_output=True)
+        return REPO / "dist" / "rsov_qgis.zip"

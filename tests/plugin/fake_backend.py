@@ -1,0 +1,197 @@
+"""A small stand-in for ``rsov serve`` that follows the HTTP contract, for client and GUI tests.
+
+Jobs go queued -> running -> done over a few polls (or stay running with ``hold``, or fail
+with ``fail_with``); the result is one rectangle per class inside the requested bbox, written
+with GDAL in the raster's CRS. Every request body is recorded in ``requests``.
+Run as a script (``python fake_backend.py PORT TOKEN_FILE``) to serve from another process.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import json
+import sys
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from osgeo import gdal, ogr, osr
+
+gdal.UseExceptions()
+
+
+@dataclass
+class FakeJob:
+    job_id: str
+    request: dict
+    chip: bytes | None
+    polls: int = 0
+    state: str = "queued"
+
+
+@dataclass
+class FakeBackend:
+    token: str = "secret-token"
+    polls_until_done: int = 2
+    hold: bool = False  # jobs stay "running" until cancelled
+    fail_with: str | None = None  # jobs fail with this error
+    model: str = "fake-model"
+    jobs: dict = field(default_factory=dict)
+    requests: list = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self, port: int = 0) -> FakeBackend:
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_GET(self):  # noqa: N802
+                backend.handle(self, "GET")
+
+            def do_POST(self):  # noqa: N802
+                backend.handle(self, "POST")
+
+            def do_DELETE(self):  # noqa: N802
+                backend.handle(self, "DELETE")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # --- HTTP -------------------------------------------------------------------------------
+    def handle(self, http: BaseHTTPRequestHandler, method: str) -> None:
+        path, _, query = http.path.partition("?")
+        parts = [p for p in path.split("/") if p]
+        if method == "GET" and parts == ["v1", "health"]:
+            return self._send(http, 200, {"status": "ok", "version": "0.1.0", "model": self.model,
+                                          "models": [self.model], "device": "cpu", "gpu_name": None})
+        if http.headers.get("Authorization") != f"Bearer {self.token}":
+            return self._error(http, 401, "unauthorized", "Missing or wrong bearer token.")
+        if method == "GET" and parts == ["v1", "models"]:
+            return self._send(http, 200, {"models": [{"name": self.model, "arch": "fake", "description": "test",
+                                                      "weights_present": True, "loaded": True}]})
+        if method == "POST" and parts == ["v1", "jobs"]:
+            return self._submit(http)
+        if len(parts) >= 3 and parts[:2] == ["v1", "jobs"] and parts[2] in self.jobs:
+            job = self.jobs[parts[2]]
+            if method == "DELETE" and len(parts) == 3:
+                job.state = "cancelled"
+                return self._send(http, 200, {"job_id": job.job_id, "state": "cancelled"})
+            if method == "GET" and len(parts) == 3:
+                return self._send(http, 200, self._poll(job))
+            if method == "GET" and parts[3:] == ["result"]:
+                if job.state != "done":
+                    return self._error(http, 409, "not_done", "The job is not done.")
+                if query == "format=gpkg":
+                    return self._send(http, 200, self._gpkg(job), "application/geopackage+sqlite3")
+                return self._send(http, 200, {"type": "FeatureCollection", "features": []})
+        return self._error(http, 404, "not_found", f"No such endpoint {method} {path}.")
+
+    def _send(self, http, status: int, body, content_type: str = "application/json") -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        http.send_response(status)
+        http.send_header("Content-Type", content_type)
+        http.send_header("Content-Length", str(len(data)))
+        http.end_headers()
+        http.wfile.write(data)
+
+    def _error(self, http, status: int, code: str, message: str) -> None:
+        self._send(http, status, {"error": {"code": code, "message": message}})
+
+    def _submit(self, http) -> None:
+        body = http.rfile.read(int(http.headers.get("Content-Length", 0)))
+        content_type = http.headers.get("Content-Type", "")
+        chip = None
+        if content_type.startswith("multipart/form-data"):
+            message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+            parts = {p.get_param("name", header="content-disposition"): p.get_payload(decode=True)
+                     for p in message.iter_parts()}
+            request, chip = json.loads(parts["request"]), parts.get("chip")
+        else:
+            request = json.loads(body)
+        self.requests.append({"json": request, "chip": chip})
+        if not request.get("classes"):
+            return self._error(http, 422, "empty_vocabulary", "The vocabulary is empty.")
+        if chip is None and not Path(request.get("raster") or "").is_file():
+            return self._error(http, 400, "missing_file", f"The raster {request.get('raster')} does not exist.")
+        job = FakeJob(uuid.uuid4().hex[:12], request, chip)
+        self.jobs[job.job_id] = job
+        self._send(http, 202, {"job_id": job.job_id})
+
+    def _poll(self, job: FakeJob) -> dict:
+        if job.state not in ("done", "failed", "cancelled"):
+            job.polls += 1
+            if self.fail_with:
+                job.state = "failed"
+            elif self.hold or job.polls < self.polls_until_done:
+                job.state = "running"
+            else:
+                job.state = "done"
+        progress = 1.0 if job.state == "done" else min(0.9, job.polls / max(1, self.polls_until_done))
+        return {"job_id": job.job_id, "state": job.state, "progress": progress,
+                "stage": "encoding image" if job.state == "running" else job.state, "message": "",
+                "error": self.fail_with if job.state == "failed" else None}
+
+    # --- result -----------------------------------------------------------------------------
+    def _raster_wkt(self, job: FakeJob) -> str:
+        if job.chip is None:
+            return gdal.Open(job.request["raster"]).GetProjection()
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "chip.tif"
+            path.write_bytes(job.chip)
+            return gdal.Open(str(path)).GetProjection()
+
+    def _gpkg(self, job: FakeJob) -> bytes:
+        """One rectangle per class: vertical strips of the bbox, inset by 10 %."""
+        minx, miny, maxx, maxy = job.request["bbox"]
+        srs = osr.SpatialReference()
+        srs.ImportFromWkt(self._raster_wkt(job))
+        with tempfile.TemporaryDirectory() as folder:
+            path = str(Path(folder) / "result.gpkg")
+            ds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
+            layer = ds.CreateLayer("rsov", srs, ogr.wkbMultiPolygon)
+            for name, kind in (("class", ogr.OFTString), ("class_id", ogr.OFTInteger),
+                               ("score", ogr.OFTReal), ("area_m2", ogr.OFTReal)):
+                layer.CreateField(ogr.FieldDefn(name, kind))
+            classes = job.request["classes"]
+            width = (maxx - minx) / len(classes)
+            for i, query in enumerate(classes):
+                x0, x1 = minx + width * (i + 0.1), minx + width * (i + 0.9)
+                y0, y1 = miny + (maxy - miny) * 0.1, maxy - (maxy - miny) * 0.1
+                geometry = ogr.CreateGeometryFromWkt(
+                    f"MULTIPOLYGON((({x0} {y0},{x1} {y0},{x1} {y1},{x0} {y1},{x0} {y0})))")
+                feature = ogr.Feature(layer.GetLayerDefn())
+                feature.SetField("class", query.split(",")[0].strip())
+                feature.SetField("class_id", i + 1)
+                feature.SetField("score", round(0.3 + 0.6 * i / max(1, len(classes) - 1), 3))
+                feature.SetField("area_m2", geometry.GetArea())
+                feature.SetGeometry(geometry)
+                layer.CreateFeature(feature)
+            ds = None  # noqa: F841 (closes the file)
+            return Path(path).read_bytes()
+
+
+if __name__ == "__main__":
+    port, token_file = int(sys.argv[1]), Path(sys.argv[2])
+    if not token_file.exists():  # like `rsov serve`, write a token when there is none
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        token_file.write_text(uuid.uuid4().hex)
+    fake = FakeBackend(token=token_file.read_text().strip()).start(port)
+    print(f"fake rsov backend on {fake.url}", flush=True)
+    threading.Event().wait()

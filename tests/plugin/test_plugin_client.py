@@ -1,0 +1,131 @@
+"""The urllib client against a fake server that follows the backend's HTTP contract."""
+
+import json
+import socket
+
+import pytest
+
+from rsov_qgis.backend_client import (
+    BackendClient,
+    BackendError,
+    JobCancelled,
+    JobRequest,
+    SegmentOptions,
+    is_loopback_url,
+)
+
+
+@pytest.fixture
+def client(fake_backend):
+    return BackendClient(fake_backend.url, fake_backend.token_file, timeout=5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _request(raster) -> JobRequest:
+    return JobRequest(classes=["building,roof", "tree"], bbox=(1.0, 2.0, 3.0, 4.0), bbox_crs="EPSG:25832",
+                      raster=str(raster), options=SegmentOptions(threshold=0.4))
+
+
+def test_health_and_models(client, fake_backend):
+    health = client.health()
+    assert health.model == "fake-model" and health.device == "cpu" and health.gpu_name is None
+    assert health.describe() == "rsov 0.1.0, model fake-model on CPU"
+    assert client.models()[0]["name"] == "fake-model"
+
+
+def test_request_json_follows_the_contract(oem_raster):
+    body = _request(oem_raster).to_json()
+    assert body == {"raster": str(oem_raster), "bbox": [1.0, 2.0, 3.0, 4.0], "bbox_crs": "EPSG:25832",
+                    "classes": ["building,roof", "tree"], "mode": "semantic", "options": {"threshold": 0.4}}
+    chip_body = JobRequest(["a"], None, None).to_json()
+    assert "raster" not in chip_body and chip_body["bbox"] is None
+
+
+def test_whole_job_by_path_reports_progress(client, fake_backend, oem_raster):
+    seen = []
+    job_id = client.run_job(_request(oem_raster), on_status=seen.append, poll_s=0.01)
+    assert [s.state for s in seen] == ["running", "done"]
+    assert seen[-1].progress == 1.0 and seen[0].stage == "encoding image"
+    assert fake_backend.requests[0]["json"]["raster"] == str(oem_raster)
+    assert client.result_gpkg(job_id)[:16] == b"SQLite format 3\x00"
+
+
+def test_multipart_chip_upload(client, fake_backend, oem_raster):
+    request = _request(oem_raster)
+    request.raster = None
+    client.submit(request, chip=oem_raster)
+    sent = fake_backend.requests[0]
+    assert "raster" not in sent["json"] and sent["json"]["classes"] == ["building,roof", "tree"]
+    assert sent["chip"] == oem_raster.read_bytes()
+
+
+def test_cancel_deletes_the_backend_job(client, fake_backend, oem_raster):
+    fake_backend.hold = True
+    polls = []
+    with pytest.raises(JobCancelled):
+        client.run_job(_request(oem_raster), on_status=polls.append, is_canceled=lambda: len(polls) >= 2, poll_s=0.01)
+    assert [job.state for job in fake_backend.jobs.values()] == ["cancelled"]
+
+
+def test_failed_job_raises_its_error(client, fake_backend, oem_raster):
+    fake_backend.fail_with = "The model ran out of memory."
+    with pytest.raises(BackendError, match="ran out of memory") as info:
+        client.run_job(_request(oem_raster), poll_s=0.01)
+    assert info.value.code == "job_failed"
+
+
+def test_server_errors_keep_code_and_message(client, oem_raster, tmp_path):
+    request = _request(oem_raster)
+    request.raster = str(tmp_path / "missing.tif")
+    with pytest.raises(BackendError, match="does not exist") as info:
+        client.submit(request)
+    assert (info.value.code, info.value.status) == ("missing_file", 400)
+    request.classes = []
+    with pytest.raises(BackendError) as info:
+        client.submit(request)
+    assert (info.value.code, info.value.status) == ("empty_vocabulary", 422)
+
+
+def test_wrong_token_is_reported_as_such(fake_backend, tmp_path):
+    wrong = tmp_path / "wrong"
+    wrong.write_text("nope")
+    client = BackendClient(fake_backend.url, wrong)
+    client.health()  # no token needed
+    with pytest.raises(BackendError, match="refused the token from") as info:
+        client.models()
+    assert info.value.code == "unauthorized" and info.value.status == 401
+
+
+def test_missing_token_file(fake_backend, tmp_path):
+    with pytest.raises(BackendError, match="cannot be read") as info:
+        BackendClient(fake_backend.url, tmp_path / "none").models()
+    assert info.value.code == "token_missing"
+
+
+def test_unreachable_backend():
+    client = BackendClient(f"http://127.0.0.1:{_free_port()}", None, timeout=2)
+    with pytest.raises(BackendError, match="No rsov backend answers") as info:
+        client.health()
+    assert info.value.code == "unreachable"
+
+
+def test_not_an_rsov_server(fake_backend):
+    fake_backend.server.RequestHandlerClass.do_GET = lambda self: (
+        self.send_response(200), self.send_header("Content-Length", "2"), self.end_headers(), self.wfile.write(b"{}"))
+    with pytest.raises(BackendError, match="not an rsov backend"):
+        BackendClient(fake_backend.url).health()
+
+
+def test_urls():
+    with pytest.raises(BackendError) as info:
+        BackendClient("file:///etc/passwd")
+    assert info.value.code == "bad_url"
+    assert is_loopback_url("http://127.0.0.1:8765") and is_loopback_url("http://localhost:1")
+    assert is_loopback_url("http://[::1]:8765") and not is_loopback_url("http://10.0.0.2:8765")
+    assert BackendClient("http://127.0.0.1:8765/ ").url == "http://127.0.0.1:8765"
+    assert json.loads(json.dumps(SegmentOptions(resolution=0.5).to_json())) == {"threshold": 0.3, "resolution": 0.5}

@@ -1,0 +1,277 @@
+"""The dock in a real (offscreen) QGIS: widgets, backend status, segmentation through the fake
+backend, failure paths, cancel, review, and the plugin's load/unload."""
+
+import socket
+
+import pytest
+from qgis.core import Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsProject, QgsRasterLayer, QgsRectangle, QgsVectorLayer
+from qgis.PyQt.QtGui import QColor, QImage
+
+from rsov_qgis import classFactory, schema
+from rsov_qgis.dock import RsovDock
+from rsov_qgis.results import GROUP
+from rsov_qgis.settings import Settings
+from rsov_qgis.vocabulary import parse_vocabulary
+
+TIMEOUT_MS = 30000
+
+
+def _messages(iface, level):
+    return [m.split(":", 1)[1] for m in iface.messageBar().get_messages(getattr(Qgis.MessageLevel, level))]
+
+
+@pytest.fixture
+def dock(qgis_iface, qtbot, qgis_new_project):
+    widget = RsovDock(qgis_iface)
+    qtbot.addWidget(widget)
+    yield widget
+    widget.shutdown()
+
+
+def _show_central_half(canvas, layer):
+    canvas.setDestinationCrs(layer.crs())
+    extent = layer.extent()
+    c = extent.center()
+    canvas.setExtent(QgsRectangle(c.x() - 125, c.y() - 125, c.x() + 125, c.y() + 125))
+    return canvas.mapSettings().visibleExtent().intersect(extent)  # the part of the raster on screen
+
+
+def _run(dock, qtbot):
+    task = dock.segment_visible_extent()
+    assert task is not None, "the task did not start"
+    qtbot.waitUntil(lambda: dock.task is None, timeout=TIMEOUT_MS)
+    return task
+
+
+def _result_layers():
+    group = QgsProject.instance().layerTreeRoot().findGroup(GROUP)
+    return [node.layer() for node in group.findLayers()] if group else []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- widgets ------------------------------------------------------------------------------------
+def test_dock_builds_with_sensible_defaults(dock, oem_layer, qgis_iface):
+    assert dock.objectName() == "rsovDock"
+    assert [dock.tabs.tabText(i) for i in range(dock.tabs.count())] == ["Segment", "Review", "Backend"]
+    assert [c.name for c in dock.vocabulary()] == ["building", "tree", "water"]
+    assert dock.threshold_spin.value() == pytest.approx(0.3)
+    assert dock.resolution_spin.value() == 0 and dock.resolution_spin.text().startswith("auto")
+    assert dock.mode_combo.currentData() == "semantic"
+    assert dock.raster_combo.currentLayer() is oem_layer
+    other = QgsRasterLayer(oem_layer.source(), "other")
+    QgsProject.instance().addMapLayer(other)
+    dock._select_active_raster(other)  # what QGIS's currentLayerChanged does
+    assert dock.raster_combo.currentLayer() is other
+    assert not dock.cancel_button.isEnabled() and dock.segment_button.isEnabled()
+
+
+def test_vocabulary_editor(dock, tmp_path, qtbot):
+    dock.add_class("swimming pool, pool")
+    assert [c.name for c in dock.vocabulary()] == ["building", "tree", "water", "swimming pool"]
+    assert dock.vocabulary()[-1].color not in {c.color for c in dock.vocabulary()[:-1]}
+    dock.vocab_table.setCurrentCell(3, 1)
+    dock.move_class(-1)
+    assert [c.name for c in dock.vocabulary()] == ["building", "tree", "swimming pool", "water"]
+    assert dock.vocab_table.currentRow() == 2
+    dock.remove_class()
+    assert [c.name for c in dock.vocabulary()] == ["building", "tree", "water"]
+    dock.vocab_table.item(0, 1).setText("house, roof , building")  # typed by the user
+    assert dock.vocabulary()[0].synonyms == ["house", "roof", "building"]
+    dock.vocab_table.cellWidget(0, 0).setColor(QColor("#123456"))
+    assert dock.vocabulary()[0].color == "#123456"
+    # remembered across sessions
+    assert [c.synonyms for c in parse_vocabulary(Settings.load().vocabulary)] == [c.synonyms for c in dock.vocabulary()]
+    # files
+    path = tmp_path / "vocab.txt"
+    dock.save_vocabulary(path)
+    dock.set_vocabulary([])
+    dock.load_vocabulary(path)
+    assert dock.vocabulary()[0].synonyms == ["house", "roof", "building"] and dock.vocabulary()[0].color == "#123456"
+
+
+def test_presets_combo(dock):
+    index = dock.preset_combo.findText("Land cover (OpenEarthMap)")
+    assert index > 0
+    dock.preset_combo.activated.emit(index)
+    assert len(dock.vocabulary()) == 8 and dock.vocabulary()[-1].color == "#de1f07"
+    assert dock.preset_combo.currentIndex() == 0
+
+
+def test_backend_status_line(fake_backend, dock, tmp_path, monkeypatch):
+    assert dock.check_backend()
+    assert "Connected: rsov 0.1.0, model fake-model on CPU" in dock.status_label.text()
+    fake_backend.token_file.write_text("stale")
+    assert not dock.check_backend()
+    assert "refused the token" in dock.status_label.text()
+    fake_backend.stop()
+    assert not dock.check_backend()
+    assert "No rsov backend answers" in dock.status_label.text()
+
+
+def test_environment_sets_and_locks_backend_fields(fake_backend, dock):
+    assert dock.url_edit.text() == fake_backend.url and not dock.url_edit.isEnabled()
+    assert "RSOV_BACKEND_URL" in dock.url_edit.toolTip()
+
+
+# --- segmentation -------------------------------------------------------------------------------
+def test_segment_visible_extent(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot, tmp_path):
+    visible = _show_central_half(qgis_canvas, oem_layer)
+    dock.threshold_spin.setValue(0.45)
+    _run(dock, qtbot)
+    assert _messages(qgis_iface, "Critical") == []
+    sent = fake_backend.requests[0]["json"]
+    assert sent["raster"] == str(QgsProject.instance().mapLayer(oem_layer.id()).source())
+    assert sent["bbox_crs"] == "EPSG:25832" and sent["classes"] == ["building,roof,house", "tree,forest", "water,river"]
+    assert sent["options"] == {"threshold": 0.45} and sent["mode"] == "semantic"
+    assert QgsRectangle(*sent["bbox"]).contains(visible)
+    [layer] = _result_layers()
+    assert layer.name().startswith("oem_koeln_50 ") and layer.featureCount() == 3
+    assert {f[schema.CLASS] for f in layer.getFeatures()} == {"building", "tree", "water"}
+    assert {f[schema.STATUS] for f in layer.getFeatures()} == {"new"}
+    renderer = layer.renderer()
+    assert isinstance(renderer, QgsCategorizedSymbolRenderer)
+    assert [(c.value(), c.symbol().color().name()) for c in renderer.categories()] == [
+        (c.name, c.color) for c in dock.vocabulary()]
+    for feature in layer.getFeatures():
+        assert visible.buffered(1.0).contains(feature.geometry().boundingBox())
+    assert layer.source().startswith(str(tmp_path / "results"))
+    assert dock.results_combo.currentLayer() is layer
+    assert any("3 polygons saved" in m for m in _messages(qgis_iface, "Success"))
+    assert dock.progress.value() == 0 and dock.stage_label.text().startswith("Done: 3 polygons")
+
+
+def test_web_layer_is_sent_as_multipart_chip(fake_backend, dock, qgis_canvas, qgis_iface, qtbot, tmp_path):
+    for x in range(2):
+        (tmp_path / "tiles" / "1" / str(x)).mkdir(parents=True)
+        for y in range(2):
+            tile = QImage(256, 256, QImage.Format.Format_ARGB32)
+            tile.fill(QColor(30, 160, 60))
+            tile.save(str(tmp_path / "tiles" / "1" / str(x) / f"{y}.png"))
+    layer = QgsRasterLayer(f"type=xyz&url=file://{tmp_path}/tiles/{{z}}/{{x}}/{{y}}.png&zmin=0&zmax=1", "tiles", "wms")
+    QgsProject.instance().addMapLayer(layer)
+    dock.raster_combo.setLayer(layer)
+    qgis_canvas.setDestinationCrs(layer.crs())
+    qgis_canvas.setExtent(QgsRectangle(-1e6, 5e6, 1e6, 6e6))
+    _run(dock, qtbot)
+    assert _messages(qgis_iface, "Critical") == []
+    sent = fake_backend.requests[0]
+    assert sent["chip"][:4] in (b"II*\x00", b"MM\x00*") and "raster" not in sent["json"]
+    assert sent["json"]["bbox_crs"] == "EPSG:3857"
+    assert _result_layers()[0].featureCount() == 3
+
+
+def _assert_nothing_written(tmp_path):
+    assert _result_layers() == [] and QgsProject.instance().layerTreeRoot().findGroup(GROUP) is None
+    results = tmp_path / "results"
+    assert not results.exists() or list(results.iterdir()) == []
+
+
+def test_backend_down_shows_a_message_and_writes_nothing(dock, oem_layer, qgis_canvas, qgis_iface, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("RSOV_BACKEND_URL", f"http://127.0.0.1:{_free_port()}")
+    dock.settings = Settings.load()
+    _show_central_half(qgis_canvas, oem_layer)
+    _run(dock, qtbot)
+    [message] = _messages(qgis_iface, "Critical")
+    assert "No rsov backend answers" in message and "Start backend" in message
+    _assert_nothing_written(tmp_path)
+    assert dock.segment_button.isEnabled() and dock.stage_label.text() == "Failed"
+
+
+def test_wrong_token_shows_a_message_and_writes_nothing(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot, tmp_path):
+    fake_backend.token_file.write_text("not-the-token")
+    _show_central_half(qgis_canvas, oem_layer)
+    _run(dock, qtbot)
+    [message] = _messages(qgis_iface, "Critical")
+    assert "refused the token" in message
+    _assert_nothing_written(tmp_path)
+
+
+def test_failed_job_shows_the_backend_error(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot, tmp_path):
+    fake_backend.fail_with = "CUDA out of memory: use a smaller extent."
+    _show_central_half(qgis_canvas, oem_layer)
+    _run(dock, qtbot)
+    assert _messages(qgis_iface, "Critical") == ["CUDA out of memory: use a smaller extent."]
+    _assert_nothing_written(tmp_path)
+
+
+def test_cancel_mid_job(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot, tmp_path):
+    fake_backend.hold = True
+    _show_central_half(qgis_canvas, oem_layer)
+    dock.segment_visible_extent()
+    assert dock.cancel_button.isEnabled() and not dock.segment_button.isEnabled()
+    qtbot.waitUntil(lambda: any(job.polls >= 2 for job in fake_backend.jobs.values()), timeout=TIMEOUT_MS)
+    assert dock.stage_label.text() == "encoding image" and dock.progress.value() > 0
+    dock.cancel()
+    qtbot.waitUntil(lambda: dock.task is None, timeout=TIMEOUT_MS)
+    assert [job.state for job in fake_backend.jobs.values()] == ["cancelled"]
+    assert dock.stage_label.text() == "Cancelled" and _messages(qgis_iface, "Critical") == []
+    _assert_nothing_written(tmp_path)
+
+
+def test_user_errors_are_warnings(dock, oem_layer, qgis_canvas, qgis_iface):
+    qgis_canvas.setDestinationCrs(oem_layer.crs())
+    qgis_canvas.setExtent(QgsRectangle(0, 0, 100, 100))
+    assert dock.segment_visible_extent() is None
+    dock.set_vocabulary([])
+    _show_central_half(qgis_canvas, oem_layer)
+    assert dock.segment_visible_extent() is None
+    dock.raster_combo.setLayer(None)
+    assert dock.segment_visible_extent() is None
+    warnings = _messages(qgis_iface, "Warning")
+    assert "does not overlap the raster oem_koeln_50" in warnings[0]
+    assert "vocabulary is empty" in warnings[1] and "Choose a raster layer" in warnings[2]
+
+
+# --- review through the dock ------------------------------------------------------------------------
+def test_review_tools(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot):
+    _show_central_half(qgis_canvas, oem_layer)
+    _run(dock, qtbot)
+    [layer] = _result_layers()
+    assert [dock.relabel_combo.itemText(i) for i in range(dock.relabel_combo.count())] == ["building", "tree", "water"]
+    ids = sorted(f.id() for f in layer.getFeatures())
+    dock.next_action.trigger()
+    assert layer.selectedFeatureIds() == [ids[0]]
+    dock.accept_action.trigger()  # accepts and moves on
+    assert layer.selectedFeatureIds() == [ids[1]]
+    dock.reject_action.trigger()
+    assert {f.id(): f[schema.STATUS] for f in layer.getFeatures()} == {ids[0]: "accepted", ids[1]: "rejected", ids[2]: "new"}
+    assert dock.review_summary.text().startswith("1 new, 1 accepted, 1 rejected")
+    layer.selectByIds([ids[2]])
+    dock.relabel_combo.setCurrentIndex(0)
+    dock.relabel_selected()
+    assert layer.getFeature(ids[2])[schema.CLASS] == "building" and layer.getFeature(ids[2])[schema.CLASS_ID] == 1
+    dock.score_slider.setValue(50)  # scores are 0.3, 0.6, 0.9
+    assert layer.featureCount() == 2 and dock.score_label.text() == "≥ 0.50"
+    target = QgsVectorLayer("MultiPolygon?crs=EPSG:25832&field=class:string", "reviewed", "memory")
+    QgsProject.instance().addMapLayer(target)
+    dock.target_combo.setLayer(target)
+    dock.merge_accepted()
+    assert [f["class"] for f in target.getFeatures()] == ["building"]
+    assert any("1 accepted features added to reviewed" in m for m in _messages(qgis_iface, "Success"))
+    assert [a.shortcut().toString() for a in (dock.accept_action, dock.reject_action, dock.next_action)] == [
+        "Ctrl+Alt+A", "Ctrl+Alt+R", "Ctrl+Alt+N"]
+
+
+def test_review_without_selection_warns(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot):
+    _show_central_half(qgis_canvas, oem_layer)
+    _run(dock, qtbot)
+    dock.accept_action.trigger()
+    assert any("Select features" in m for m in _messages(qgis_iface, "Warning"))
+
+
+# --- the plugin object ----------------------------------------------------------------------------
+def test_plugin_load_and_unload(qgis_iface, qgis_app):
+    plugin = classFactory(qgis_iface)
+    plugin.initGui()
+    registry = QgsApplication.processingRegistry()
+    assert registry.providerById("rsov") is not None and registry.algorithmById("rsov:segment") is not None
+    assert plugin.dock.objectName() == "rsovDock" and plugin.action.isCheckable()
+    plugin.action.setChecked(False)
+    assert not plugin.dock.isVisible()
+    plugin.unload()
+    assert registry.providerById("rsov") is None and plugin.dock is None

@@ -1,0 +1,74 @@
+"""Processing: rsov:segment against the fake backend."""
+
+import pytest
+from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback, QgsRectangle, QgsVectorLayer
+
+from rsov_qgis.processing_provider import RsovProvider
+
+
+@pytest.fixture
+def provider(qgis_processing):
+    provider = RsovProvider()
+    QgsApplication.processingRegistry().addProvider(provider)
+    yield provider
+    QgsApplication.processingRegistry().removeProvider(provider)
+
+
+class Feedback(QgsProcessingFeedback):
+    def __init__(self):
+        super().__init__()
+        self.infos, self.progress_values = [], []
+        self.progressChanged.connect(self.progress_values.append)
+
+    def pushInfo(self, info):  # noqa: N802
+        self.infos.append(info)
+        super().pushInfo(info)
+
+
+def test_segment_algorithm_writes_features(fake_backend, provider, oem_layer, tmp_path):
+    import processing
+
+    extent = oem_layer.extent()
+    box = QgsRectangle(extent.xMinimum() + 100, extent.yMinimum() + 100, extent.xMinimum() + 300, extent.yMinimum() + 200)
+    feedback = Feedback()
+    out = str(tmp_path / "segments.gpkg")
+    result = processing.run("rsov:segment", {
+        "INPUT": oem_layer, "CLASSES": "building,roof; tree ,forest", "THRESHOLD": 0.6,
+        "EXTENT": f"{box.xMinimum()},{box.xMaximum()},{box.yMinimum()},{box.yMaximum()} [EPSG:25832]",
+        "OUTPUT": out,
+    }, feedback=feedback)
+    sent = fake_backend.requests[0]["json"]
+    assert sent["classes"] == ["building,roof", "tree,forest"] and sent["options"]["threshold"] == 0.6
+    assert sent["bbox"] == pytest.approx([box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum()])
+    layer = QgsVectorLayer(result["OUTPUT"], "out", "ogr")
+    assert layer.isValid() and layer.crs().authid() == "EPSG:25832"
+    assert sorted(f["class"] for f in layer.getFeatures()) == ["building", "tree"]
+    assert {f["status"] for f in layer.getFeatures()} == {"new"}
+    assert {"class", "class_id", "score", "area_m2", "status"} <= set(layer.fields().names())
+    for feature in layer.getFeatures():
+        assert box.contains(feature.geometry().boundingBox())
+    assert "encoding image" in feedback.infos and feedback.progress_values[-1] == 100
+
+
+def test_whole_raster_by_default_and_errors_are_processing_exceptions(fake_backend, provider, oem_layer, tmp_path):
+    import processing
+
+    processing.run("rsov:segment", {"INPUT": oem_layer, "CLASSES": "water", "OUTPUT": "TEMPORARY_OUTPUT"})
+    assert fake_backend.requests[0]["json"]["bbox"] == pytest.approx([346000, 5647500, 346500, 5648000])
+    with pytest.raises(QgsProcessingException, match="vocabulary is empty"):
+        processing.run("rsov:segment", {"INPUT": oem_layer, "CLASSES": " ; ", "OUTPUT": "TEMPORARY_OUTPUT"})
+    fake_backend.token_file.write_text("wrong")
+    with pytest.raises(QgsProcessingException, match="refused the token"):
+        processing.run("rsov:segment", {"INPUT": oem_layer, "CLASSES": "water", "OUTPUT": "TEMPORARY_OUTPUT"})
+
+
+def test_cancel_through_feedback(fake_backend, provider, oem_layer):
+    import processing
+
+    fake_backend.hold = True
+    feedback = QgsProcessingFeedback()
+    feedback.progressChanged.connect(lambda value: feedback.cancel() if value > 0 else None)
+    result = processing.run("rsov:segment", {"INPUT": oem_layer, "CLASSES": "water", "OUTPUT": "TEMPORARY_OUTPUT"},
+                            feedback=feedback)
+    assert result["OUTPUT"] is None
+    assert [job.state for job in fake_backend.jobs.values()] == ["cancelled"]
