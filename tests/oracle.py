@@ -49,6 +49,9 @@ class OracleEncoder:
         feats = F.one_hot(nearest, DIM).permute(0, 3, 1, 2).float()
         return feats, feats.mean(dim=(2, 3))
 
+    def embed_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self(images)[0].mean(dim=(2, 3))
+
 
 class OracleText:
     def __init__(self) -> None:
@@ -62,3 +65,32 @@ class OracleText:
 def oracle_engine() -> Engine:
     text = OracleText()
     return Engine(OracleEncoder(), lambda templates: text, name="oracle")
+
+
+class OracleProposer:
+    """Proposals = the 4-connected regions of non-grey colour inside each tile (clipped by the tile)."""
+
+    def __init__(self) -> None:
+        self.tiles: list[tuple[int, int]] = []
+
+    def propose(self, tile, key, points, options):
+        import numpy as np
+        from scipy import ndimage
+
+        from rsov.instances import _crop
+
+        self.tiles.append(tile.shape[:2])
+        grey = np.array(PALETTE["grey"][0])
+        objects = np.abs(tile.astype(int) - grey).sum(-1) > 30
+        colours = tile[..., 0].astype(int) * 65536 + tile[..., 1].astype(int) * 256 + tile[..., 2]
+        masks = []
+        for value in np.unique(colours[objects]):
+            regions, count = ndimage.label(objects & (colours == value))
+            masks += [_crop(regions == k, 0.99) for k in range(1, count + 1)]
+        return masks
+
+
+def oracle_instance_engine(text=None) -> Engine:
+    text = text or OracleText()
+    proposer = OracleProposer()
+    return Engine(OracleEncoder(), lambda templates: text, name="oracle", proposer_factory=lambda: proposer)

@@ -257,3 +257,23 @@ def test_openapi_fuzz_finds_no_server_errors(server):
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-4000:]
+
+
+def test_instance_job_with_examples(server, oem):
+    examples = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "EPSG:25832"}},
+                "features": [{"type": "Feature", "properties": {"class": "building"},
+                              "geometry": {"type": "Polygon", "coordinates": [[[346100, 5647700], [346120, 5647700],
+                                                                               [346120, 5647720], [346100, 5647700]]]}}]}
+    body = {"raster": oem, "classes": ["building", "car"], "mode": "instance", "examples": examples,
+            "options": {"points_per_side": 3, "pred_iou": -1, "stability": -1, "object_threshold": 0,
+                        "class_prompts": False, "background": []}}
+    response = server.http("POST", "/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    job = response.json()["job_id"]
+    assert server.client.wait(job, timeout=300)["state"] == "done"
+    features = server.client.result(job)["features"]
+    assert features and all("instance_id" in f["properties"] for f in features)
+    bad = dict(body, examples={"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {},
+                                                                          "geometry": None}]})
+    response = server.http("POST", "/v1/jobs", json=bad)
+    assert response.status_code == 400 and "class" in response.json()["error"]["message"]

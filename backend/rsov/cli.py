@@ -10,9 +10,12 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
+from .evaluation.cli import add_eval_parser, run_eval
 from .errors import CancelledError, InputError, RsovError, WeightsMissingError
-from .models import DEFAULT_MODEL, MODELS, download_weights, list_models, resolve_spec
+from .models import DEFAULT_MODEL, MODELS, download_weights, list_models, resolve_sam_spec, resolve_spec
 from .predictor import FeatureOptions, ScoreOptions
 from .raster_io import parse_bands
 from .vocabulary import DEFAULT_BACKGROUND, read_classes_file, split_classes
@@ -75,6 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--raster-out", help="also write the class map as a GeoTIFF")
     seg.add_argument("--preview", help="also write a PNG preview (image with classes overlaid)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
+    inst = seg.add_argument_group("instance mode (--mode instance): every object its own polygon")
+    inst.add_argument("--mode", default="semantic", choices=["semantic", "instance"])
+    inst.add_argument("--sam", help="Segment Anything model (see `rsov models`) or ARCH@/path/to/ckpt (default: sam-vit-b)")
+    inst.add_argument("--examples", help="GeoJSON of example polygons with a 'class' property (ZoRI cache bank)")
+    inst.add_argument("--points-per-side", type=int, default=16, help="automatic SAM point grid per tile (0: prompts only)")
+    inst.add_argument("--pred-iou", type=float, default=0.8, help="SAM predicted-IoU threshold for grid masks")
+    inst.add_argument("--stability", type=float, default=0.9, help="SAM stability-score threshold for grid masks")
+    inst.add_argument("--no-class-prompts", action="store_true", help="no point prompts from the semantic map")
+    inst.add_argument("--tile", type=int, default=1024, help="SAM tile size in output pixels")
+    inst.add_argument("--tile-overlap", type=int, default=128)
+    inst.add_argument("--nms-iou", type=float, default=0.5, help="mask NMS IoU across classes")
+    inst.add_argument("--object-threshold", type=float, default=0.3, help="drop objects whose class probability is lower")
+    inst.add_argument("--context-weight", type=float, default=0.0, help="SCORE regional context weight (0 = off)")
+    inst.add_argument("--context-dilation", type=int, default=4, help="context dilation: kernel 3 + this")
+    inst.add_argument("--crop-weight", type=float, default=0.0, help="weight of the cut-out CLIP score (0 = off)")
+    inst.add_argument("--exemplar-alpha", type=float, default=0.5)
+    inst.add_argument("--fill-holes", action="store_true")
+    inst.add_argument("--obb", action="store_true", help="also write oriented bounding boxes (layer rsov_obb)")
 
     serve = sub.add_parser("serve", help="run the local HTTP backend for the QGIS plugin")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
@@ -83,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allowed-host", action="append", default=[], help="extra Host header name to accept (with --allow-remote)")
     serve.add_argument("--model", default=DEFAULT_MODEL, help=f"model to keep loaded (default: {DEFAULT_MODEL})")
     serve.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    serve.add_argument("--sam", help="Segment Anything model for instance jobs, loaded on first use (default: sam-vit-b)")
     serve.add_argument("--upsampler", default="bilinear", choices=["bilinear", "jbu"])
     serve.add_argument("--upsampler-checkpoint")
     serve.add_argument("--token-file", type=Path, help="token file (default: ~/.config/rsov/token; created if missing)")
@@ -94,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-mb", type=int, default=512)
     serve.add_argument("--cache-mb", type=int, default=2048, help="memory for image features of recent extents")
 
+    add_eval_parser(sub)
+
     models = sub.add_parser("models", help="list known models and whether their weights are on this machine")
     models.add_argument("--download", metavar="NAME", help="download a model's weights into the cache")
     return parser
@@ -101,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _segment(args: argparse.Namespace) -> int:
     from .engine import SegmentRequest, load_engine, resolve_device
+    from .instances import InstanceOptions, oriented_boxes, read_examples
     from .preview import write_preview
     from .vectorize import write_class_raster, write_vector
 
@@ -116,10 +141,19 @@ def _segment(args: argparse.Namespace) -> int:
                                 resolution_m=args.resolution, rotations=args.rotations, precision=precision),
         scoring=ScoreOptions(threshold=args.threshold, cls_lambda=args.cls_lambda, dec_keep=args.dec_keep),
         max_side=args.max_side, simplify_px=args.simplify, min_area_m2=args.min_area,
+        mode=args.mode,
+        instance=InstanceOptions(
+            points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou, stability_thresh=args.stability,
+            class_prompts=not args.no_class_prompts, tile=args.tile, tile_overlap=args.tile_overlap,
+            nms_iou=args.nms_iou, score_threshold=args.object_threshold, context_weight=args.context_weight,
+            context_dilation=args.context_dilation, crop_weight=args.crop_weight, exemplar_alpha=args.exemplar_alpha,
+            fill_holes=args.fill_holes, oriented_boxes=args.obb,
+        ),
+        examples=read_examples(args.examples) if args.examples else (),
     )
     out = Path(args.out or f"{Path(args.raster).stem}_rsov.gpkg")
     started = time.perf_counter()
-    engine = load_engine(args.model, args.device, args.upsampler, args.upsampler_checkpoint)
+    engine = load_engine(args.model, args.device, args.upsampler, args.upsampler_checkpoint, sam=args.sam)
     from tqdm import tqdm
 
     with tqdm(total=100, disable=args.quiet, file=sys.stderr, unit="%", bar_format="{l_bar}{bar}| {elapsed}") as bar:
@@ -128,17 +162,24 @@ def _segment(args: argparse.Namespace) -> int:
             bar.update(max(0, round(fraction * 100) - bar.n))
 
         result = engine.segment(request, stage)
+    extra = {"rsov_obb": oriented_boxes(result.features)} if args.mode == "instance" and args.obb else None
     write_vector(result.features, out, result.chip.crs, layer_per_class=args.layer_per_class,
-                 class_names=result.vocabulary.names)
+                 class_names=result.vocabulary.names, extra_layers=extra, instances=args.mode == "instance")
     if args.raster_out:
         write_class_raster(result.prediction.class_map, result.chip.transform, result.chip.crs, args.raster_out,
                            result.vocabulary.names)
     if args.preview:
-        write_preview(result.chip.image, result.prediction.class_map, result.vocabulary.names, args.preview)
+        shown = result.prediction.class_map
+        if args.mode == "instance":  # show the objects, not the semantic map they were seeded from
+            shown = np.zeros_like(shown)
+            for instance in result.instances:
+                shown[instance.full_mask] = instance.class_id
+        write_preview(result.chip.image, shown, result.vocabulary.names, args.preview)
     counts = Counter(f.class_name for f in result.features)
     per_class = ", ".join(f"{name}: {counts.get(name, 0)}" for name in result.vocabulary.names)
     h, w = result.prediction.class_map.shape
-    print(f"{len(result.features)} polygons ({per_class}) from {w}x{h} px of {Path(args.raster).name} "
+    kind = "objects" if args.mode == "instance" else "polygons"
+    print(f"{len(result.features)} {kind} ({per_class}) from {w}x{h} px of {Path(args.raster).name} "
           f"with {args.model} on {engine.device} in {time.perf_counter() - started:.1f} s -> {out}")
     return 0
 
@@ -156,7 +197,7 @@ def _serve(args: argparse.Namespace) -> int:
     results_dir = (args.results_dir or default_results_dir()).expanduser()
     results_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = load_engine(args.model, args.device, args.upsampler, args.upsampler_checkpoint,
-                         cache=FeatureCache(args.cache_mb << 20))
+                         cache=FeatureCache(args.cache_mb << 20), sam=args.sam)
     config = ServerConfig(
         token=token, token_file=token_file, results_dir=results_dir,
         allowed_dirs=tuple(d.expanduser().resolve() for d in args.allow_dir),
@@ -172,12 +213,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     if args.download:
-        spec = resolve_spec(args.download)
+        spec = resolve_sam_spec(args.download) if args.download.startswith("sam-") else resolve_spec(args.download)
         print(f"{spec.name}: {download_weights(spec)}")
         return 0
     for row in list_models():
         mark = "present" if row["weights_present"] else "missing"
-        print(f"{row['name']:<22} {row['arch']:<10} weights {mark:<8} {row['description']}")
+        print(f"{row['kind']:<5} {row['name']:<22} {row['arch']:<10} weights {mark:<8} {row['description']}")
     print(f"(aliases: {', '.join(n for n, s in MODELS.items() if n != s.name)}; any ARCH@/path/to/checkpoint also works)")
     return 0
 
@@ -189,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "model", None) == "tiny-random":
         print("rsov: WARNING: model tiny-random has random weights; this output is MEANINGLESS.", file=sys.stderr)
     try:
-        return {"segment": _segment, "serve": _serve, "models": _models}[args.command](args)
+        return {"segment": _segment, "serve": _serve, "models": _models, "eval": run_eval}[args.command](args)
     except WeightsMissingError as exc:
         print(f"rsov: {exc}", file=sys.stderr)
         return EXIT_WEIGHTS

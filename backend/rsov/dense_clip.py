@@ -32,6 +32,10 @@ class DenseEncoder(Protocol):
         """images (B, 3, H, W), normalised -> patch features (B, C, H/p, W/p), [CLS] feature (B, C)."""
         ...
 
+    def embed_image(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, 224, 224), normalised -> the plain CLIP image embedding (B, C), for object crops."""
+        ...
+
 
 def self_self_attention(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """SegEarth-OV's modified last block. x (B, L, D) -> (B, L, D); no residual, no FFN."""
@@ -66,6 +70,10 @@ class SegEarthCLIP(nn.Module):
         self.patch_size = self.visual.conv1.kernel_size[0]
         self.embed_dim = self.visual.proj.shape[1]
         self.mean, self.std = mean, std
+
+    def embed_image(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, 224, 224), normalised -> the unmodified CLIP image embedding (B, C)."""
+        return self.visual(images.to(self.visual.conv1.weight.dtype))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 3, H, W), H and W multiples of the patch size -> ((B, C, H/p, W/p), (B, C))."""

@@ -17,12 +17,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from .dense_clip import DenseEncoder, SegEarthCLIP
 from .errors import InputError
-from .models import DEFAULT_MODEL, load_model
+from .instances import (Example, Instance, InstanceOptions, Proposer, SamProposer, build_example_bank, classify,
+                        instance_features, prompt_points, propose)
+from .models import DEFAULT_MODEL, DEFAULT_SAM, TINY_MODEL, load_model, load_sam, resolve_sam_spec
 from .predictor import FeatureOptions, ImageFeatures, Prediction, Predictor, ScoreOptions
 from .raster_io import RasterChip, read_chip
 from .text import ClipTextEmbedder, TextEmbedder, resolve_templates
@@ -51,6 +54,9 @@ class SegmentRequest:
     max_side: int = 2048  # output pixels on the long side; larger extents are read decimated
     simplify_px: float = 1.0
     min_area_m2: float = 0.0
+    mode: str = "semantic"  # or "instance"
+    instance: InstanceOptions = InstanceOptions()
+    examples: tuple[Example, ...] = ()  # instance mode: objects the analyst pointed at
 
 
 @dataclass
@@ -62,6 +68,7 @@ class SegmentResult:
     image_features: ImageFeatures
     timings: dict[str, float] = field(default_factory=dict)
     features_cached: bool = False
+    instances: list[Instance] = field(default_factory=list)  # instance mode
 
 
 class FeatureCache:
@@ -94,7 +101,7 @@ class Engine:
 
     def __init__(self, encoder: DenseEncoder, text_factory: Callable[[tuple[str, ...]], TextEmbedder],
                  upsampler: nn.Module | None = None, device: str | torch.device = "cpu", name: str = "custom",
-                 cache: FeatureCache | None = None) -> None:
+                 cache: FeatureCache | None = None, proposer_factory: Callable[[], Proposer] | None = None) -> None:
         self.encoder = encoder
         self.upsampler = upsampler
         self.device = torch.device(device)
@@ -102,6 +109,17 @@ class Engine:
         self.cache = cache if cache is not None else FeatureCache()
         self._text_factory = text_factory
         self._predictors: dict[tuple[str, ...], Predictor] = {}
+        self._proposer_factory = proposer_factory
+        self._proposer: Proposer | None = None
+
+    @property
+    def proposer(self) -> Proposer:
+        """The instance-mode mask proposer (SAM), built on first use."""
+        if self._proposer is None:
+            if self._proposer_factory is None:
+                raise InputError("Instance mode needs a Segment Anything model, and this engine has none.")
+            self._proposer = self._proposer_factory()
+        return self._proposer
 
     def predictor(self, templates: str = "openai") -> Predictor:
         """The predictor for a template set name or file, kept with its text cache and cast models.
@@ -147,19 +165,57 @@ class Engine:
         prediction = predictor.predict(vocabulary, request.scoring, valid=chip.valid)
         timings["score_s"] = time.perf_counter() - t
 
+        instances: list[Instance] = []
+        if request.mode == "instance":
+            instances = self._instances(request, chip, predictor, prediction, vocabulary, timings, report, cancelled)
+
         t = time.perf_counter()
         report("vectorizing", 0.95)
-        features = polygonize(prediction.class_map, prediction.score_map, chip.valid, chip.transform, chip.crs,
-                              vocabulary.names, request.simplify_px, request.min_area_m2)
+        if request.mode == "instance":
+            features = instance_features(instances, chip, request.simplify_px, request.instance, request.min_area_m2)
+        else:
+            features = polygonize(prediction.class_map, prediction.score_map, chip.valid, chip.transform, chip.crs,
+                                  vocabulary.names, request.simplify_px, request.min_area_m2)
         timings["vectorize_s"] = time.perf_counter() - t
         report("done", 1.0)
         return SegmentResult(chip, vocabulary, prediction, features, predictor.features, timings,
-                             features_cached=cached is not None)
+                             features_cached=cached is not None, instances=instances)
 
-    def _cache_key(self, request: SegmentRequest, chip: RasterChip) -> str:
+    def _instances(self, request: SegmentRequest, chip: RasterChip, predictor: Predictor, prediction: Prediction,
+                   vocabulary: Vocabulary, timings: dict, report: StageFn, cancelled: CancelFn | None) -> list[Instance]:
+        """Instance mode after the semantic pass: proposals, examples, classification."""
+        options = request.instance
+        report("proposing objects", 0.9)
+        t = time.perf_counter()
+        points = prompt_points(prediction.class_map, prediction.score_map, options) if options.class_prompts \
+            else np.zeros((0, 3))
+        key = self._cache_key(request, chip, image_only=True)
+        masks = []
+        for mask in propose(self.proposer, chip.image, key, points, options, cancelled):
+            y0, x0, y1, x1 = mask.box
+            mask.crop = mask.crop & chip.valid[y0:y1, x0:x1]  # nodata is never an object
+            if mask.area >= options.min_area_px:
+                masks.append(mask)
+        timings["proposals_s"] = time.perf_counter() - t
+        report("classifying objects", 0.93)
+        t = time.perf_counter()
+        bank = None
+        if request.examples:
+            scale = chip.image.shape[0] / predictor.features.working_size[0]
+            helper = Predictor(self.encoder, predictor.text, self.upsampler, self.device)  # keeps ours intact
+            bank = build_example_bank(helper, request.raster, request.examples, vocabulary, request.bands,
+                                      request.features, chip.pixel_size_m * scale)
+        instances = classify(predictor, chip.image, masks, vocabulary, request.scoring, options, bank)
+        timings["classify_s"] = time.perf_counter() - t
+        return instances
+
+    def _cache_key(self, request: SegmentRequest, chip: RasterChip, image_only: bool = False) -> str:
+        """Identifies the chip's pixels (and, unless ``image_only``, the options that shape its features)."""
         stat = os.stat(request.raster)
-        parts = (self.name, os.path.abspath(request.raster), stat.st_size, stat.st_mtime_ns, chip.bounds,
-                 chip.image.shape, request.bands, request.features, id(self.upsampler))
+        parts = (os.path.abspath(request.raster), stat.st_size, stat.st_mtime_ns, chip.bounds, chip.image.shape,
+                 request.bands)
+        if not image_only:
+            parts += (self.name, request.features, id(self.upsampler))
         return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
@@ -175,12 +231,20 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def load_engine(model: str = DEFAULT_MODEL, device: str = "auto", upsampler: str = "bilinear",
-                upsampler_checkpoint: str | None = None, cache: FeatureCache | None = None) -> Engine:
-    """Build the real engine: CLIP by name (see ``models``), SegEarth-OV encoder, upsampler, text embedders."""
+                upsampler_checkpoint: str | None = None, cache: FeatureCache | None = None,
+                sam: str | None = None) -> Engine:
+    """Build the real engine: CLIP by name (see ``models``), SegEarth-OV encoder, upsampler, text embedders.
+
+    ``sam`` names the Segment Anything model for instance mode (loaded on first use; default: the tiny
+    one with the tiny CLIP, else ``sam-vit-b``).
+    """
     dev = resolve_device(device)
     loaded = load_model(model, dev)
     encoder = SegEarthCLIP(loaded.model, loaded.mean, loaded.std).to(dev)
     up = build_upsampler(upsampler, upsampler_checkpoint)
     up = up.to(dev) if up is not None else None
     name = f"{loaded.weights_id}|{upsampler}|{upsampler_checkpoint}"
-    return Engine(encoder, lambda templates: ClipTextEmbedder(loaded, templates), up, dev, name, cache)
+    sam = sam or (TINY_MODEL if model == TINY_MODEL else DEFAULT_SAM)
+    resolve_sam_spec(sam)  # a wrong name fails now, not at the first instance job
+    return Engine(encoder, lambda templates: ClipTextEmbedder(loaded, templates), up, dev, name, cache,
+                  proposer_factory=lambda: SamProposer(*load_sam(sam, dev)))

@@ -104,6 +104,8 @@ class JobManager:
         with self._lock:
             if job.state == QUEUED:
                 self._finish(job, CANCELLED, "cancelled before it started")
+            elif job.state == RUNNING:
+                job.stage = "cancelling"  # the worker stops at its next window
 
     def cleanup(self) -> None:
         """Forget finished jobs older than the TTL and delete their files."""
@@ -169,7 +171,7 @@ class JobManager:
 
     def _save(self, job: Job, result: SegmentResult) -> None:
         job.stage = "writing results"
-        write_vector(result.features, job.gpkg_path, result.chip.crs)
+        write_vector(result.features, job.gpkg_path, result.chip.crs, instances=job.request.mode == "instance")
         with atomic_output(job.geojson_path) as tmp:
             tmp.write_text(json.dumps(features_to_geojson(result.features, result.chip.crs)), encoding="utf-8")
 

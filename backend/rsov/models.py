@@ -79,6 +79,22 @@ MODELS: dict[str, ModelSpec] = {
 }
 MODELS["ViT-B-16"] = MODELS[DEFAULT_MODEL]  # the open_clip name works too
 
+# Segment Anything, for instance proposals. ``arch`` names a builder in SAM_ARCHS.
+_SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+SAM_MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("sam-vit-b", "vit_b", "Segment Anything ViT-B", checkpoint="sam_vit_b_01ec64.pth",
+                  source_url=_SAM_URL + "sam_vit_b_01ec64.pth"),
+        ModelSpec("sam-vit-l", "vit_l", "Segment Anything ViT-L", checkpoint="sam_vit_l_0b3195.pth",
+                  source_url=_SAM_URL + "sam_vit_l_0b3195.pth"),
+        ModelSpec("sam-vit-h", "vit_h", "Segment Anything ViT-H", checkpoint="sam_vit_h_4b8939.pth",
+                  source_url=_SAM_URL + "sam_vit_h_4b8939.pth"),
+        ModelSpec(TINY_MODEL, "tiny", "2-layer random SAM for tests; its masks are MEANINGLESS", random=True),
+    )
+}
+DEFAULT_SAM = "sam-vit-b"
+
 
 @dataclass
 class LoadedModel:
@@ -111,6 +127,20 @@ def resolve_spec(name: str) -> ModelSpec:
     except KeyError:
         known = ", ".join(sorted(MODELS))
         raise InputError(f"Unknown model '{name}'. Known models: {known}; or use ARCH@/path/to/checkpoint.pt.") from None
+
+
+def resolve_sam_spec(name: str) -> ModelSpec:
+    """A SAM model name (a key of ``SAM_MODELS``) or ``ARCH@/path/to/checkpoint.pth`` -> spec."""
+    if "@" in name:
+        arch, path = name.split("@", 1)
+        if arch not in SAM_ARCHS:
+            raise InputError(f"Unknown SAM architecture '{arch}' in '{name}': use one of {', '.join(SAM_ARCHS)}.")
+        return ModelSpec(name, arch, f"SAM {arch} from local checkpoint {path}", checkpoint=str(Path(path).expanduser()))
+    try:
+        return SAM_MODELS[name]
+    except KeyError:
+        known = ", ".join(sorted(SAM_MODELS))
+        raise InputError(f"Unknown SAM model '{name}'. Known: {known}; or use ARCH@/path/to/checkpoint.pth.") from None
 
 
 def _checkpoint_path(spec: ModelSpec) -> Path:
@@ -225,12 +255,48 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = "cpu") ->
     return LoadedModel(spec, model, open_clip.get_tokenizer(spec.arch), mean, std, weights_id, device)
 
 
+def _tiny_sam(checkpoint: str | None = None) -> torch.nn.Module:
+    from segment_anything.build_sam import _build_sam
+
+    return _build_sam(96, 2, 2, [1], checkpoint=checkpoint)
+
+
+SAM_ARCHS = ("vit_b", "vit_l", "vit_h", "tiny")
+
+
+def _sam_builder(arch: str):
+    from segment_anything import sam_model_registry  # imported late: it pulls in torchvision
+
+    return _tiny_sam if arch == "tiny" else sam_model_registry[arch]
+
+
+def load_sam(name: str = DEFAULT_SAM, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, str]:
+    """Build the Segment Anything model called ``name`` in eval mode; returns it and an id of its weights."""
+    spec = resolve_sam_spec(name)
+    build = _sam_builder(spec.arch)
+    if spec.random:
+        warnings.warn(f"SAM '{spec.name}' has random weights: its masks are MEANINGLESS.", stacklevel=2)
+        torch.manual_seed(0)
+        model, weights_id = build(), f"sam-{spec.name}-seed0"
+    else:
+        path = download_weights(spec)
+        try:
+            model = build(checkpoint=str(path))
+        except (RuntimeError, KeyError, OSError, ValueError) as exc:
+            raise InputError(f"Could not load SAM weights {path} into {spec.arch}: {exc}") from exc
+        stat = path.stat()
+        weights_id = f"sam-{spec.name}-{path.name}-{stat.st_size}-{int(stat.st_mtime)}"
+    return model.to(device).eval().requires_grad_(False), weights_id
+
+
 def list_models() -> list[dict]:
-    """Known models with whether their weights are already on this machine (for ``rsov models``)."""
+    """Known CLIP and SAM models with whether their weights are on this machine (for ``rsov models``)."""
     rows = []
-    for name, spec in MODELS.items():
-        if name != spec.name:
-            continue  # aliases
-        present = spec.random or find_weights(spec) is not None
-        rows.append({"name": name, "arch": spec.arch, "description": spec.description, "weights_present": present})
+    for kind, registry in (("clip", MODELS), ("sam", SAM_MODELS)):
+        for name, spec in registry.items():
+            if name != spec.name:
+                continue  # aliases
+            present = spec.random or find_weights(spec) is not None
+            rows.append({"name": name, "kind": kind, "arch": spec.arch, "description": spec.description,
+                         "weights_present": present})
     return rows

@@ -287,6 +287,27 @@ class Predictor:
         return total / count
 
     @torch.inference_mode()
+    def pool(self, masks: torch.Tensor) -> torch.Tensor:
+        """Mask-pooled features: masks (M, Hw, Ww) weights in [0, 1] at the WORKING size -> (M, C) unit norm.
+
+        Each window contributes its features weighted by the mask's cover of each patch
+        (or pixel, when features were upsampled); overlapping windows average out.
+        """
+        feats = self._require_features()
+        masks = masks.to(self.device, torch.float32)
+        total = torch.zeros(masks.shape[0], feats.cls.shape[1], device=self.device)
+        weight = torch.zeros(masks.shape[0], 1, device=self.device)
+        p = feats.patch_size
+        for (y0, x0, y1, x1), f in zip(feats.windows, feats.patches):
+            crop = masks[:, y0:y1, x0:x1]
+            if f.shape[-2:] != crop.shape[-2:]:  # patch-grid features: mask cover per padded patch
+                top, left = _centred_padding(y1 - y0, p), _centred_padding(x1 - x0, p)
+                crop = F.avg_pool2d(F.pad(crop, (left[0], left[1], top[0], top[1]))[None], p)[0] * (p * p)
+            total += torch.einsum("mhw,chw->mc", crop, f.to(self.device, torch.float32))
+            weight += crop.sum(dim=(1, 2))[:, None]
+        return F.normalize(total / weight.clamp_min(1e-6), dim=-1)
+
+    @torch.inference_mode()
     def predict(self, vocabulary: Vocabulary, options: ScoreOptions = ScoreOptions(),
                 valid: np.ndarray | None = None, rows_per_chunk: int = 256) -> Prediction:
         """Class map and score map at the input size. valid (H, W) bool marks pixels that may get a class."""

@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from .engine import Engine, SegmentRequest
 from .errors import InputError, RsovError
+from .instances import InstanceOptions, read_examples
 from .jobs import DONE, FINAL, JobManager, QueueFullError
 from .models import list_models
 from .predictor import FeatureOptions, ScoreOptions
@@ -66,6 +67,20 @@ class JobOptions(BaseModel):
     dec_keep: float | None = Field(None, gt=0, le=1)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     max_side: int = Field(2048, ge=16, le=8192)
+    # instance mode
+    points_per_side: int = Field(16, ge=0, le=64)
+    pred_iou: float = Field(0.8, ge=-1, le=1)
+    stability: float = Field(0.9, ge=-1, le=1)
+    class_prompts: bool = True
+    tile: int = Field(1024, ge=64, le=4096)
+    tile_overlap: int = Field(128, ge=0, le=2047)
+    nms_iou: float = Field(0.5, ge=0, le=1)
+    object_threshold: float = Field(0.3, ge=0, le=1)
+    context_weight: float = Field(0.0, ge=0, le=1)
+    context_dilation: int = Field(4, ge=0, le=10)
+    crop_weight: float = Field(0.0, ge=0, le=1)
+    exemplar_alpha: float = Field(0.5, ge=0, le=10)
+    fill_holes: bool = False
 
 
 class JobRequest(BaseModel):
@@ -76,7 +91,9 @@ class JobRequest(BaseModel):
     bbox: tuple[float, float, float, float] | None = None
     bbox_crs: str | None = None
     classes: list[str] = Field(..., max_length=MAX_CLASSES)
-    mode: Literal["semantic"] = "semantic"
+    mode: Literal["semantic", "instance"] = "semantic"
+    examples: dict | None = Field(None, description="instance mode: GeoJSON FeatureCollection of example polygons "
+                                                     "with a 'class' property")
     model: str | None = Field(None, description="must be the loaded model when given")
     options: JobOptions = Field(default_factory=JobOptions)
 
@@ -183,7 +200,15 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                 features=FeatureOptions(long_side=o.long_side, resolution_m=o.resolution, rotations=tuple(o.rotations),
                                         precision=o.precision),
                 scoring=ScoreOptions(threshold=o.threshold, cls_lambda=o.cls_lambda, dec_keep=o.dec_keep),
-                max_side=o.max_side, simplify_px=o.simplify, min_area_m2=o.min_area,
+                max_side=o.max_side, simplify_px=o.simplify, min_area_m2=o.min_area, mode=body.mode,
+                instance=InstanceOptions(
+                    points_per_side=o.points_per_side, pred_iou_thresh=o.pred_iou, stability_thresh=o.stability,
+                    class_prompts=o.class_prompts, tile=o.tile, tile_overlap=o.tile_overlap, nms_iou=o.nms_iou,
+                    score_threshold=o.object_threshold, context_weight=o.context_weight,
+                    context_dilation=o.context_dilation, crop_weight=o.crop_weight, exemplar_alpha=o.exemplar_alpha,
+                    fill_holes=o.fill_holes,
+                ),
+                examples=read_examples(body.examples) if body.examples else (),
             )
             build_vocabulary(list(request.classes), request.background)
             engine.text_embedder(request.templates)
@@ -212,9 +237,9 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     @app.get("/v1/models", dependencies=[Depends(authorised)])
     def models() -> dict:
-        rows = [dict(row, loaded=row["name"] == config.model_name) for row in list_models()]
+        rows = [dict(row, loaded=row["kind"] == "clip" and row["name"] == config.model_name) for row in list_models()]
         if not any(r["loaded"] for r in rows):
-            rows.append({"name": config.model_name, "arch": "", "description": "loaded model",
+            rows.append({"name": config.model_name, "kind": "clip", "arch": "", "description": "loaded model",
                          "weights_present": True, "loaded": True})
         return {"models": rows}
 

@@ -68,3 +68,53 @@ else:
 
         subprocess.run(["make", "-s", "-C", str(REPO), "package"], check=True, capture_output=True)
         return REPO / "dist" / "rsov_qgis.zip"
+
+    RSOV = REPO / ".venv" / "bin" / "rsov"
+
+    def real_backend_available() -> bool:
+        """Whether the backend's environment has `rsov serve`."""
+        import subprocess
+
+        if not RSOV.exists():
+            return False
+        return subprocess.run([str(RSOV), "serve", "--help"], capture_output=True).returncode == 0
+
+    @pytest.fixture(scope="session")
+    def real_backend(tmp_path_factory):
+        """`rsov serve --model tiny-random` on a free port (`make test` builds the backend first)."""
+        import subprocess
+        import time
+
+        from helpers import free_port
+
+        from rsov_qgis.backend_client import BackendClient, BackendError
+
+        assert real_backend_available(), f"{RSOV} serve is not available (run `make setup`)"
+        port = free_port()
+        folder = tmp_path_factory.mktemp("real_backend")
+        token_file = folder / "token"
+        log = open(folder / "serve.log", "w")
+        process = subprocess.Popen([str(RSOV), "serve", "--model", "tiny-random", "--port", str(port),
+                                    "--token-file", str(token_file)], stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                BackendClient(url, timeout=1).health()
+                break
+            except BackendError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    pytest.fail(f"rsov serve did not start:\n{(folder / 'serve.log').read_text()[-3000:]}")
+                time.sleep(0.3)
+        yield {"url": url, "token_file": token_file}
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
+
+    @pytest.fixture
+    def use_real_backend(real_backend, monkeypatch):
+        """Point the plugin (through the environment) at the real backend."""
+        monkeypatch.setenv("RSOV_BACKEND_URL", real_backend["url"])
+        monkeypatch.setenv("RSOV_TOKEN_FILE", str(real_backend["token_file"]))
+        return real_backend

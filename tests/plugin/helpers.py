@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from osgeo import ogr, osr
+from qgis.core import QgsRasterLayer
+from qgis.PyQt.QtGui import QColor, QImage
 
 from rsov_qgis.vocabulary import VocabularyClass, parse_classes_string
 
@@ -36,3 +39,23 @@ def result_gpkg_bytes(path: Path, classes: list[str], epsg: int = 25832, origin=
 
 def vocabulary(text: str = "building,roof; tree,forest; water") -> list[VocabularyClass]:
     return parse_classes_string(text)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on (for 'backend down' cases and fresh servers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def xyz_layer(folder: Path, colour) -> QgsRasterLayer:
+    """A web-tile (XYZ) layer read from disk: the four zoom-1 tiles, coloured by ``colour(x, y)``."""
+    for x in range(2):
+        (folder / "1" / str(x)).mkdir(parents=True, exist_ok=True)
+        for y in range(2):
+            tile = QImage(256, 256, QImage.Format.Format_ARGB32)
+            tile.fill(QColor(*colour(x, y)))
+            assert tile.save(str(folder / "1" / str(x) / f"{y}.png"))
+    layer = QgsRasterLayer(f"type=xyz&url=file://{folder}/{{z}}/{{x}}/{{y}}.png&zmin=0&zmax=1", "tiles", "wms")
+    assert layer.isValid(), layer.error().message()
+    return layer

@@ -1,6 +1,5 @@
 """Starting and stopping the backend process (a stand-in `rsov` that serves the fake backend)."""
 
-import socket
 import stat
 import sys
 from pathlib import Path
@@ -8,16 +7,11 @@ from pathlib import Path
 import pytest
 from qgis.core import Qgis
 
+from helpers import free_port
 from rsov_qgis.backend_client import BackendClient, BackendError
 from rsov_qgis.backend_process import BackendProcess, serve_command
 
 FAKE = Path(__file__).resolve().parent / "fake_backend.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _script(path: Path, body: str) -> Path:
@@ -47,7 +41,7 @@ def test_serve_command():
 
 
 def test_start_waits_for_health_and_stop_ends_it(process, fake_rsov, tmp_path, qtbot):
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     token_file = tmp_path / "config" / "token"
     with qtbot.waitSignal(process.ready, timeout=30000) as ready:
         process.start(str(fake_rsov), url, str(token_file))
@@ -72,14 +66,14 @@ def test_not_installed(process, qtbot, tmp_path, monkeypatch):
 def test_backend_that_exits_is_reported_with_its_output(process, qtbot, tmp_path):
     broken = _script(tmp_path / "rsov", 'echo "rsov: weights for ViT-B-16-openai are missing"\nexit 3')
     with qtbot.waitSignal(process.failed, timeout=10000) as failed:
-        process.start(str(broken), f"http://127.0.0.1:{_free_port()}", str(tmp_path / "token"))
+        process.start(str(broken), f"http://127.0.0.1:{free_port()}", str(tmp_path / "token"))
     assert "exited (code 3)" in failed.args[0] and "weights for ViT-B-16-openai are missing" in failed.args[0]
 
 
 def test_dock_starts_and_stops_the_backend(qgis_iface, qtbot, qgis_new_project, fake_rsov, tmp_path, monkeypatch):
     from rsov_qgis.dock import RsovDock
 
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("RSOV_BACKEND_URL", url)
     monkeypatch.setenv("RSOV_TOKEN_FILE", str(tmp_path / "token"))
     dock = RsovDock(qgis_iface)

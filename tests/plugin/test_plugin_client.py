@@ -1,10 +1,10 @@
 """The urllib client against a fake server that follows the backend's HTTP contract."""
 
 import json
-import socket
 
 import pytest
 
+from helpers import free_port
 from rsov_qgis.backend_client import (
     BackendClient,
     BackendError,
@@ -18,12 +18,6 @@ from rsov_qgis.backend_client import (
 @pytest.fixture
 def client(fake_backend):
     return BackendClient(fake_backend.url, fake_backend.token_file, timeout=5)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _request(raster) -> JobRequest:
@@ -108,7 +102,7 @@ def test_missing_token_file(fake_backend, tmp_path):
 
 
 def test_unreachable_backend():
-    client = BackendClient(f"http://127.0.0.1:{_free_port()}", None, timeout=2)
+    client = BackendClient(f"http://127.0.0.1:{free_port()}", None, timeout=2)
     with pytest.raises(BackendError, match="No rsov backend answers") as info:
         client.health()
     assert info.value.code == "unreachable"

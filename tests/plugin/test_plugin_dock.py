@@ -1,12 +1,11 @@
 """The dock in a real (offscreen) QGIS: widgets, backend status, segmentation through the fake
 backend, failure paths, cancel, review, and the plugin's load/unload."""
 
-import socket
-
 import pytest
 from qgis.core import Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsProject, QgsRasterLayer, QgsRectangle, QgsVectorLayer
-from qgis.PyQt.QtGui import QColor, QImage
+from qgis.PyQt.QtGui import QColor
 
+from helpers import free_port, xyz_layer
 from rsov_qgis import classFactory, schema
 from rsov_qgis.dock import RsovDock
 from rsov_qgis.results import GROUP
@@ -46,12 +45,6 @@ def _run(dock, qtbot):
 def _result_layers():
     group = QgsProject.instance().layerTreeRoot().findGroup(GROUP)
     return [node.layer() for node in group.findLayers()] if group else []
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- widgets ------------------------------------------------------------------------------------
@@ -142,17 +135,11 @@ def test_segment_visible_extent(fake_backend, dock, oem_layer, qgis_canvas, qgis
     assert layer.source().startswith(str(tmp_path / "results"))
     assert dock.results_combo.currentLayer() is layer
     assert any("3 polygons saved" in m for m in _messages(qgis_iface, "Success"))
-    assert dock.progress.value() == 0 and dock.stage_label.text().startswith("Done: 3 polygons")
+    assert dock.progress.value() == 100 and dock.stage_label.text().startswith("Done: 3 polygons")
 
 
 def test_web_layer_is_sent_as_multipart_chip(fake_backend, dock, qgis_canvas, qgis_iface, qtbot, tmp_path):
-    for x in range(2):
-        (tmp_path / "tiles" / "1" / str(x)).mkdir(parents=True)
-        for y in range(2):
-            tile = QImage(256, 256, QImage.Format.Format_ARGB32)
-            tile.fill(QColor(30, 160, 60))
-            tile.save(str(tmp_path / "tiles" / "1" / str(x) / f"{y}.png"))
-    layer = QgsRasterLayer(f"type=xyz&url=file://{tmp_path}/tiles/{{z}}/{{x}}/{{y}}.png&zmin=0&zmax=1", "tiles", "wms")
+    layer = xyz_layer(tmp_path / "tiles", lambda x, y: (30, 160, 60))
     QgsProject.instance().addMapLayer(layer)
     dock.raster_combo.setLayer(layer)
     qgis_canvas.setDestinationCrs(layer.crs())
@@ -172,7 +159,7 @@ def _assert_nothing_written(tmp_path):
 
 
 def test_backend_down_shows_a_message_and_writes_nothing(dock, oem_layer, qgis_canvas, qgis_iface, qtbot, tmp_path, monkeypatch):
-    monkeypatch.setenv("RSOV_BACKEND_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("RSOV_BACKEND_URL", f"http://127.0.0.1:{free_port()}")
     dock.settings = Settings.load()
     _show_central_half(qgis_canvas, oem_layer)
     _run(dock, qtbot)
@@ -254,7 +241,7 @@ def test_review_tools(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qt
     assert [f["class"] for f in target.getFeatures()] == ["building"]
     assert any("1 accepted features added to reviewed" in m for m in _messages(qgis_iface, "Success"))
     assert [a.shortcut().toString() for a in (dock.accept_action, dock.reject_action, dock.next_action)] == [
-        "Ctrl+Alt+A", "Ctrl+Alt+R", "Ctrl+Alt+N"]
+        "Alt+Shift+A", "Alt+Shift+R", "Alt+Shift+N"]
 
 
 def test_review_without_selection_warns(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot):

@@ -11,8 +11,7 @@ from qgis.core import (
     QgsRasterLayer,
     QgsRectangle,
 )
-from qgis.PyQt.QtGui import QColor, QImage
-
+from helpers import xyz_layer
 from rsov_qgis.extent import ExtentError, chip_pipe, raster_request, visible_extent_request, write_chip
 
 WEB_MERCATOR = QgsCoordinateReferenceSystem("EPSG:3857")
@@ -104,15 +103,7 @@ def test_whole_raster_request_in_raster_crs(oem_layer):
 
 def test_web_tile_layer_is_exported_as_an_rgba_chip(tmp_path, qgis_canvas, qgis_new_project):
     """An XYZ layer (tiles from disk, no network) cannot be read by path: it becomes a chip."""
-    for x in range(2):
-        for y in range(2):
-            (tmp_path / "tiles" / "1" / str(x)).mkdir(parents=True, exist_ok=True)
-            tile = QImage(256, 256, QImage.Format.Format_ARGB32)
-            tile.fill(QColor(200, 40 + 100 * x, 20, 255))
-            assert tile.save(str(tmp_path / "tiles" / "1" / str(x) / f"{y}.png"))
-    uri = f"type=xyz&url=file://{tmp_path}/tiles/{{z}}/{{x}}/{{y}}.png&zmin=0&zmax=1"
-    layer = QgsRasterLayer(uri, "tiles", "wms")
-    assert layer.isValid(), layer.error().message()
+    layer = xyz_layer(tmp_path / "tiles", lambda x, y: (200, 40 + 100 * x, 20))
     QgsProject.instance().addMapLayer(layer)
     rect = QgsRectangle(-2_000_000, 1_000_000, 2_000_000, 3_000_000)  # straddles the x = 0 tile edge
     request = raster_request(rect, WEB_MERCATOR, layer, QgsProject.instance().transformContext(), True, 10_000.0)

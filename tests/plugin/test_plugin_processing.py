@@ -72,3 +72,14 @@ def test_cancel_through_feedback(fake_backend, provider, oem_layer):
                             feedback=feedback)
     assert result["OUTPUT"] is None
     assert [job.state for job in fake_backend.jobs.values()] == ["cancelled"]
+
+
+def test_loaded_output_gets_the_vocabulary_style(fake_backend, provider, oem_layer):
+    import processing
+    from qgis.core import QgsCategorizedSymbolRenderer, QgsProject
+
+    result = processing.runAndLoadResults("rsov:segment", {
+        "INPUT": oem_layer, "CLASSES": "building,roof; water", "OUTPUT": "TEMPORARY_OUTPUT"})
+    layer = QgsProject.instance().mapLayer(result["OUTPUT"])
+    assert isinstance(layer.renderer(), QgsCategorizedSymbolRenderer)
+    assert [c.value() for c in layer.renderer().categories()] == ["building", "water"]

@@ -61,8 +61,12 @@ def test_relabel(result):
 def test_score_filter(result):
     review.score_filter(result, 0.5)
     assert result.featureCount() == 3 and {f[schema.SCORE] for f in result.getFeatures()} == {0.8}
+    assert review.current_score_filter(result) == 0.5
     review.score_filter(result, 0.0)
     assert result.featureCount() == 6 and result.subsetString() == ""
+    assert review.current_score_filter(result) == 0.0
+    result.setSubsetString('"class" = \'tree\'')  # someone else's filter
+    assert review.current_score_filter(result) == 0.0
 
 
 def test_next_unreviewed_walks_and_wraps(result):

@@ -1,0 +1,290 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""HTTP client of the rsov backend (``rsov serve``), standard library only (no QGIS, no Qt).
+
+Every call raises :class:`BackendError` with a one-sentence message meant for the user; the
+``code`` tells the failure kind (``unreachable``, ``unauthorized``, ``token_missing``, the
+server's own codes, ...).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+DEFAULT_URL = "http://127.0.0.1:8765"
+# Where `rsov serve` keeps its token by default.
+DEFAULT_TOKEN_FILE = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "rsov" / "token"
+FINISHED_STATES = ("done", "failed", "cancelled")
+
+
+class BackendError(Exception):
+    """A failed backend call; ``str(error)`` is the message for the user."""
+
+    def __init__(self, code: str, message: str, status: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class JobCancelled(Exception):
+    """The job was cancelled (by the user or on the backend)."""
+
+
+@dataclass(frozen=True)
+class Health:
+    """``GET /v1/health``."""
+
+    version: str
+    model: str
+    models: list[str]
+    device: str
+    gpu_name: str | None
+
+    def describe(self) -> str:
+        """E.g. ``"rsov 0.1.0, model ViT-B-16-openai on CUDA (NVIDIA H100)"``."""
+        device = self.device.upper() + (f" ({self.gpu_name})" if self.gpu_name else "")
+        return f"rsov {self.version}, model {self.model} on {device}"
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """``GET /v1/jobs/{id}``."""
+
+    job_id: str
+    state: str
+    progress: float = 0.0
+    stage: str = ""
+    message: str = ""
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job will not change any more."""
+        return self.state in FINISHED_STATES
+
+
+@dataclass
+class SegmentOptions:
+    """The ``options`` of a job; ``None`` leaves the backend's default."""
+
+    threshold: float = 0.3
+    resolution: float | None = None  # metres per pixel; None: long side of 448 px
+    bands: list[int] | None = None
+    templates: str | None = None
+    background: list[str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The options that are set."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class JobRequest:
+    """The body of ``POST /v1/jobs``; ``raster`` is None when a chip file is sent instead."""
+
+    classes: list[str]
+    bbox: tuple[float, float, float, float] | None
+    bbox_crs: str | None
+    raster: str | None = None
+    mode: str = "semantic"
+    options: SegmentOptions = field(default_factory=SegmentOptions)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object the contract describes."""
+        body = {
+            "bbox": list(self.bbox) if self.bbox else None, "bbox_crs": self.bbox_crs,
+            "classes": list(self.classes), "mode": self.mode, "options": self.options.to_json(),
+        }
+        if self.raster is not None:
+            body["raster"] = self.raster
+        return body
+
+
+def read_token(path: str | Path) -> str:
+    """The stripped content of the token file; BackendError ``token_missing`` if unreadable."""
+    try:
+        token = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except OSError:
+        raise BackendError(
+            "token_missing",
+            f"The token file {path} cannot be read: start the backend (it writes the token) "
+            "or set the token file in the rsov settings.",
+        ) from None
+    if not token:
+        raise BackendError("token_missing", f"The token file {path} is empty.")
+    return token
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url`` points at this machine (so the backend can read local files by path)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _multipart(parts: list[tuple[str, str | None, str, bytes]]) -> tuple[bytes, str]:
+    """Encode (name, filename, content type, data) parts; returns the body and its content type."""
+    boundary = uuid.uuid4().hex
+    chunks = []
+    for name, filename, content_type, data in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {content_type}\r\n\r\n"
+        chunks += [head.encode(), data, b"\r\n"]
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+class BackendClient:
+    """One backend: its base URL and the token file for authenticated calls."""
+
+    def __init__(self, url: str = DEFAULT_URL, token_file: str | Path | None = DEFAULT_TOKEN_FILE, timeout: float = 30.0):
+        url = url.strip().rstrip("/")
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise BackendError("bad_url", f"The backend URL '{url}' must start with http:// or https://.")
+        self.url = url
+        self.token_file = token_file
+        self.timeout = timeout
+        handlers = [urllib.request.ProxyHandler({})] if is_loopback_url(url) else []  # never proxy localhost
+        self._opener = urllib.request.build_opener(*handlers)
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the backend runs on this machine and can read rasters by path."""
+        return is_loopback_url(self.url)
+
+    # --- transport -------------------------------------------------------------------
+    def _call(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
+              auth: bool = True, timeout: float | None = None) -> bytes:
+        headers = {"Accept": "application/json"}
+        if auth:
+            try:
+                token = read_token(self.token_file or DEFAULT_TOKEN_FILE)
+            except BackendError:
+                self.health()  # a backend that is down explains a missing token better
+                raise
+            headers["Authorization"] = "Bearer " + token
+        if content_type:
+            headers["Content-Type"] = content_type
+        request = urllib.request.Request(self.url + path, data=body, headers=headers, method=method)
+        try:
+            with self._opener.open(request, timeout=timeout or self.timeout) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            raise self._http_error(exc) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise BackendError(
+                "unreachable",
+                f"No rsov backend answers at {self.url} ({reason}): start it with Start backend "
+                "or `rsov serve`, or check the backend URL.",
+            ) from None
+
+    def _http_error(self, exc: urllib.error.HTTPError) -> BackendError:
+        try:
+            error = json.loads(exc.read().decode("utf-8"))["error"]
+            code, message = str(error["code"]), str(error["message"])
+        except (ValueError, KeyError, TypeError, OSError):
+            code, message = f"http_{exc.code}", f"The backend answered HTTP {exc.code} ({exc.reason})."
+        if exc.code == 401:
+            return BackendError(
+                "unauthorized",
+                f"The backend refused the token from {self.token_file}: use the token file that "
+                f"`rsov serve` printed when it started ({message})",
+                401,
+            )
+        return BackendError(code, message, exc.code)
+
+    def _json(self, method: str, path: str, payload: Any = None, auth: bool = True, timeout: float | None = None) -> Any:
+        body = None if payload is None else json.dumps(payload).encode("utf-8")
+        raw = self._call(method, path, body, "application/json" if body else None, auth, timeout)
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except ValueError:
+            raise BackendError("bad_response", f"The backend at {self.url} did not answer JSON: is it rsov?") from None
+
+    # --- endpoints -------------------------------------------------------------------
+    def health(self, timeout: float | None = None) -> Health:
+        """``GET /v1/health`` (no token needed)."""
+        data = self._json("GET", "/v1/health", auth=False, timeout=timeout)
+        try:
+            return Health(str(data["version"]), str(data["model"]), list(data.get("models") or []),
+                          str(data["device"]), data.get("gpu_name"))
+        except (KeyError, TypeError):
+            raise BackendError("bad_response", f"The server at {self.url} is not an rsov backend.") from None
+
+    def models(self) -> list[dict[str, Any]]:
+        """``GET /v1/models``: also proves that the token is accepted."""
+        return list(self._json("GET", "/v1/models")["models"])
+
+    def submit(self, request: JobRequest, chip: Path | None = None) -> str:
+        """``POST /v1/jobs`` (multipart with the chip GeoTIFF when given); returns the job id."""
+        if chip is None:
+            data = self._json("POST", "/v1/jobs", request.to_json())
+        else:
+            body, content_type = _multipart([
+                ("request", None, "application/json", json.dumps(request.to_json()).encode("utf-8")),
+                ("chip", chip.name, "image/tiff", chip.read_bytes()),
+            ])
+            data = json.loads(self._call("POST", "/v1/jobs", body, content_type).decode("utf-8"))
+        return str(data["job_id"])
+
+    def status(self, job_id: str) -> JobStatus:
+        """``GET /v1/jobs/{id}``."""
+        data = self._json("GET", f"/v1/jobs/{urllib.parse.quote(job_id)}")
+        return JobStatus(str(data["job_id"]), str(data["state"]), float(data.get("progress") or 0.0),
+                         str(data.get("stage") or ""), str(data.get("message") or ""), data.get("error"))
+
+    def result_geojson(self, job_id: str) -> dict[str, Any]:
+        """``GET /v1/jobs/{id}/result``: a GeoJSON FeatureCollection in the raster CRS."""
+        return self._json("GET", f"/v1/jobs/{urllib.parse.quote(job_id)}/result")
+
+    def result_gpkg(self, job_id: str) -> bytes:
+        """``GET /v1/jobs/{id}/result?format=gpkg``: the GeoPackage bytes (layer ``rsov``)."""
+        return self._call("GET", f"/v1/jobs/{urllib.parse.quote(job_id)}/result?format=gpkg")
+
+    def cancel(self, job_id: str) -> None:
+        """``DELETE /v1/jobs/{id}``."""
+        self._json("DELETE", f"/v1/jobs/{urllib.parse.quote(job_id)}")
+
+    # --- a whole job -----------------------------------------------------------------
+    def run_job(self, request: JobRequest, chip: Path | None = None,
+                on_status: Callable[[JobStatus], None] = lambda status: None,
+                is_canceled: Callable[[], bool] = lambda: False, poll_s: float = 0.5) -> str:
+        """Submit and poll until done; returns the job id. Cancels the backend job when
+        ``is_canceled()`` turns true (raising JobCancelled); a failed job raises BackendError."""
+        job_id = self.submit(request, chip)
+        while True:
+            if is_canceled():
+                self._cancel_quietly(job_id)
+                raise JobCancelled(job_id)
+            status = self.status(job_id)
+            on_status(status)
+            if status.state == "done":
+                return job_id
+            if status.state == "failed":
+                raise BackendError("job_failed", status.error or status.message or "The backend job failed.")
+            if status.state == "cancelled":
+                raise JobCancelled(job_id)
+            deadline = time.monotonic() + poll_s
+            while time.monotonic() < deadline and not is_canceled():
+                time.sleep(0.05)
+
+    def _cancel_quietly(self, job_id: str) -> None:
+        try:
+            self.cancel(job_id)
+        except BackendError:
+            pass  # the job ends on the backend anyway; the user asked to stop waiting

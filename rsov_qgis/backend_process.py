@@ -1,0 +1,135 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Starting and stopping ``rsov serve`` as a separate process (QProcess, never in QGIS's Python).
+
+The executable is the backend environment's ``rsov`` script, or its Python interpreter (then
+``python -m rsov.cli serve`` is run). Readiness is polled on ``GET /v1/health`` from a timer,
+so QGIS stays responsive while the model loads.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import urllib.parse
+from pathlib import Path
+
+from qgis.PyQt.QtCore import QObject, QProcess, QTimer, pyqtSignal
+
+from .backend_client import BackendClient, BackendError, Health
+from .compat import enum_value
+
+START_TIMEOUT_S = 180.0  # loading a large model on a CPU takes a while
+POLL_MS = 500
+
+
+def find_executable(configured: str) -> str:
+    """The configured executable, else ``rsov`` on PATH; "" when there is none."""
+    if configured:
+        return configured if Path(configured).is_file() else ""
+    return shutil.which("rsov") or ""
+
+
+def serve_command(executable: str, url: str, token_file: str, model: str = "") -> tuple[str, list[str]]:
+    """The program and arguments that serve the backend at ``url``."""
+    parts = urllib.parse.urlsplit(url)
+    args = ["serve", "--host", parts.hostname or "127.0.0.1", "--port", str(parts.port or 8765),
+            "--token-file", str(Path(token_file).expanduser())]
+    if model:
+        args += ["--model", model]
+    if Path(executable).name.startswith("python"):
+        args = ["-m", "rsov.cli", *args]
+    return executable, args
+
+
+class BackendProcess(QObject):
+    """One backend process started by the plugin; emits ``ready(Health)`` or ``failed(str)``."""
+
+    ready = pyqtSignal(object)
+    failed = pyqtSignal(str)
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.process: QProcess | None = None
+        self.client: BackendClient | None = None
+        self._output = ""
+        self._deadline = 0.0
+        self._timer = QTimer(self)
+        self._timer.setInterval(POLL_MS)
+        self._timer.timeout.connect(self._poll)
+
+    def is_running(self) -> bool:
+        """Whether the process the plugin started is still alive."""
+        not_running = enum_value((QProcess, "ProcessState.NotRunning"), (QProcess, "NotRunning"))
+        return self.process is not None and self.process.state() != not_running
+
+    def start(self, executable: str, url: str, token_file: str, model: str = "") -> None:
+        """Launch ``rsov serve`` unless one runs already; the outcome arrives as a signal."""
+        if self.is_running():
+            return
+        found = find_executable(executable)
+        if not found:
+            where = f"'{executable}' does not exist" if executable else "no `rsov` is on PATH"
+            self.failed.emit(
+                f"The rsov backend is not installed here ({where}): install it (see the README, `make setup`) "
+                "and set the rsov executable or the Python of its environment in the rsov settings.")
+            return
+        self.client = BackendClient(url, token_file, timeout=2.0)
+        program, args = serve_command(found, url, token_file, model)
+        self._output = ""
+        self.process = QProcess(self)
+        self.process.setProcessChannelMode(enum_value((QProcess, "ProcessChannelMode.MergedChannels"),
+                                                      (QProcess, "MergedChannels")))
+        self.process.readyReadStandardOutput.connect(self._read_output)
+        self.process.finished.connect(self._on_finished)
+        self.process.errorOccurred.connect(self._on_error)
+        self.process.start(program, args)
+        self._deadline = time.monotonic() + START_TIMEOUT_S
+        self._timer.start()
+
+    def stop(self) -> None:
+        """Terminate the process (killed if it does not exit within 5 s)."""
+        self._timer.stop()
+        if self.process is None:
+            return
+        process, self.process = self.process, None
+        process.finished.disconnect(self._on_finished)
+        process.errorOccurred.disconnect(self._on_error)
+        if process.state() != enum_value((QProcess, "ProcessState.NotRunning"), (QProcess, "NotRunning")):
+            process.terminate()
+            if not process.waitForFinished(5000):
+                process.kill()
+                process.waitForFinished(2000)
+        process.deleteLater()
+
+    def output_tail(self, lines: int = 5) -> str:
+        """The last lines the process printed (for error messages)."""
+        return "\n".join(self._output.strip().splitlines()[-lines:])
+
+    def _read_output(self) -> None:
+        if self.process is not None:
+            data = bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
+            self._output = (self._output + data)[-20000:]
+
+    def _poll(self) -> None:
+        try:
+            health: Health = self.client.health(timeout=1.0)
+        except BackendError:
+            if time.monotonic() > self._deadline:
+                self._timer.stop()
+                self.failed.emit(f"The backend did not answer within {START_TIMEOUT_S:.0f} s. {self.output_tail()}")
+            return
+        self._timer.stop()
+        self.ready.emit(health)
+
+    def _on_error(self, error) -> None:
+        if error == enum_value((QProcess, "ProcessError.FailedToStart"), (QProcess, "FailedToStart")):
+            self._timer.stop()
+            program = self.process.program() if self.process is not None else ""
+            self.process = None
+            self.failed.emit(f"The rsov backend could not be started ({program}): check the rsov executable in the settings.")
+
+    def _on_finished(self, exit_code: int, *_status) -> None:
+        self._timer.stop()
+        self._read_output()
+        self.process = None
+        self.failed.emit(f"The rsov backend exited (code {exit_code}): {self.output_tail() or 'no output'}")

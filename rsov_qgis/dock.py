@@ -1,0 +1,711 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The rsov panel: what to segment (raster, vocabulary, options), the backend, and review.
+
+Widgets and their wiring only; the work is done by the logic modules (extent, task, review,
+results, vocabulary, backend_process).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
+from qgis.gui import QgsColorButton, QgsDoubleSpinBox, QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import Qt, QTimer
+from qgis.PyQt.QtGui import QColor, QIcon, QKeySequence, QPixmap
+from qgis.PyQt.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDockWidget,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSlider,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import review, schema
+from .backend_client import BackendError, SegmentOptions
+from .backend_process import BackendProcess
+from .compat import QAction, enum_value
+from .extent import ExtentError, chip_pipe, visible_extent_request
+from .paths import PRESETS
+from .results import is_result_layer, output_folder, result_path
+from .settings import Settings
+from .styling import renderer_classes
+from .task import SegmentTask
+from .vocabulary import (
+    PALETTE,
+    VocabularyClass,
+    VocabularyError,
+    format_vocabulary,
+    list_presets,
+    parse_synonyms,
+    parse_vocabulary,
+    validate,
+)
+
+DEFAULT_VOCABULARY = "building, roof, house  # #e31a1c\ntree, forest  # #33a02c\nwater, river  # #1f78b4\n"
+# Shortcuts of the review actions (active while the panel is open; configurable in QGIS's
+# Settings > Keyboard Shortcuts).
+SHORTCUTS = {"accept": "Alt+Shift+A", "reject": "Alt+Shift+R", "next": "Alt+Shift+N"}  # free in QGIS 3.22
+OK_COLOUR, BAD_COLOUR, IDLE_COLOUR = "#2e7d32", "#c62828", "#757575"
+
+
+def _level(name: str):
+    return enum_value((Qgis, f"MessageLevel.{name}"), (Qgis, name))
+
+
+def _theme_button(icon: str, tip: str, slot) -> QToolButton:
+    button = QToolButton()
+    button.setIcon(QgsApplication.getThemeIcon(icon))
+    button.setToolTip(tip)
+    button.setAutoRaise(True)
+    button.clicked.connect(slot)
+    return button
+
+
+class RsovDock(QDockWidget):
+    """The dock panel (objectName ``rsovDock``)."""
+
+    def __init__(self, iface, parent: QWidget | None = None):
+        super().__init__("rsov — open-vocabulary segmentation", parent)
+        self.setObjectName("rsovDock")
+        self.iface = iface
+        self.settings = Settings.load()
+        self.task: SegmentTask | None = None
+        self.backend = BackendProcess(self)
+        self.backend.ready.connect(self._on_backend_ready)
+        self.backend.failed.connect(self._on_backend_failed)
+
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self._segment_tab(), "Segment")
+        self.tabs.addTab(self._review_tab(), "Review")
+        self.tabs.addTab(self._backend_tab(), "Backend")
+        self.status_label = QLabel()
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        status_row = QHBoxLayout()
+        status_row.addWidget(self.status_label, 1)
+        status_row.addWidget(_theme_button("/mActionRefresh.svg", "Check the backend connection", self.check_backend))
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        layout.addLayout(status_row)
+        layout.addWidget(self.tabs)
+        self.setWidget(body)
+        self._set_status("Backend not checked yet.", IDLE_COLOUR)
+
+        self.set_vocabulary(parse_vocabulary(self.settings.vocabulary or DEFAULT_VOCABULARY))
+        self._select_active_raster(iface.activeLayer())
+        iface.currentLayerChanged.connect(self._select_active_raster)
+        self._on_results_layer_changed(self.results_combo.currentLayer())
+
+    # --- building the tabs -------------------------------------------------------------------
+    def _segment_tab(self) -> QWidget:
+        self.raster_combo = QgsMapLayerComboBox()
+        self.raster_combo.setFilters(enum_value((Qgis, "LayerFilter.RasterLayer"), (QgsMapLayerProxyModel, "RasterLayer")))
+        self.raster_combo.setToolTip("The raster to segment (follows the active raster layer)")
+
+        self.preset_combo = QComboBox()
+        self.preset_combo.addItem("Load a preset…")
+        for preset in list_presets(PRESETS):
+            self.preset_combo.addItem(preset.title, preset)
+        self.preset_combo.activated.connect(self._on_preset_chosen)
+
+        self.vocab_table = QTableWidget(0, 2)
+        self.vocab_table.setHorizontalHeaderLabels(["", "Class, synonyms (comma-separated)"])
+        header = self.vocab_table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.vocab_table.verticalHeader().setVisible(False)
+        self.vocab_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.vocab_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.vocab_table.setToolTip("One class per row; the first word names the class, the others are "
+                                    "synonyms (each is a text query; the class takes the best)")
+        self.vocab_table.itemChanged.connect(self._remember_vocabulary)
+
+        vocab_buttons = QHBoxLayout()
+        for icon, tip, slot in (
+            ("/symbologyAdd.svg", "Add a class", self.add_class),
+            ("/symbologyRemove.svg", "Remove the selected class", self.remove_class),
+            ("/mActionArrowUp.svg", "Move the selected class up", lambda: self.move_class(-1)),
+            ("/mActionArrowDown.svg", "Move the selected class down", lambda: self.move_class(1)),
+            ("/mActionFileOpen.svg", "Open a vocabulary file", self._open_vocabulary_dialog),
+            ("/mActionFileSave.svg", "Save the vocabulary to a file", self._save_vocabulary_dialog),
+        ):
+            vocab_buttons.addWidget(_theme_button(icon, tip, slot))
+        vocab_buttons.addStretch(1)
+        vocab_buttons.addWidget(self.preset_combo)
+
+        self.mode_combo = QComboBox()
+        self.mode_combo.addItem("Semantic (classes per pixel)", "semantic")
+        self.threshold_spin = QgsDoubleSpinBox()
+        self.threshold_spin.setRange(0.0, 1.0)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setDecimals(2)
+        self.threshold_spin.setClearValue(0.3)
+        self.threshold_spin.setValue(self.settings.threshold)
+        self.threshold_spin.setToolTip("Pixels whose best class probability is lower stay background "
+                                       "(land cover 0.1-0.3; buildings 0.6-0.7)")
+        self.resolution_spin = QgsDoubleSpinBox()
+        self.resolution_spin.setRange(0.0, 1000.0)
+        self.resolution_spin.setDecimals(2)
+        self.resolution_spin.setSingleStep(0.1)
+        self.resolution_spin.setSuffix(" m/px")
+        self.resolution_spin.setSpecialValueText("auto (448 px long side)")
+        self.resolution_spin.setClearValue(0.0)
+        self.resolution_spin.setValue(self.settings.resolution)
+        self.resolution_spin.setToolTip("Ground resolution the image is analysed at; a fixed value gives "
+                                        "the same answer at any zoom")
+        self.threshold_spin.valueChanged.connect(self._remember_options)
+        self.resolution_spin.valueChanged.connect(self._remember_options)
+
+        self.segment_button = QPushButton(QgsApplication.getThemeIcon("/mActionZoomActual.svg"), "Segment visible extent")
+        self.segment_button.setToolTip("Segment what the map shows of the chosen raster")
+        self.segment_button.clicked.connect(self.segment_visible_extent)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        self.stage_label = QLabel("Idle")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        progress_row = QHBoxLayout()
+        progress_row.addWidget(self.progress, 1)
+        progress_row.addWidget(self.cancel_button)
+
+        page = QWidget()
+        form = QFormLayout()
+        form.addRow("Raster", self.raster_combo)
+        form.addRow("Mode", self.mode_combo)
+        form.addRow("Threshold", self.threshold_spin)
+        form.addRow("Resolution", self.resolution_spin)
+        layout = QVBoxLayout(page)
+        layout.addLayout(form)
+        layout.addWidget(QLabel("<b>Vocabulary</b>"))
+        layout.addLayout(vocab_buttons)
+        layout.addWidget(self.vocab_table, 1)
+        layout.addWidget(self.segment_button)
+        layout.addLayout(progress_row)
+        layout.addWidget(self.stage_label)
+        return page
+
+    def _review_tab(self) -> QWidget:
+        polygons = enum_value((Qgis, "LayerFilter.PolygonLayer"), (QgsMapLayerProxyModel, "PolygonLayer"))
+        self.results_combo = QgsMapLayerComboBox()
+        self.results_combo.setFilters(polygons)
+        self.results_combo.layerChanged.connect(self._on_results_layer_changed)
+        self.score_slider = QSlider(Qt.Orientation.Horizontal)
+        self.score_slider.setRange(0, 100)
+        self.score_label = QLabel("all")
+        self.score_slider.valueChanged.connect(self._on_score_changed)
+        self.score_slider.sliderReleased.connect(self.apply_score_filter)
+        score_row = QHBoxLayout()
+        score_row.addWidget(self.score_slider, 1)
+        score_row.addWidget(self.score_label)
+
+        self.accept_action = self._review_action("Accept", SHORTCUTS["accept"], "/mActionSaveEdits.svg",
+                                                 lambda: self.set_selected_status(schema.ACCEPTED))
+        self.reject_action = self._review_action("Reject", SHORTCUTS["reject"], "/mActionDeleteSelected.svg",
+                                                 lambda: self.set_selected_status(schema.REJECTED))
+        self.next_action = self._review_action("Next unreviewed", SHORTCUTS["next"], "/mActionZoomToSelected.svg",
+                                               self.zoom_to_next_unreviewed)
+        actions_row = QHBoxLayout()
+        for action in (self.accept_action, self.reject_action, self.next_action):
+            button = QToolButton()
+            button.setDefaultAction(action)
+            button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+            actions_row.addWidget(button)
+        actions_row.addStretch(1)
+        self.advance_check = QCheckBox("Go to the next unreviewed feature after accept/reject")
+        self.advance_check.setChecked(True)
+
+        self.relabel_combo = QComboBox()
+        relabel_button = QPushButton("Relabel selected")
+        relabel_button.clicked.connect(self.relabel_selected)
+        relabel_row = QHBoxLayout()
+        relabel_row.addWidget(self.relabel_combo, 1)
+        relabel_row.addWidget(relabel_button)
+
+        self.target_combo = QgsMapLayerComboBox()
+        self.target_combo.setFilters(polygons)
+        self.target_combo.setAllowEmptyLayer(True)
+        merge_button = QPushButton("Merge accepted into target")
+        merge_button.clicked.connect(self.merge_accepted)
+        self.review_summary = QLabel()
+
+        page = QWidget()
+        form = QFormLayout()
+        form.addRow("Result layer", self.results_combo)
+        form.addRow("Minimum score", score_row)
+        form.addRow("Relabel as", relabel_row)
+        form.addRow("Target layer", self.target_combo)
+        layout = QVBoxLayout(page)
+        layout.addLayout(form)
+        layout.addLayout(actions_row)
+        layout.addWidget(self.advance_check)
+        layout.addWidget(merge_button)
+        layout.addWidget(self.review_summary)
+        layout.addStretch(1)
+        return page
+
+    def _review_action(self, text: str, shortcut: str, icon: str, slot) -> QAction:
+        action = QAction(QgsApplication.getThemeIcon(icon), text, self)
+        action.setShortcut(QKeySequence(shortcut))
+        action.setToolTip(f"{text} ({shortcut})")
+        action.setObjectName(f"rsov{text.title().replace(' ', '')}")
+        action.triggered.connect(slot)
+        self.addAction(action)  # the shortcut works while the panel is open, whichever tab shows
+        return action
+
+    def _backend_tab(self) -> QWidget:
+        self.url_edit = QLineEdit(self.settings.backend_url)
+        self.token_widget = QgsFileWidget()
+        self.token_widget.setFilePath(self.settings.token_file)
+        self.executable_widget = QgsFileWidget()
+        self.executable_widget.setFilePath(self.settings.backend_executable)
+        self.executable_widget.lineEdit().setPlaceholderText("rsov on PATH")
+        self.executable_widget.setToolTip("The `rsov` script of the backend's environment (e.g. .venv/bin/rsov), "
+                                          "or the Python interpreter of that environment")
+        self.model_edit = QLineEdit(self.settings.model)
+        self.model_edit.setPlaceholderText("backend default (ViT-B-16-openai)")
+        self.output_widget = QgsFileWidget()
+        self.output_widget.setStorageMode(enum_value((QgsFileWidget, "StorageMode.GetDirectory"),
+                                                     (QgsFileWidget, "GetDirectory")))
+        self.output_widget.setFilePath(self.settings.output_dir)
+        self.output_widget.lineEdit().setPlaceholderText(str(self.settings.results_dir()))
+        self.output_widget.setToolTip("Results of an unsaved project go here; a saved project keeps them "
+                                      "in rsov_results/ beside the project file")
+        for name, widget in (("backend_url", self.url_edit), ("token_file", self.token_widget)):
+            variable = Settings.from_environment(name)
+            if variable:
+                widget.setEnabled(False)
+                widget.setToolTip(f"Set by the environment variable {variable}")
+        self.url_edit.editingFinished.connect(self._remember_backend)
+        self.model_edit.editingFinished.connect(self._remember_backend)
+        for widget in (self.token_widget, self.executable_widget, self.output_widget):
+            widget.fileChanged.connect(self._remember_backend)
+
+        self.start_button = QPushButton("Start backend")
+        self.start_button.setToolTip("Run `rsov serve` as a separate process; it stops when QGIS quits")
+        self.start_button.clicked.connect(self.start_backend)
+        self.stop_button = QPushButton("Stop backend")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop_backend)
+        check_button = QPushButton("Check connection")
+        check_button.clicked.connect(self.check_backend)
+        buttons = QHBoxLayout()
+        for button in (self.start_button, self.stop_button, check_button):
+            buttons.addWidget(button)
+
+        page = QWidget()
+        form = QFormLayout()
+        form.addRow("Backend URL", self.url_edit)
+        form.addRow("Token file", self.token_widget)
+        form.addRow("rsov executable", self.executable_widget)
+        form.addRow("Model", self.model_edit)
+        form.addRow("Output folder", self.output_widget)
+        layout = QVBoxLayout(page)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addStretch(1)
+        return page
+
+    # --- messages and settings ---------------------------------------------------------------
+    def message(self, text: str, level: str = "Info", duration: int = 8) -> None:
+        """Show ``text`` in QGIS's message bar (``level``: Info, Success, Warning, Critical)."""
+        self.iface.messageBar().pushMessage("rsov", text, _level(level), duration if level != "Critical" else 0)
+
+    def _set_status(self, text: str, colour: str) -> None:
+        self.status_text = text
+        self.status_label.setText(f"<span style='color:{colour}'>●</span> {text}")
+
+    def _remember_backend(self, *_args) -> None:
+        self.settings.backend_url = self.url_edit.text().strip()
+        self.settings.token_file = self.token_widget.filePath().strip()
+        self.settings.backend_executable = self.executable_widget.filePath().strip()
+        self.settings.model = self.model_edit.text().strip()
+        self.settings.output_dir = self.output_widget.filePath().strip()
+        self.settings.save()
+
+    def _remember_options(self, *_args) -> None:
+        self.settings.threshold = self.threshold_spin.value()
+        self.settings.resolution = self.resolution_spin.value()
+        self.settings.save()
+
+    def _remember_vocabulary(self, *_args) -> None:
+        self.settings.vocabulary = format_vocabulary(self.vocabulary())
+        self.settings.save()
+
+    # --- vocabulary editor --------------------------------------------------------------------
+    def vocabulary(self) -> list[VocabularyClass]:
+        """The classes in the table (rows without words are left out)."""
+        return [c for c in self._rows() if c.synonyms]
+
+    def set_vocabulary(self, classes: list[VocabularyClass]) -> None:
+        """Replace the table's content."""
+        self.vocab_table.blockSignals(True)
+        self.vocab_table.setRowCount(0)
+        for cls in classes:
+            self._append_row(cls)
+        self.vocab_table.blockSignals(False)
+        self._remember_vocabulary()
+
+    def _append_row(self, cls: VocabularyClass) -> int:
+        row = self.vocab_table.rowCount()
+        self.vocab_table.insertRow(row)
+        button = QgsColorButton()
+        button.setAllowOpacity(False)
+        button.setShowNoColor(False)
+        button.setColor(QColor(cls.color or PALETTE[row % len(PALETTE)]))
+        button.setMinimumWidth(44)
+        button.setColorDialogTitle(f"Colour of {cls.name or 'the class'}")
+        button.colorChanged.connect(self._remember_vocabulary)
+        self.vocab_table.setCellWidget(row, 0, button)
+        self.vocab_table.setItem(row, 1, QTableWidgetItem(", ".join(cls.synonyms)))
+        return row
+
+    def add_class(self, text: str = "") -> None:
+        """Add a row (with a free palette colour) and start editing it."""
+        used = {c.color for c in self.vocabulary()}
+        colour = next((c for c in PALETTE if c not in used), PALETTE[self.vocab_table.rowCount() % len(PALETTE)])
+        row = self._append_row(VocabularyClass(parse_synonyms(text or ""), colour))
+        self.vocab_table.setCurrentCell(row, 1)
+        if not text:
+            self.vocab_table.editItem(self.vocab_table.item(row, 1))
+        self._remember_vocabulary()
+
+    def remove_class(self) -> None:
+        """Remove the selected row."""
+        row = self.vocab_table.currentRow()
+        if row >= 0:
+            self.vocab_table.removeRow(row)
+            self._remember_vocabulary()
+
+    def move_class(self, step: int) -> None:
+        """Move the selected class up (-1) or down (+1)."""
+        row = self.vocab_table.currentRow()
+        classes = self._rows()
+        target = row + step
+        if row < 0 or not 0 <= target < len(classes):
+            return
+        classes[row], classes[target] = classes[target], classes[row]
+        self.set_vocabulary(classes)
+        self.vocab_table.setCurrentCell(target, 1)
+
+    def _rows(self) -> list[VocabularyClass]:
+        """Every row, empty ones included (so moving keeps the rows in place)."""
+        rows = []
+        for row in range(self.vocab_table.rowCount()):
+            item = self.vocab_table.item(row, 1)
+            rows.append(VocabularyClass(parse_synonyms(item.text() if item else ""),
+                                        self.vocab_table.cellWidget(row, 0).color().name()))
+        return rows
+
+    def _on_preset_chosen(self, index: int) -> None:
+        preset = self.preset_combo.itemData(index)
+        self.preset_combo.setCurrentIndex(0)
+        if preset is not None:
+            self.set_vocabulary(preset.load())
+
+    def load_vocabulary(self, path: str | Path) -> None:
+        """Replace the vocabulary by a text file's."""
+        try:
+            classes = parse_vocabulary(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            self.message(f"Cannot read the vocabulary {path}: {exc}", "Critical")
+            return
+        if not classes:
+            self.message(f"{path} holds no classes (one class per line, synonyms comma-separated).", "Warning")
+            return
+        self.set_vocabulary(classes)
+
+    def save_vocabulary(self, path: str | Path) -> None:
+        """Write the vocabulary as a text file (readable by `rsov segment --classes-file` too)."""
+        try:
+            Path(path).write_text(format_vocabulary(self.vocabulary()), encoding="utf-8")
+        except OSError as exc:
+            self.message(f"Cannot write {path}: {exc.strerror}", "Critical")
+
+    def _open_vocabulary_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open vocabulary", "", "Vocabulary (*.txt);;All files (*)")
+        if path:
+            self.load_vocabulary(path)
+
+    def _save_vocabulary_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save vocabulary", "vocabulary.txt", "Vocabulary (*.txt)")
+        if path:
+            self.save_vocabulary(path)
+
+    # --- backend ---------------------------------------------------------------------------
+    def check_backend(self) -> bool:
+        """Update the status line from ``/v1/health`` and a token check; True when usable."""
+        try:
+            client = self.settings.client(timeout=3.0)
+            health = client.health()
+        except BackendError as exc:
+            self._set_status(f"Not connected: {exc}", BAD_COLOUR)
+            return False
+        try:
+            client.models()
+        except BackendError as exc:
+            self._set_status(f"Connected to {health.describe()}, but: {exc}", BAD_COLOUR)
+            return False
+        self._set_status(f"Connected: {health.describe()}", OK_COLOUR)
+        return True
+
+    def start_backend(self) -> None:
+        """Start `rsov serve` unless a backend already answers at the URL."""
+        self._remember_backend()
+        try:
+            self.settings.client(timeout=1.0).health()
+        except BackendError as exc:
+            if exc.code == "bad_url":
+                self.message(str(exc), "Critical")
+                return
+        else:
+            self.message(f"A backend already answers at {self.settings.backend_url}.")
+            self.check_backend()
+            return
+        self._set_status("Starting the backend (loading the model)…", IDLE_COLOUR)
+        self.start_button.setEnabled(False)
+        self.backend.start(self.settings.backend_executable, self.settings.backend_url,
+                           self.settings.token_file, self.settings.model)
+        self.stop_button.setEnabled(self.backend.is_running())
+
+    def stop_backend(self) -> None:
+        """Stop the backend the plugin started."""
+        self.backend.stop()
+        self.start_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self._set_status("Backend stopped.", IDLE_COLOUR)
+
+    def _on_backend_ready(self, health) -> None:
+        self.start_button.setEnabled(True)
+        self.stop_button.setEnabled(True)
+        if self.check_backend():
+            self.message(f"Backend started: {health.describe()}", "Success")
+        else:
+            self.message(self.status_text, "Critical")
+
+    def _on_backend_failed(self, text: str) -> None:
+        self.start_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self._set_status(text, BAD_COLOUR)
+        self.message(text, "Critical")
+
+    # --- segmentation ---------------------------------------------------------------------------
+    def _select_active_raster(self, layer) -> None:
+        if isinstance(layer, QgsRasterLayer):
+            self.raster_combo.setLayer(layer)
+
+    def segment_visible_extent(self) -> SegmentTask | None:
+        """Start a task for the canvas's visible extent of the chosen raster; returns it."""
+        if self.task is not None:
+            self.message("A segmentation is already running; wait for it or cancel it.", "Warning")
+            return None
+        layer = self.raster_combo.currentLayer()
+        if not isinstance(layer, QgsRasterLayer):
+            self.message("Choose a raster layer to segment.", "Warning")
+            return None
+        project = QgsProject.instance()
+        try:
+            classes = self.vocabulary()
+            queries = validate(classes)
+            client = self.settings.client()
+            raster = visible_extent_request(self.iface.mapCanvas().mapSettings(), layer,
+                                            project.transformContext(), client.is_local)
+            chip = None if raster.path else chip_pipe(layer)
+        except (VocabularyError, ExtentError, BackendError) as exc:
+            self.message(str(exc), "Warning")
+            return None
+        options = SegmentOptions(threshold=self.threshold_spin.value(), resolution=self.resolution_spin.value() or None)
+        job = raster.job(queries, options)
+        job.mode = self.mode_combo.currentData()
+        now = datetime.now()
+        destination = result_path(output_folder(project, self.settings.results_dir()), layer.name(), now)
+        self.task = SegmentTask(client, raster, job, classes, destination, f"{layer.name()} {now:%H:%M:%S}",
+                                chip, project)
+        self.task.progressChanged.connect(lambda value: self.progress.setValue(round(value)))
+        self.task.stageChanged.connect(self.stage_label.setText)
+        self.task.succeeded.connect(self._on_task_succeeded)
+        self.task.failed.connect(self._on_task_failed)
+        self.task.cancelled.connect(self._on_task_cancelled)
+        self._set_busy(True)
+        QgsApplication.taskManager().addTask(self.task)
+        return self.task
+
+    def cancel(self) -> None:
+        """Cancel the running segmentation (the backend job is cancelled too)."""
+        if self.task is not None:
+            self.stage_label.setText("Cancelling…")
+            self.task.cancel()
+
+    def _set_busy(self, busy: bool) -> None:
+        self.segment_button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        self.progress.setValue(0)
+        self.stage_label.setText("Starting…" if busy else "Idle")
+
+    def _on_task_succeeded(self, layer) -> None:
+        count = layer.featureCount()
+        self._set_busy(False)
+        self.progress.setValue(100)
+        self.task = None
+        self.stage_label.setText(f"Done: {count} polygons in {layer.name()}")
+        self.results_combo.setLayer(layer)
+        self.iface.setActiveLayer(layer)  # ready for the selection tools of the review
+        self.message(f"{count} polygons saved to {layer.source().split('|')[0]}", "Success")
+
+    def _on_task_failed(self, text: str) -> None:
+        self._set_busy(False)
+        self.task = None
+        self.stage_label.setText("Failed")
+        self.message(text, "Critical")
+        self.check_backend()
+
+    def _on_task_cancelled(self) -> None:
+        self._set_busy(False)
+        self.task = None
+        self.stage_label.setText("Cancelled")
+        self.message("Segmentation cancelled.", "Info")
+
+    # --- review ----------------------------------------------------------------------------------
+    def _results_layer(self):
+        layer = self.results_combo.currentLayer()
+        if not is_result_layer(layer):
+            self.message("Choose an rsov result layer on the Review tab.", "Warning")
+            return None
+        return layer
+
+    def _on_results_layer_changed(self, layer) -> None:
+        self.relabel_combo.clear()
+        if not is_result_layer(layer):
+            self.review_summary.setText("Segment something, or choose an rsov result layer.")
+            return
+        for index, cls in enumerate(renderer_classes(layer), start=1):
+            swatch = QPixmap(16, 16)
+            swatch.fill(QColor(cls.color))
+            self.relabel_combo.addItem(QIcon(swatch), cls.name, index)
+        self.score_slider.blockSignals(True)
+        self.score_slider.setValue(round(review.current_score_filter(layer) * 100))
+        self.score_slider.blockSignals(False)
+        self._on_score_changed(self.score_slider.value())
+        self._update_summary()
+
+    def _update_summary(self) -> None:
+        layer = self.results_combo.currentLayer()
+        if not is_result_layer(layer):
+            return
+        counts = Counter(f[schema.STATUS] or schema.NEW for f in layer.getFeatures())
+        shown = f"score ≥ {self.score_slider.value() / 100:.2f} shown" if self.score_slider.value() else "all shown"
+        self.review_summary.setText(", ".join(f"{counts.get(s, 0)} {s}" for s in schema.STATUSES) + f" ({shown})")
+
+    def _on_score_changed(self, value: int) -> None:
+        self.score_label.setText(f"≥ {value / 100:.2f}" if value else "all")
+        if not self.score_slider.isSliderDown():
+            self.apply_score_filter()
+
+    def apply_score_filter(self) -> None:
+        """Show only features of the result layer scoring at least the slider's value."""
+        layer = self.results_combo.currentLayer()
+        if not is_result_layer(layer):
+            return
+        try:
+            review.score_filter(layer, self.score_slider.value() / 100)
+        except review.ReviewError as exc:
+            self.message(str(exc), "Warning")
+        self._update_summary()
+
+    def _selected(self):
+        layer = self._results_layer()
+        if layer is None:
+            return None, []
+        ids = layer.selectedFeatureIds()
+        if not ids:
+            self.message(f"Select features of {layer.name()} first (or use Next unreviewed).", "Warning")
+        return layer, ids
+
+    def set_selected_status(self, status: str) -> None:
+        """Accept or reject the selected features."""
+        layer, ids = self._selected()
+        if not ids:
+            return
+        try:
+            review.set_status(layer, ids, status)
+        except review.ReviewError as exc:
+            self.message(str(exc), "Critical")
+            return
+        self._update_summary()
+        if self.advance_check.isChecked():
+            self.zoom_to_next_unreviewed()
+
+    def relabel_selected(self) -> None:
+        """Give the selected features the class chosen in the combo box."""
+        layer, ids = self._selected()
+        if not ids or self.relabel_combo.currentIndex() < 0:
+            return
+        try:
+            review.relabel(layer, ids, self.relabel_combo.currentText(), self.relabel_combo.currentData())
+        except review.ReviewError as exc:
+            self.message(str(exc), "Critical")
+
+    def zoom_to_next_unreviewed(self) -> None:
+        """Select and zoom to the next feature still marked ``new``."""
+        layer = self._results_layer()
+        if layer is None:
+            return
+        selected = layer.selectedFeatureIds()
+        feature = review.next_unreviewed(layer, max(selected) if selected else None)
+        if feature is None:
+            layer.removeSelection()
+            self.message(f"Every shown feature of {layer.name()} is reviewed.", "Success")
+            return
+        layer.selectByIds([feature.id()])
+        canvas = self.iface.mapCanvas()
+        canvas.zoomToFeatureIds(layer, [feature.id()])
+        canvas.flashFeatureIds(layer, [feature.id()])
+
+    def merge_accepted(self) -> None:
+        """Copy the accepted features into the target layer."""
+        layer = self._results_layer()
+        target = self.target_combo.currentLayer()
+        if layer is None:
+            return
+        if target is None:
+            self.message("Choose a target polygon layer to merge the accepted features into.", "Warning")
+            return
+        try:
+            count = review.merge_accepted(layer, target, QgsProject.instance().transformContext())
+        except review.ReviewError as exc:
+            self.message(str(exc), "Critical")
+            return
+        self.message(f"{count} accepted features added to {target.name()}.", "Success" if count else "Info")
+
+    # --- lifetime ------------------------------------------------------------------------------
+    def check_backend_later(self) -> None:
+        """Check the backend once the event loop runs (so opening the panel stays instant)."""
+        QTimer.singleShot(0, self.check_backend)
+
+    def shutdown(self) -> None:
+        """Cancel the running task and stop the backend the plugin started (plugin unload, QGIS exit)."""
+        if self.task is not None:
+            self.task.cancel()
+        self.backend.stop()
+        try:
+            self.iface.currentLayerChanged.disconnect(self._select_active_raster)
+        except TypeError:
+            pass  # already disconnected

@@ -1,0 +1,174 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Processing provider ``rsov`` with ``rsov:segment``, run against the configured backend."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from qgis.core import (
+    Qgis,
+    QgsFeature,
+    QgsFeatureSink,
+    QgsFields,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingProvider,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtGui import QIcon
+
+from . import schema
+from .backend_client import BackendError, JobCancelled, JobStatus, SegmentOptions
+from .compat import enum_value
+from .extent import ExtentError, chip_pipe, raster_request, write_chip
+from .paths import ICON
+from .results import layer_uri, status_field
+from .settings import Settings
+from .styling import apply_result_style
+from .vocabulary import VocabularyClass, VocabularyError, parse_classes_string, validate
+
+
+class _StyleOutput(QgsProcessingLayerPostProcessorInterface):
+    """Gives the loaded output layer the vocabulary's categorized style."""
+
+    def __init__(self, classes: list[VocabularyClass]):
+        super().__init__()
+        self.classes = classes
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS's name)
+        if isinstance(layer, QgsVectorLayer):
+            apply_result_style(layer, self.classes)
+
+
+class SegmentAlgorithm(QgsProcessingAlgorithm):
+    """Open-vocabulary segmentation of a raster extent into class polygons."""
+
+    INPUT, CLASSES, EXTENT, THRESHOLD, RESOLUTION, OUTPUT = "INPUT", "CLASSES", "EXTENT", "THRESHOLD", "RESOLUTION", "OUTPUT"
+    _post_processors: list[_StyleOutput] = []  # kept alive until QGIS has used them
+
+    def name(self):
+        return "segment"
+
+    def displayName(self):  # noqa: N802
+        return "Segment raster (open vocabulary)"
+
+    def shortHelpString(self):  # noqa: N802
+        return ("Segments a raster extent into polygons of the classes you type, with the rsov backend "
+                "(start it from the rsov panel or with `rsov serve`). Classes are separated by ';', "
+                "synonyms by ',': 'building,roof,house; tree,forest; water'. Pixels whose best class "
+                "probability is under the threshold are left out.")
+
+    def createInstance(self):  # noqa: N802
+        return SegmentAlgorithm()
+
+    def icon(self):
+        return QIcon(str(ICON))
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        double = enum_value((Qgis, "ProcessingNumberParameterType.Double"), (QgsProcessingParameterNumber, "Double"))
+        polygons = enum_value((Qgis, "ProcessingSourceType.VectorPolygon"), (QgsProcessing, "TypeVectorPolygon"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster"))
+        self.addParameter(QgsProcessingParameterString(
+            self.CLASSES, "Classes (';' between classes, ',' between synonyms)",
+            defaultValue="building,roof,house; tree,forest; water,river"))
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent (default: the whole raster)", optional=True))
+        self.addParameter(QgsProcessingParameterNumber(self.THRESHOLD, "Threshold (minimum class probability)",
+                                                       double, 0.3, False, 0.0, 1.0))
+        self.addParameter(QgsProcessingParameterNumber(self.RESOLUTION, "Resolution in metres per pixel (0: automatic)",
+                                                       double, 0.0, True, 0.0))
+        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Segments", polygons))
+
+    def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback):  # noqa: N802
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None:
+            raise QgsProcessingException("The input raster cannot be opened.")
+        classes = parse_classes_string(self.parameterAsString(parameters, self.CLASSES, context))
+        try:
+            queries = validate(classes)
+        except VocabularyError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        settings = Settings.load()
+        resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context)
+        options = SegmentOptions(threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
+                                 resolution=resolution or None)
+        extent = layer.extent()
+        if parameters.get(self.EXTENT) is not None:
+            extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+        stages: list[str] = []
+
+        def on_status(status: JobStatus) -> None:
+            feedback.setProgress(100.0 * status.progress)
+            if status.stage and status.stage not in stages[-1:]:
+                stages.append(status.stage)
+                feedback.pushInfo(status.stage)
+
+        with tempfile.TemporaryDirectory(prefix="rsov_") as folder:
+            try:
+                client = settings.client()
+                request = raster_request(extent, layer.crs(), layer, context.transformContext(), client.is_local)
+                chip = None if request.path else write_chip(chip_pipe(layer), request, Path(folder) / "chip.tif")
+                job_id = client.run_job(request.job(queries, options), chip, on_status, feedback.isCanceled)
+                result = Path(folder) / "result.gpkg"
+                result.write_bytes(client.result_gpkg(job_id))
+            except JobCancelled:
+                feedback.reportError("Cancelled.")
+                return {self.OUTPUT: None}
+            except (BackendError, ExtentError) as exc:
+                raise QgsProcessingException(str(exc)) from None
+            dest_id = self._write_sink(result, parameters, context, feedback)
+        if context.willLoadLayerOnCompletion(dest_id):
+            post = _StyleOutput(classes)
+            self._post_processors[:] = [*self._post_processors[-7:], post]
+            context.layerToLoadOnCompletionDetails(dest_id).setPostProcessor(post)
+        return {self.OUTPUT: dest_id}
+
+    def _write_sink(self, result: Path, parameters, context, feedback) -> str:
+        source = QgsVectorLayer(layer_uri(result), "rsov", "ogr")
+        if not source.isValid():
+            raise QgsProcessingException("The backend's result is not a readable GeoPackage.")
+        fields = QgsFields()
+        for field in source.fields():
+            if field.name() != "fid":
+                fields.append(field)
+        fields.append(status_field())
+        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, source.wkbType(), source.crs())
+        if sink is None:
+            raise QgsProcessingException("The output layer cannot be created.")
+        fast = enum_value((QgsFeatureSink, "Flag.FastInsert"), (QgsFeatureSink, "FastInsert"))
+        for feature in source.getFeatures():
+            out = QgsFeature(fields)
+            out.setGeometry(feature.geometry())
+            for field in fields:
+                out[field.name()] = schema.NEW if field.name() == schema.STATUS else feature[field.name()]
+            sink.addFeature(out, fast)
+        del source
+        return dest_id
+
+
+class RsovProvider(QgsProcessingProvider):
+    """The ``rsov`` provider."""
+
+    def id(self):
+        return "rsov"
+
+    def name(self):
+        return "rsov"
+
+    def longName(self):  # noqa: N802
+        return "rsov open-vocabulary segmentation"
+
+    def icon(self):
+        return QIcon(str(ICON))
+
+    def loadAlgorithms(self):  # noqa: N802
+        self.addAlgorithm(SegmentAlgorithm())

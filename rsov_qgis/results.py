@@ -1,0 +1,123 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Result GeoPackages: written completely (status field, style) before they are shown.
+
+The backend's GeoPackage is written to a hidden temporary file beside the destination, given
+the ``status`` field and the class style, closed, and only then renamed into place, so a
+failure never leaves a half-written result behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from qgis.core import QgsField, QgsLayerTreeGroup, QgsProject, QgsVectorLayer
+from qgis.PyQt.QtCore import QMetaType, QVariant
+
+from . import schema
+from .compat import enum_value
+from .styling import apply_result_style, save_style_to_database
+from .vocabulary import VocabularyClass
+
+GROUP = "rsov results"
+PROJECT_SUBFOLDER = "rsov_results"
+
+
+class ResultError(RuntimeError):
+    """The result could not be saved or loaded; the message says why."""
+
+
+def status_field() -> QgsField:
+    """The text field ``status`` that holds new/accepted/rejected."""
+    return QgsField(schema.STATUS, enum_value((QVariant, "String"), (QMetaType, "Type.QString")), "text", 10)
+
+
+def output_folder(project: QgsProject, fallback: Path) -> Path:
+    """``<project folder>/rsov_results`` for a saved project, else ``fallback``."""
+    if project.fileName():
+        return Path(project.absolutePath()) / PROJECT_SUBFOLDER
+    return fallback
+
+
+def result_path(folder: Path, raster_name: str, when: datetime) -> Path:
+    """``folder/<raster>_<YYYYmmdd_HHMMSS>.gpkg``, with a suffix if that name is taken."""
+    stem = re.sub(r"[^\w.-]+", "_", raster_name).strip("._") or "raster"
+    path = folder / f"{stem}_{when:%Y%m%d_%H%M%S}.gpkg"
+    counter = 1
+    while path.exists():
+        counter += 1
+        path = folder / f"{stem}_{when:%Y%m%d_%H%M%S}_{counter}.gpkg"
+    return path
+
+
+def layer_uri(path: Path) -> str:
+    """The OGR URI of the result layer in ``path``."""
+    return f"{path}|layername={schema.LAYER}"
+
+
+def save_result(data: bytes, path: Path, classes: list[VocabularyClass]) -> Path:
+    """Write the backend's GeoPackage bytes to ``path`` with a ``status`` field set to ``new``
+    and the class style saved inside; atomic (all or nothing). Safe in a worker thread."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial.gpkg")
+    try:
+        partial.write_bytes(data)
+        _prepare(partial, classes)
+        os.replace(partial, path)
+    except OSError as exc:
+        raise ResultError(f"Writing the result {path} failed: {exc.strerror or exc}.") from None
+    finally:
+        for leftover in (partial, *(Path(f"{partial}{s}") for s in ("-wal", "-shm", "-journal"))):
+            leftover.unlink(missing_ok=True)
+    return path
+
+
+def _prepare(path: Path, classes: list[VocabularyClass]) -> None:
+    layer = QgsVectorLayer(layer_uri(path), "rsov", "ogr")
+    if not layer.isValid():
+        raise ResultError("The backend's result is not a readable GeoPackage with a layer 'rsov'.")
+    missing = [f for f in (schema.CLASS, schema.SCORE) if layer.fields().indexOf(f) < 0]
+    if missing:
+        raise ResultError(f"The backend's result lacks the field(s) {', '.join(missing)}.")
+    provider = layer.dataProvider()
+    if layer.fields().indexOf(schema.STATUS) < 0:
+        if not provider.addAttributes([status_field()]):
+            raise ResultError(f"Adding the '{schema.STATUS}' field to {path.name} failed.")
+        layer.updateFields()
+    index = layer.fields().indexOf(schema.STATUS)
+    changes = {feature.id(): {index: schema.NEW} for feature in layer.getFeatures()}
+    if changes and not provider.changeAttributeValues(changes):
+        raise ResultError(f"Setting the review status in {path.name} failed.")
+    apply_result_style(layer, classes)
+    try:
+        save_style_to_database(layer)
+    except RuntimeError as exc:
+        raise ResultError(str(exc)) from None
+    del provider, layer  # closes the GeoPackage (and folds its WAL back) before the rename
+
+
+def result_group(project: QgsProject) -> QgsLayerTreeGroup:
+    """The ``rsov results`` group at the top of the layer tree (created when missing)."""
+    root = project.layerTreeRoot()
+    return root.findGroup(GROUP) or root.insertGroup(0, GROUP)
+
+
+def add_result_layer(path: Path, name: str, project: QgsProject) -> QgsVectorLayer:
+    """Load a saved result (its style comes from the GeoPackage) into the results group."""
+    layer = QgsVectorLayer(layer_uri(path), name, "ogr")
+    if not layer.isValid():
+        raise ResultError(f"The result {path} cannot be opened.")
+    project.addMapLayer(layer, False)
+    group = result_group(project)
+    group.insertLayer(0, layer)
+    group.setExpanded(True)
+    return layer
+
+
+def is_result_layer(layer) -> bool:
+    """Whether ``layer`` looks like an rsov result (polygons with class, score and status)."""
+    return isinstance(layer, QgsVectorLayer) and all(
+        layer.fields().indexOf(f) >= 0 for f in (schema.CLASS, schema.SCORE, schema.STATUS))

@@ -1,0 +1,12 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Names shared by the backend's result layer and the plugin's review fields."""
+
+LAYER = "rsov"  # the GeoPackage layer the backend writes
+CLASS = "class"
+CLASS_ID = "class_id"
+SCORE = "score"
+AREA = "area_m2"
+STATUS = "status"  # added by the plugin
+
+NEW, ACCEPTED, REJECTED = "new", "accepted", "rejected"
+STATUSES = (NEW, ACCEPTED, REJECTED)

@@ -1,0 +1,77 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The plugin's settings, stored with QgsSettings under ``rsov/``.
+
+The backend URL and token file may also come from the environment (``RSOV_BACKEND_URL``,
+``RSOV_TOKEN_FILE``); a set environment variable wins over the stored setting.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from qgis.core import QgsApplication, QgsSettings
+
+from .backend_client import DEFAULT_TOKEN_FILE, DEFAULT_URL, BackendClient
+
+PREFIX = "rsov/"
+# setting -> environment variable that overrides it
+ENVIRONMENT = dict((("backend_url", "RSOV_BACKEND_URL"), ("token_file", "RSOV_TOKEN_FILE")))
+
+
+def default_output_dir() -> str:
+    """Where results go when the project is not saved: beside the QGIS profile, else the temp dir."""
+    base = QgsApplication.qgisSettingsDirPath() or tempfile.gettempdir()
+    return str(Path(base) / "rsov_results")
+
+
+@dataclass
+class Settings:
+    """Everything the plugin remembers between sessions."""
+
+    backend_url: str = DEFAULT_URL
+    token_file: str = str(DEFAULT_TOKEN_FILE)
+    backend_executable: str = ""  # `rsov` or the python of the backend's environment
+    model: str = ""  # empty: the backend's default
+    output_dir: str = ""  # empty: default_output_dir()
+    threshold: float = 0.3
+    resolution: float = 0.0  # metres per pixel; 0: automatic (long side 448 px)
+    vocabulary: str = ""  # the last vocabulary, in the text format
+
+    @classmethod
+    def load(cls) -> Settings:
+        """Stored values over the defaults, environment variables over both."""
+        store = QgsSettings()
+        values = {}
+        for f in fields(cls):
+            default = f.default
+            value = store.value(PREFIX + f.name, default)
+            values[f.name] = type(default)(value) if value not in (None, "") else default
+        settings = cls(**values)
+        for name, variable in ENVIRONMENT.items():
+            if os.environ.get(variable):
+                setattr(settings, name, os.environ[variable])
+        return settings
+
+    def save(self) -> None:
+        """Store every value (those set by the environment are stored as they were)."""
+        store = QgsSettings()
+        for f in fields(self):
+            if not (f.name in ENVIRONMENT and os.environ.get(ENVIRONMENT[f.name])):
+                store.setValue(PREFIX + f.name, getattr(self, f.name))
+
+    @staticmethod
+    def from_environment(name: str) -> str:
+        """The environment variable that sets ``name``, or "" when it is not set that way."""
+        variable = ENVIRONMENT.get(name, "")
+        return variable if variable and os.environ.get(variable) else ""
+
+    def client(self, timeout: float = 30.0) -> BackendClient:
+        """A client for the configured backend (BackendError ``bad_url`` for a malformed URL)."""
+        return BackendClient(self.backend_url, self.token_file, timeout)
+
+    def results_dir(self) -> Path:
+        """The output folder for results of an unsaved project."""
+        return Path(self.output_dir or default_output_dir())

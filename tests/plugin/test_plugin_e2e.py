@@ -1,0 +1,182 @@
+"""End to end with the real backend (`.venv/bin/rsov serve --model tiny-random`): the dock, Processing,
+cancel, a geographic raster under a Web Mercator canvas, a web layer sent as a chip, Start backend.
+
+tiny-random has random weights, so the classes it finds are arbitrary: the tests check the
+plumbing (extent, CRS, fields, style, files), with threshold 0 so that polygons come out at all.
+"""
+
+import pytest
+from osgeo import gdal
+from qgis.core import (
+    Qgis,
+    QgsCategorizedSymbolRenderer,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+from conftest import RSOV
+from helpers import free_port, xyz_layer
+from rsov_qgis import schema
+from rsov_qgis.backend_client import BackendClient, BackendError
+from rsov_qgis.dock import RsovDock
+from rsov_qgis.results import GROUP
+from rsov_qgis.vocabulary import parse_vocabulary
+
+pytestmark = pytest.mark.e2e
+TIMEOUT_MS = 120000
+VOCABULARY = "building, roof, house  # #e31a1c\ntree, forest  # #33a02c\nwater, river  # #1f78b4\n"
+
+
+@pytest.fixture
+def dock(use_real_backend, qgis_iface, qtbot, qgis_new_project):
+    widget = RsovDock(qgis_iface)
+    qtbot.addWidget(widget)
+    widget.set_vocabulary(parse_vocabulary(VOCABULARY))
+    widget.threshold_spin.setValue(0.0)
+    yield widget
+    widget.shutdown()
+
+
+def _critical(iface):
+    return iface.messageBar().get_messages(Qgis.MessageLevel.Critical)
+
+
+def _show(canvas, layer, crs, half_size_fraction=0.3):
+    """Centre the canvas (in ``crs``) on ``layer``, showing a part of it."""
+    canvas.setDestinationCrs(crs)
+    extent = QgsCoordinateTransform(layer.crs(), crs, QgsProject.instance()).transformBoundingBox(layer.extent())
+    c, w, h = extent.center(), extent.width() * half_size_fraction, extent.height() * half_size_fraction
+    canvas.setExtent(QgsRectangle(c.x() - w, c.y() - h, c.x() + w, c.y() + h))
+    return canvas.mapSettings().visibleExtent()
+
+
+def _segment(dock, qtbot):
+    task = dock.segment_visible_extent()
+    assert task is not None
+    qtbot.waitUntil(lambda: dock.task is None, timeout=TIMEOUT_MS)
+    return task
+
+
+def _only_result():
+    group = QgsProject.instance().layerTreeRoot().findGroup(GROUP)
+    layers = [node.layer() for node in group.findLayers()] if group else []
+    assert len(layers) == 1, f"expected one result layer, got {layers}"
+    return layers[0]
+
+
+def _assert_result(layer, dock, inside: QgsRectangle, crs: str):
+    assert layer.isValid() and layer.crs().authid() == crs
+    assert layer.source().split("|")[0].endswith(".gpkg")
+    assert {"class", "class_id", "score", "area_m2", "status"} <= set(layer.fields().names())
+    features = list(layer.getFeatures())
+    assert features, "tiny-random at threshold 0 should give polygons"
+    names = [c.name for c in dock.vocabulary()]
+    assert {f[schema.CLASS] for f in features} <= set(names)
+    assert {f[schema.STATUS] for f in features} == {"new"}
+    renderer = layer.renderer()
+    assert isinstance(renderer, QgsCategorizedSymbolRenderer) and renderer.classAttribute() == "class"
+    assert [(c.value(), c.symbol().color().name()) for c in renderer.categories()] == [
+        (c.name, c.color) for c in dock.vocabulary()]
+    tolerance = max(inside.width(), inside.height()) * 0.01
+    for feature in features:
+        assert inside.buffered(tolerance).contains(feature.geometry().boundingBox())
+    assert QgsVectorLayer(layer.source(), "again", "ogr").listStylesInDatabase()[0] == 1
+
+
+def test_dock_segments_the_visible_extent(dock, oem_layer, qgis_canvas, qgis_iface, qtbot, tmp_path):
+    visible = _show(qgis_canvas, oem_layer, oem_layer.crs())
+    _segment(dock, qtbot)
+    assert _critical(qgis_iface) == []
+    layer = _only_result()
+    _assert_result(layer, dock, visible.intersect(oem_layer.extent()), "EPSG:25832")
+    assert layer.source().startswith(str(tmp_path / "results"))
+    assert "tiny-random" in dock.status_label.text() or dock.check_backend()
+
+
+def test_geographic_raster_under_a_web_mercator_canvas(dock, oem_raster, qgis_canvas, qgis_iface, qtbot, tmp_path):
+    path = tmp_path / "oem_4326.tif"
+    gdal.Warp(str(path), str(oem_raster), dstSRS="EPSG:4326")
+    layer = QgsRasterLayer(str(path), "oem_4326")
+    QgsProject.instance().addMapLayer(layer)
+    dock.raster_combo.setLayer(layer)
+    visible = _show(qgis_canvas, layer, QgsCoordinateReferenceSystem("EPSG:3857"))
+    _segment(dock, qtbot)
+    assert _critical(qgis_iface) == []
+    in_4326 = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:3857"), layer.crs(),
+                                     QgsProject.instance()).transformBoundingBox(visible)
+    _assert_result(_only_result(), dock, in_4326.intersect(layer.extent()), "EPSG:4326")
+
+
+def test_web_layer_goes_as_a_chip(dock, qgis_canvas, qgis_iface, qtbot, tmp_path):
+    layer = xyz_layer(tmp_path / "tiles", lambda x, y: (40 + 150 * x, 120, 200 - 150 * y))
+    QgsProject.instance().addMapLayer(layer)
+    dock.raster_combo.setLayer(layer)
+    qgis_canvas.setDestinationCrs(layer.crs())
+    qgis_canvas.setExtent(QgsRectangle(-2e6, -1e6, 2e6, 1e6))
+    _segment(dock, qtbot)
+    assert _critical(qgis_iface) == []
+    _assert_result(_only_result(), dock, qgis_canvas.mapSettings().visibleExtent(), "EPSG:3857")
+
+
+def test_cancel_mid_job(dock, oem_layer, qgis_canvas, qgis_iface, qtbot, tmp_path):
+    _show(qgis_canvas, oem_layer, oem_layer.crs(), 0.5)
+    dock.resolution_spin.setValue(0.23)  # a few seconds of work, and not in the backend's feature cache
+    task = dock.segment_visible_extent()
+    qtbot.waitUntil(lambda: task.job_id is not None, timeout=TIMEOUT_MS)
+    dock.cancel()
+    qtbot.waitUntil(lambda: dock.task is None, timeout=TIMEOUT_MS)
+    assert dock.stage_label.text() == "Cancelled"
+    client = dock.settings.client()
+    # DELETE answers "cancelled" at once; the job itself stops at its next window
+    qtbot.waitUntil(lambda: client.status(task.job_id).finished, timeout=TIMEOUT_MS)
+    assert client.status(task.job_id).state == "cancelled"
+    assert QgsProject.instance().layerTreeRoot().findGroup(GROUP) is None
+    results = tmp_path / "results"
+    assert not results.exists() or list(results.iterdir()) == []
+
+
+def test_processing_segment(use_real_backend, oem_layer, qgis_processing, tmp_path):
+    import processing
+    from qgis.core import QgsApplication
+
+    from rsov_qgis.processing_provider import RsovProvider
+
+    provider = RsovProvider()
+    QgsApplication.processingRegistry().addProvider(provider)
+    try:
+        e = oem_layer.extent()
+        box = QgsRectangle(e.xMinimum() + 50, e.yMinimum() + 50, e.xMinimum() + 350, e.yMinimum() + 250)
+        result = processing.run("rsov:segment", {
+            "INPUT": oem_layer, "CLASSES": "building,roof,house; tree,forest; water,river", "THRESHOLD": 0.0,
+            "EXTENT": f"{box.xMinimum()},{box.xMaximum()},{box.yMinimum()},{box.yMaximum()} [EPSG:25832]",
+            "OUTPUT": str(tmp_path / "out.gpkg")})
+    finally:
+        QgsApplication.processingRegistry().removeProvider(provider)
+    layer = QgsVectorLayer(result["OUTPUT"], "out", "ogr")
+    features = list(layer.getFeatures())
+    assert layer.crs().authid() == "EPSG:25832" and features
+    assert {f["class"] for f in features} <= {"building", "tree", "water"}
+    assert {f["status"] for f in features} == {"new"}
+    for feature in features:
+        assert box.buffered(1.0).contains(feature.geometry().boundingBox())
+
+
+def test_start_backend_button_runs_rsov_serve(qgis_iface, qtbot, qgis_new_project, tmp_path, monkeypatch):
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("RSOV_BACKEND_URL", url)
+    monkeypatch.setenv("RSOV_TOKEN_FILE", str(tmp_path / "token"))
+    dock = RsovDock(qgis_iface)
+    qtbot.addWidget(dock)
+    dock.executable_widget.setFilePath(str(RSOV))
+    dock.model_edit.setText("tiny-random")
+    dock.model_edit.editingFinished.emit()
+    dock.start_backend()
+    qtbot.waitUntil(lambda: "Connected" in dock.status_label.text() or not dock.backend.is_running(), timeout=TIMEOUT_MS)
+    assert "model tiny-random on CPU" in dock.status_label.text() or "CUDA" in dock.status_label.text()
+    assert (tmp_path / "token").exists()
+    dock.shutdown()
+    with pytest.raises(BackendError, match="No rsov backend answers"):
+        BackendClient(url).health()

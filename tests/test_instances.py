@@ -1,0 +1,196 @@
+"""Instance mode: known answers with oracle proposals and features, and the real SAM path with tiny models."""
+
+import json
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import torch
+import torch.nn.functional as F
+from affine import Affine
+from oracle import PALETTE, OracleText, oracle_instance_engine
+from shapely.geometry import box, mapping
+
+from rsov import cli
+from rsov.engine import SegmentRequest, load_engine
+from rsov.instances import InstanceOptions, Mask, mask_iou, mask_nms, merge_across_seams, prompt_points, read_examples
+from rsov.models import TINY_ARCH, TINY_MODEL, load_model, load_sam
+from rsov.predictor import ScoreOptions
+
+TRANSFORM = Affine(0.5, 0, 356000.0, 0, -0.5, 5645000.0)  # EPSG:25832, 0.5 m
+OBJECTS = {  # name: (row0, col0, row1, col1, colour)
+    "roof_a": (32, 32, 96, 128, "red"),
+    "roof_seam": (160, 160, 224, 304, "red"),  # crosses both seams of 256 px tiles overlapping by 64
+    "lake": (320, 320, 400, 416, "blue"),
+}
+TILES = InstanceOptions(tile=256, tile_overlap=64)
+
+
+def paint(objects):
+    image = np.empty((3, 448, 448), dtype=np.uint8)
+    image[:] = np.array(PALETTE["grey"][0], dtype=np.uint8)[:, None, None]
+    for r0, c0, r1, c1, colour in objects.values():
+        image[:, r0:r1, c0:c1] = np.array(PALETTE[colour][0])[:, None, None]
+    return image
+
+
+def world_box(r0, c0, r1, c1):
+    (x0, y0), (x1, y1) = TRANSFORM @ (c0, r0), TRANSFORM @ (c1, r1)
+    return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def request(path, **kw):
+    kw.setdefault("scoring", ScoreOptions(cls_lambda=0.0))
+    kw.setdefault("instance", TILES)
+    return SegmentRequest(raster=str(path), classes=("building,roof", "water"), background=("background",),
+                          mode="instance", **kw)
+
+
+def test_each_object_once_with_its_class_across_tile_seams(make_geotiff):
+    path = make_geotiff(paint(OBJECTS), crs="EPSG:25832", transform=TRANSFORM)
+    engine = oracle_instance_engine()
+    result = engine.segment(request(path))
+    assert len(engine.proposer.tiles) == 4  # 2 x 2 tiles: the seam object was cut four ways
+    found = sorted((f.class_name, f.geometry.bounds) for f in result.features)
+    expected = sorted((("water" if colour == "blue" else "building"), world_box(r0, c0, r1, c1).bounds)
+                      for r0, c0, r1, c1, colour in OBJECTS.values())
+    assert [name for name, _ in found] == [name for name, _ in expected]
+    for (_, got), (_, want) in zip(found, expected):
+        assert np.allclose(got, want, atol=1e-6)  # one polygon per object, exactly its extent
+    ids = [f.instance_id for f in result.features]
+    assert sorted(ids) == list(range(1, len(ids) + 1))
+    assert all(f.score > 0.9 for f in result.features)
+    seam = next(f for f in result.features if f.geometry.bounds == world_box(160, 160, 224, 304).bounds)
+    assert seam.area_m2 == pytest.approx(64 * 144 * 0.25)
+
+
+class MixedText(OracleText):
+    """'roof' leans towards yellow too, so text alone calls a yellow pool a building."""
+
+    def embed(self, queries):
+        vectors = super().embed(queries)
+        for i, q in enumerate(queries):
+            if q == "roof":
+                vectors[i] = F.normalize(torch.tensor([1.0, 0, 0, 0, 0.5, 0, 0, 0]), dim=0)
+        return vectors
+
+
+def test_two_examples_fix_a_decision_the_text_gets_wrong(make_geotiff, tmp_path):
+    objects = {"roof": (32, 32, 96, 128, "red"), "pool": (160, 160, 224, 256, "yellow"),
+               "ex1": (320, 32, 384, 96, "yellow"), "ex2": (320, 320, 400, 400, "yellow")}
+    path = make_geotiff(paint(objects), crs="EPSG:25832", transform=TRANSFORM)
+    classes = ("building,roof", "swimming pool,pool")
+
+    def run(examples=()):
+        req = SegmentRequest(raster=str(path), classes=classes, background=("background",), mode="instance",
+                             scoring=ScoreOptions(cls_lambda=0.0), examples=examples)
+        result = oracle_instance_engine(MixedText()).segment(req)
+        return {f.geometry.bounds: f.class_name for f in result.features}
+
+    target = world_box(160, 160, 224, 256).bounds
+    assert run()[target] == "building"  # the text alone is wrong
+    collection = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "EPSG:25832"}},
+                  "features": [{"type": "Feature", "properties": {"class": "swimming pool"},
+                                "geometry": mapping(world_box(*objects[k][:4]))} for k in ("ex1", "ex2")]}
+    examples_file = tmp_path / "examples.geojson"
+    examples_file.write_text(json.dumps(collection))
+    fixed = run(read_examples(examples_file))
+    assert fixed[target] == "swimming pool"
+    assert fixed[world_box(32, 32, 96, 128).bounds] == "building"  # a clear roof stays a roof
+
+
+def test_examples_must_name_a_class(make_geotiff, tmp_path):
+    path = make_geotiff(paint(OBJECTS), crs="EPSG:25832", transform=TRANSFORM)
+    bad = ({"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"class": "ship"},
+                                                        "geometry": mapping(world_box(0, 0, 10, 10))}]})
+    examples = read_examples(bad)
+    assert examples[0].crs == "EPSG:4326"  # RFC 7946 default
+    with pytest.raises(Exception, match="not in the vocabulary|does not overlap"):
+        oracle_instance_engine().segment(request(path, examples=examples))
+    with pytest.raises(Exception, match="Polygon feature with a 'class'"):
+        read_examples({"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {},
+                                                                  "geometry": mapping(box(0, 0, 1, 1))}]})
+
+
+def test_mask_helpers():
+    a = Mask(np.ones((10, 10), bool), 0, 0)
+    b = Mask(np.ones((10, 10), bool), 5, 0)
+    assert mask_iou(a, b) == pytest.approx(50 / 150)
+    assert mask_nms([a, b, Mask(np.ones((4, 4), bool), 50, 50)], [0.9, 0.8, 0.1], iou=0.3) == [0, 2]
+    # the same object seen by two overlapping tiles is merged, a neighbour is not
+    left = Mask(np.ones((10, 30), bool), 0, 70, tile=0)  # cols 70..100 in tile 0 (cols 0..100)
+    right = Mask(np.ones((10, 40), bool), 0, 80, tile=1)  # cols 80..120 in tile 1 (cols 80..180)
+    other = Mask(np.ones((10, 10), bool), 50, 90, tile=1)
+    merged = merge_across_seams([left, right, other], [(0, 0, 100, 100), (0, 80, 100, 180)])
+    assert sorted(m.box for m in merged) == [(0, 70, 10, 120), (50, 90, 60, 100)]
+
+
+def test_prompt_points_sit_inside_confident_regions():
+    class_map = np.zeros((50, 50), np.int16)
+    class_map[5:15, 5:25] = 1
+    class_map[30:45, 30:45] = 2
+    score = np.full((50, 50), 0.9, np.float32)
+    score[30:45, 30:45] = 0.2  # unsure: no prompt
+    points = prompt_points(class_map, score, InstanceOptions(prompt_confidence=0.6))
+    assert points.shape == (1, 3) and points[0, 2] == 1
+    x, y = points[0, :2]
+    assert 5 <= x <= 25 and 5 <= y <= 15
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    with pytest.warns(UserWarning):
+        clip = load_model(TINY_MODEL)
+        sam, _ = load_sam(TINY_MODEL)
+    torch.save(clip.model.state_dict(), folder / "clip.pt")
+    torch.save(sam.state_dict(), folder / "sam.pth")
+    return f"{TINY_ARCH}@{folder / 'clip.pt'}", f"tiny@{folder / 'sam.pth'}"
+
+
+# Random SAM weights give poor masks: accept them all, and keep the (CPU-costly) decoder calls few.
+PERMISSIVE = InstanceOptions(points_per_side=3, pred_iou_thresh=-1.0, stability_thresh=-1.0, score_threshold=0.0,
+                             nms_iou=0.9, max_prompts=8)
+
+
+def test_real_sam_path_on_spacenet(shared_data, tiny_checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setenv("RSOV_CACHE_DIR", str(tmp_path / "cache"))
+    clip, sam = tiny_checkpoints
+    raster = shared_data / "spacenet-buildings" / "sample_geotiff.tif"
+    engine = load_engine(clip, "cpu", sam=sam)
+    req = SegmentRequest(raster=str(raster), classes=("building", "road"), background=(), mode="instance",
+                         instance=PERMISSIVE)
+    first = engine.segment(req)
+    assert first.chip.crs.to_epsg() == 32616
+    with rasterio.open(raster) as src:
+        bounds = box(*src.bounds).buffer(0.01)
+    assert first.features and all(bounds.contains(f.geometry) for f in first.features)
+    assert len({f.instance_id for f in first.features}) == len(first.features)
+    assert engine.proposer.encoded_tiles == 1
+    # a new vocabulary re-runs only the cheap parts: SAM's embedding is kept
+    second = engine.segment(SegmentRequest(**{**req.__dict__, "classes": ("house", "tree")}))
+    assert engine.proposer.encoded_tiles == 1 and second.features_cached
+    assert {f.class_name for f in second.features} <= {"house", "tree"}
+
+
+def test_cli_instance_mode_with_examples_and_oriented_boxes(shared_data, tiny_checkpoints, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RSOV_CACHE_DIR", str(tmp_path / "cache"))
+    clip, sam = tiny_checkpoints
+    raster = shared_data / "openearthmap" / "oem_koeln_50.tif"
+    examples = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "EPSG:25832"}},
+                "features": [{"type": "Feature", "properties": {"class": "building"},
+                              "geometry": mapping(box(346100, 5647700, 346120, 5647720))}]}
+    (tmp_path / "ex.geojson").write_text(json.dumps(examples))
+    out = tmp_path / "objects.gpkg"
+    code = cli.main(["segment", str(raster), "--classes", "building; car", "--mode", "instance", "--model", clip,
+                     "--sam", sam, "--examples", str(tmp_path / "ex.geojson"), "--points-per-side", "3", "--no-class-prompts",
+                     "--pred-iou=-1", "--stability=-1", "--object-threshold", "0", "--background", "",
+                     "--obb", "--out", str(out), "--preview", str(tmp_path / "p.png"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    layers = dict(pyogrio.list_layers(out))
+    assert set(layers) == {"rsov", "rsov_obb"}
+    info = pyogrio.read_info(out, layer="rsov")
+    assert "instance_id" in info["fields"] and info["crs"] == "EPSG:25832"
+    assert pyogrio.read_info(out, layer="rsov_obb")["features"] == info["features"] > 0
+    assert "objects" in capsys.readouterr().out
