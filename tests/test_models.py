@@ -56,10 +56,19 @@ def test_missing_local_checkpoint_names_the_file(tmp_path):
 
 
 def test_unknown_names_are_input_errors():
-    with pytest.raises(InputError, match="Unknown model 'clip-9000'"):
+    with pytest.raises(InputError, match="Unknown CLIP model 'clip-9000'"):
         models.load_model("clip-9000")
-    with pytest.raises(InputError, match="Unknown open_clip architecture"):
+    with pytest.raises(InputError, match="Unknown CLIP architecture 'NotAnArch'"):
         models.load_model("NotAnArch@/tmp/x.pt")
+    with pytest.raises(InputError, match="Unknown SAM model 'sam-vit-x'"):
+        models.load_sam("sam-vit-x")
+    with pytest.raises(InputError, match="Unknown SAM architecture 'vit_q'"):
+        models.load_sam("vit_q@/tmp/x.pth")
+
+
+def test_missing_sam_weights_name_the_file():
+    with pytest.raises(WeightsMissingError, match="sam_vit_b_01ec64.pth"):
+        models.load_sam("sam-vit-b")
 
 
 def test_weights_found_in_the_hub_cache_layout(tmp_path):

@@ -115,32 +115,28 @@ def cache_dir() -> Path:
     return Path(root).expanduser()
 
 
-def resolve_spec(name: str) -> ModelSpec:
-    """Turn a model name (a key of ``MODELS`` or ``ARCH@/path/to/checkpoint``) into a spec."""
+def _resolve(name: str, registry: dict[str, ModelSpec], archs, kind: str) -> ModelSpec:
+    """A registry name, or ``ARCH@/path/to/checkpoint`` for any architecture in ``archs``."""
     if "@" in name:
         arch, path = name.split("@", 1)
-        if arch not in open_clip.list_models():
-            raise InputError(f"Unknown open_clip architecture '{arch}' in model '{name}'.")
-        return ModelSpec(name, arch, f"{arch} from local checkpoint {path}", checkpoint=str(Path(path).expanduser()))
+        if arch not in archs:
+            raise InputError(f"Unknown {kind} architecture '{arch}' in '{name}'.")
+        return ModelSpec(name, arch, f"{kind} {arch} from local checkpoint {path}", checkpoint=str(Path(path).expanduser()))
     try:
-        return MODELS[name]
+        return registry[name]
     except KeyError:
-        known = ", ".join(sorted(MODELS))
-        raise InputError(f"Unknown model '{name}'. Known models: {known}; or use ARCH@/path/to/checkpoint.pt.") from None
+        known = ", ".join(sorted(registry))
+        raise InputError(f"Unknown {kind} model '{name}'. Known: {known}; or use ARCH@/path/to/checkpoint.") from None
+
+
+def resolve_spec(name: str) -> ModelSpec:
+    """A CLIP model name (a key of ``MODELS``) or ``ARCH@/path/to/checkpoint.pt`` (open_clip ARCH) -> spec."""
+    return _resolve(name, MODELS, open_clip.list_models(), "CLIP")
 
 
 def resolve_sam_spec(name: str) -> ModelSpec:
     """A SAM model name (a key of ``SAM_MODELS``) or ``ARCH@/path/to/checkpoint.pth`` -> spec."""
-    if "@" in name:
-        arch, path = name.split("@", 1)
-        if arch not in SAM_ARCHS:
-            raise InputError(f"Unknown SAM architecture '{arch}' in '{name}': use one of {', '.join(SAM_ARCHS)}.")
-        return ModelSpec(name, arch, f"SAM {arch} from local checkpoint {path}", checkpoint=str(Path(path).expanduser()))
-    try:
-        return SAM_MODELS[name]
-    except KeyError:
-        known = ", ".join(sorted(SAM_MODELS))
-        raise InputError(f"Unknown SAM model '{name}'. Known: {known}; or use ARCH@/path/to/checkpoint.pth.") from None
+    return _resolve(name, SAM_MODELS, SAM_ARCHS, "SAM")
 
 
 def _checkpoint_path(spec: ModelSpec) -> Path:
