@@ -277,3 +277,18 @@ def test_instance_job_with_examples(server, oem):
                                                                           "geometry": None}]})
     response = server.http("POST", "/v1/jobs", json=bad)
     assert response.status_code == 400 and "class" in response.json()["error"]["message"]
+
+
+def test_finished_results_expire(tmp_path, oem):
+    srv = Server(tmp_path, "--results-ttl", "1")
+    try:
+        job = srv.client.submit(oem, ["tree"])
+        assert srv.client.wait(job)["state"] == "done"
+        assert (srv.results / job / "result.gpkg").is_file()
+        deadline = time.monotonic() + 30
+        while (srv.results / job).exists():  # the worker expires it without any new request
+            assert time.monotonic() < deadline, "results were not cleaned up"
+            time.sleep(0.2)
+        assert srv.http("GET", f"/v1/jobs/{job}").status_code == 404
+    finally:
+        srv.close()

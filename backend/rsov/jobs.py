@@ -126,7 +126,11 @@ class JobManager:
 
     def _work(self) -> None:
         while not self._stop.is_set():
-            job = self._queue.get()
+            try:
+                job = self._queue.get(timeout=min(60.0, self.ttl_s))
+            except queue.Empty:
+                self.cleanup()  # expire old results even when no new job comes
+                continue
             if job is None or job.state != QUEUED:
                 continue
             with self._lock:
