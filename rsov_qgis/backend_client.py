@@ -89,24 +89,54 @@ class SegmentOptions:
 
 
 @dataclass
+class InstanceOptions:
+    """The instance-mode ``options`` the plugin exposes (the backend's defaults)."""
+
+    object_threshold: float = 0.3  # minimum class probability of an object ("none of these" below)
+    points_per_side: int = 16  # Segment Anything's point grid per tile
+    pred_iou: float = 0.8  # minimum predicted mask quality (-1: keep all)
+    stability: float = 0.9  # minimum mask stability (-1: keep all)
+    class_prompts: bool = True  # extra point prompts where the semantic map is confident
+
+    def to_json(self) -> dict[str, Any]:
+        """All of them (the plugin always says what it asks for)."""
+        return asdict(self)
+
+
+@dataclass
 class JobRequest:
-    """The body of ``POST /v1/jobs``; ``raster`` is None when a chip file is sent instead."""
+    """The body of ``POST /v1/jobs``; ``raster`` is None when a chip file is sent instead.
+
+    With ``instance`` set the job is an instance job (one polygon per object); ``examples`` is
+    then an optional GeoJSON FeatureCollection of example polygons with a ``class`` property.
+    """
 
     classes: list[str]
     bbox: tuple[float, float, float, float] | None
     bbox_crs: str | None
     raster: str | None = None
-    mode: str = "semantic"
     options: SegmentOptions = field(default_factory=SegmentOptions)
+    instance: InstanceOptions | None = None
+    examples: dict[str, Any] | None = None
+
+    @property
+    def mode(self) -> str:
+        """``"instance"`` or ``"semantic"``."""
+        return "semantic" if self.instance is None else "instance"
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object the contract describes."""
+        options = self.options.to_json()
+        if self.instance is not None:
+            options.update(self.instance.to_json())
         body = {
             "bbox": list(self.bbox) if self.bbox else None, "bbox_crs": self.bbox_crs,
-            "classes": list(self.classes), "mode": self.mode, "options": self.options.to_json(),
+            "classes": list(self.classes), "mode": self.mode, "options": options,
         }
         if self.raster is not None:
             body["raster"] = self.raster
+        if self.instance is not None and self.examples:
+            body["examples"] = self.examples
         return body
 
 

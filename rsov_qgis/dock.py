@@ -14,7 +14,7 @@ from pathlib import Path
 from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
 from qgis.gui import QgsColorButton, QgsDoubleSpinBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt, QTimer
-from qgis.PyQt.QtGui import QColor, QIcon, QKeySequence, QPixmap
+from qgis.PyQt.QtGui import QColor, QKeySequence
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -41,11 +41,13 @@ from . import review, schema
 from .backend_client import BackendError, SegmentOptions
 from .backend_process import BackendProcess
 from .compat import QAction, enum_value
+from .examples import ExampleError
 from .extent import ExtentError, chip_pipe, visible_extent_request
+from .instance_panel import InstancePanel
 from .paths import PRESETS
 from .results import is_result_layer, output_folder, result_path
 from .settings import Settings
-from .styling import renderer_classes
+from .styling import is_instance_layer, renderer_classes
 from .task import SegmentTask
 from .vocabulary import (
     PALETTE,
@@ -57,6 +59,7 @@ from .vocabulary import (
     parse_vocabulary,
     validate,
 )
+from .widgets import counted, fill_class_combo, theme_button
 
 DEFAULT_VOCABULARY = "building, roof, house  # #e31a1c\ntree, forest  # #33a02c\nwater, river  # #1f78b4\n"
 # Shortcuts of the review actions (active while the panel is open; configurable in QGIS's
@@ -67,15 +70,6 @@ OK_COLOUR, BAD_COLOUR, IDLE_COLOUR = "#2e7d32", "#c62828", "#757575"
 
 def _level(name: str):
     return enum_value((Qgis, f"MessageLevel.{name}"), (Qgis, name))
-
-
-def _theme_button(icon: str, tip: str, slot) -> QToolButton:
-    button = QToolButton()
-    button.setIcon(QgsApplication.getThemeIcon(icon))
-    button.setToolTip(tip)
-    button.setAutoRaise(True)
-    button.clicked.connect(slot)
-    return button
 
 
 class RsovDock(QDockWidget):
@@ -100,7 +94,7 @@ class RsovDock(QDockWidget):
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         status_row = QHBoxLayout()
         status_row.addWidget(self.status_label, 1)
-        status_row.addWidget(_theme_button("/mActionRefresh.svg", "Check the backend connection", self.check_backend))
+        status_row.addWidget(theme_button("/mActionRefresh.svg", "Check the backend connection", self.check_backend))
         body = QWidget()
         layout = QVBoxLayout(body)
         layout.addLayout(status_row)
@@ -146,12 +140,19 @@ class RsovDock(QDockWidget):
             ("/mActionFileOpen.svg", "Open a vocabulary file", self._open_vocabulary_dialog),
             ("/mActionFileSave.svg", "Save the vocabulary to a file", self._save_vocabulary_dialog),
         ):
-            vocab_buttons.addWidget(_theme_button(icon, tip, slot))
+            vocab_buttons.addWidget(theme_button(icon, tip, slot))
         vocab_buttons.addStretch(1)
         vocab_buttons.addWidget(self.preset_combo)
 
         self.mode_combo = QComboBox()
         self.mode_combo.addItem("Semantic (classes per pixel)", "semantic")
+        self.mode_combo.addItem("Instance (one polygon per object)", "instance")
+        self.mode_combo.setToolTip("Semantic: every pixel gets a class, polygons are regions. Instance: "
+                                   "Segment Anything proposes objects and CLIP names each; the backend loads "
+                                   "its SAM model (rsov serve --sam) on the first instance job")
+        self.instance_panel = InstancePanel(self.iface, self.settings, self.message)
+        self.mode_combo.setCurrentIndex(max(0, self.mode_combo.findData(self.settings.mode)))
+        self.mode_combo.currentIndexChanged.connect(self._on_mode_changed)
         self.threshold_spin = QgsDoubleSpinBox()
         self.threshold_spin.setRange(0.0, 1.0)
         self.threshold_spin.setSingleStep(0.05)
@@ -195,12 +196,14 @@ class RsovDock(QDockWidget):
         form.addRow("Resolution", self.resolution_spin)
         layout = QVBoxLayout(page)
         layout.addLayout(form)
+        layout.addWidget(self.instance_panel)
         layout.addWidget(QLabel("<b>Vocabulary</b>"))
         layout.addLayout(vocab_buttons)
         layout.addWidget(self.vocab_table, 1)
         layout.addWidget(self.segment_button)
         layout.addLayout(progress_row)
         layout.addWidget(self.stage_label)
+        self._on_mode_changed()  # once the instance panel has its parent
         return page
 
     def _review_tab(self) -> QWidget:
@@ -347,8 +350,15 @@ class RsovDock(QDockWidget):
         self.settings.save()
 
     def _remember_vocabulary(self, *_args) -> None:
-        self.settings.vocabulary = format_vocabulary(self.vocabulary())
+        classes = self.vocabulary()
+        self.settings.vocabulary = format_vocabulary(classes)
         self.settings.save()
+        self.instance_panel.set_classes(classes)
+
+    def _on_mode_changed(self, *_args) -> None:
+        self.settings.mode = self.mode_combo.currentData()
+        self.settings.save()
+        self.instance_panel.setVisible(self.settings.mode == "instance")
 
     # --- vocabulary editor --------------------------------------------------------------------
     def vocabulary(self) -> list[VocabularyClass]:
@@ -529,16 +539,18 @@ class RsovDock(QDockWidget):
             raster = visible_extent_request(self.iface.mapCanvas().mapSettings(), layer,
                                             project.transformContext(), client.is_local)
             chip = None if raster.path else chip_pipe(layer)
-        except (VocabularyError, ExtentError, BackendError) as exc:
+            instance = self.instance_panel.options() if self.mode_combo.currentData() == "instance" else None
+            examples = self.instance_panel.job_examples(classes, layer, raster) if instance else None
+        except (VocabularyError, ExtentError, BackendError, ExampleError) as exc:
             self.message(str(exc), "Warning")
             return None
         options = SegmentOptions(threshold=self.threshold_spin.value(), resolution=self.resolution_spin.value() or None)
-        job = raster.job(queries, options)
-        job.mode = self.mode_combo.currentData()
+        job = raster.job(queries, options, instance)
+        job.examples = examples
         now = datetime.now()
-        destination = result_path(output_folder(project, self.settings.results_dir()), layer.name(), now)
-        self.task = SegmentTask(client, raster, job, classes, destination, f"{layer.name()} {now:%H:%M:%S}",
-                                chip, project)
+        name = f"{layer.name()} objects" if instance else layer.name()
+        destination = result_path(output_folder(project, self.settings.results_dir()), name, now)
+        self.task = SegmentTask(client, raster, job, classes, destination, f"{name} {now:%H:%M:%S}", chip, project)
         self.task.progressChanged.connect(lambda value: self.progress.setValue(round(value)))
         self.task.stageChanged.connect(self.stage_label.setText)
         self.task.succeeded.connect(self._on_task_succeeded)
@@ -561,14 +573,14 @@ class RsovDock(QDockWidget):
         self.stage_label.setText("Starting…" if busy else "Idle")
 
     def _on_task_succeeded(self, layer) -> None:
-        count = layer.featureCount()
+        count = counted(layer.featureCount(), "object" if is_instance_layer(layer) else "polygon")
         self._set_busy(False)
         self.progress.setValue(100)
         self.task = None
-        self.stage_label.setText(f"Done: {count} polygons in {layer.name()}")
+        self.stage_label.setText(f"Done: {count} in {layer.name()}")
         self.results_combo.setLayer(layer)
         self.iface.setActiveLayer(layer)  # ready for the selection tools of the review
-        self.message(f"{count} polygons saved to {layer.source().split('|')[0]}", "Success")
+        self.message(f"{count} saved to {layer.source().split('|')[0]}", "Success")
 
     def _on_task_failed(self, text: str) -> None:
         self._set_busy(False)
@@ -592,14 +604,11 @@ class RsovDock(QDockWidget):
         return layer
 
     def _on_results_layer_changed(self, layer) -> None:
-        self.relabel_combo.clear()
         if not is_result_layer(layer):
+            self.relabel_combo.clear()
             self.review_summary.setText("Segment something, or choose an rsov result layer.")
             return
-        for index, cls in enumerate(renderer_classes(layer), start=1):
-            swatch = QPixmap(16, 16)
-            swatch.fill(QColor(cls.color))
-            self.relabel_combo.addItem(QIcon(swatch), cls.name, index)
+        fill_class_combo(self.relabel_combo, renderer_classes(layer))
         self.score_slider.blockSignals(True)
         self.score_slider.setValue(round(review.current_score_filter(layer) * 100))
         self.score_slider.blockSignals(False)
@@ -705,6 +714,7 @@ class RsovDock(QDockWidget):
         if self.task is not None:
             self.task.cancel()
         self.backend.stop()
+        self.instance_panel.shutdown()
         try:
             self.iface.currentLayerChanged.disconnect(self._select_active_raster)
         except TypeError:

@@ -29,7 +29,7 @@ from qgis.core import (
     QgsRectangle,
 )
 
-from .backend_client import JobRequest, SegmentOptions
+from .backend_client import InstanceOptions, JobRequest, SegmentOptions
 from .compat import enum_value
 
 MAX_CHIP_SIDE = 2048  # pixels; a larger chip is written at a coarser resolution
@@ -51,9 +51,16 @@ class RasterRequest:
     height: int
     path: str | None  # a local file the backend reads; None: send a chip
 
-    def job(self, classes: list[str], options: SegmentOptions) -> JobRequest:
-        """The backend request for these classes (``raster`` is left out for chips)."""
-        return JobRequest(classes=classes, bbox=self.bbox, bbox_crs=self.crs, raster=self.path, options=options)
+    def job(self, classes: list[str], options: SegmentOptions, instance: InstanceOptions | None = None) -> JobRequest:
+        """The backend request for these classes (``raster`` is left out for chips); an instance
+        job when ``instance`` is given."""
+        return JobRequest(classes=classes, bbox=self.bbox, bbox_crs=self.crs, raster=self.path, options=options,
+                          instance=instance)
+
+    def readable_area(self, layer: QgsRasterLayer) -> QgsRectangle:
+        """Where the backend can read pixels, in the raster CRS: the whole file when it reads the
+        file by path, only the chip otherwise."""
+        return layer.extent() if self.path else QgsRectangle(*self.bbox)
 
 
 def crs_id(crs: QgsCoordinateReferenceSystem) -> str:

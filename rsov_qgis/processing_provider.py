@@ -17,8 +17,13 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
@@ -28,9 +33,11 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from . import schema
-from .backend_client import BackendError, JobCancelled, JobStatus, SegmentOptions
+from .backend_client import BackendError, InstanceOptions, JobCancelled, JobStatus, SegmentOptions
 from .compat import enum_value
+from .examples import ExampleError, ExampleSet
 from .extent import ExtentError, chip_pipe, raster_request, write_chip
+from .instance import CLASS_PROMPTS, NUMBER_OPTIONS
 from .paths import ICON
 from .results import layer_uri, status_field
 from .settings import Settings
@@ -54,6 +61,8 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
     """Open-vocabulary segmentation of a raster extent into class polygons."""
 
     INPUT, CLASSES, EXTENT, THRESHOLD, RESOLUTION, OUTPUT = "INPUT", "CLASSES", "EXTENT", "THRESHOLD", "RESOLUTION", "OUTPUT"
+    MODE, EXAMPLES, EXAMPLES_CLASS, CLASS_PROMPTS = "MODE", "EXAMPLES", "EXAMPLES_CLASS", "CLASS_PROMPTS"
+    MODES = ("semantic", "instance")
     _post_processors: list[_StyleOutput] = []  # kept alive until QGIS has used them
 
     def name(self):
@@ -66,7 +75,11 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         return ("Segments a raster extent into polygons of the classes you type, with the rsov backend "
                 "(start it from the rsov panel or with `rsov serve`). Classes are separated by ';', "
                 "synonyms by ',': 'building,roof,house; tree,forest; water'. Pixels whose best class "
-                "probability is under the threshold are left out.")
+                "probability is under the threshold are left out.\n\n"
+                "Mode 'instance' gives one polygon per object (with an instance_id) instead of class "
+                "regions. Its optional examples are polygons of objects like those wanted, their class "
+                "(one of the vocabulary's class names) in the examples' class field; examples of other "
+                "classes, or off the raster, are not used. The instance options are under Advanced.")
 
     def createInstance(self):  # noqa: N802
         return SegmentAlgorithm()
@@ -86,7 +99,50 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
                                                        double, 0.3, False, 0.0, 1.0))
         self.addParameter(QgsProcessingParameterNumber(self.RESOLUTION, "Resolution in metres per pixel (0: automatic)",
                                                        double, 0.0, True, 0.0))
+        self.addParameter(QgsProcessingParameterEnum(self.MODE, "Mode", list(self.MODES), False, self.MODES[0],
+                                                     False, True))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.EXAMPLES, "Example objects (instance mode)", [polygons], optional=True))
+        self.addParameter(QgsProcessingParameterField(
+            self.EXAMPLES_CLASS, "Class field of the examples", schema.CLASS, self.EXAMPLES, optional=True))
+        advanced = enum_value((Qgis, "ProcessingParameterFlag.Advanced"), (QgsProcessingParameterDefinition, "FlagAdvanced"))
+        integer = enum_value((Qgis, "ProcessingNumberParameterType.Integer"), (QgsProcessingParameterNumber, "Integer"))
+        for option in NUMBER_OPTIONS:
+            parameter = QgsProcessingParameterNumber(option.key.upper(), f"{option.label} (instance mode)",
+                                                     double if option.decimals else integer, option.default, False,
+                                                     option.minimum, option.maximum)
+            parameter.setHelp(option.tip)
+            self._add_advanced(parameter, advanced)
+        self._add_advanced(QgsProcessingParameterBoolean(self.CLASS_PROMPTS, f"{CLASS_PROMPTS[0]} (instance mode)",
+                                                         InstanceOptions.class_prompts), advanced)
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Segments", polygons))
+
+    def _add_advanced(self, parameter, advanced) -> None:
+        parameter.setFlags(parameter.flags() | advanced)
+        self.addParameter(parameter)
+
+    def _instance(self, parameters, context) -> InstanceOptions | None:
+        """The instance options, or None for a semantic job."""
+        if self.parameterAsEnumString(parameters, self.MODE, context) != "instance":
+            return None
+        numbers = {o.key: (self.parameterAsDouble if o.decimals else self.parameterAsInt)(parameters, o.key.upper(), context)
+                   for o in NUMBER_OPTIONS}
+        return InstanceOptions(**numbers, class_prompts=self.parameterAsBoolean(parameters, self.CLASS_PROMPTS, context))
+
+    def _job_examples(self, parameters, context, classes: list[VocabularyClass], layer, request) -> dict | None:
+        """The example objects to send (their class read from their class field), as
+        :meth:`ExampleSet.for_job` chooses them."""
+        source = self.parameterAsSource(parameters, self.EXAMPLES, context)
+        if source is None:
+            return None
+        field = self.parameterAsString(parameters, self.EXAMPLES_CLASS, context) or schema.CLASS
+        if source.fields().indexOf(field) < 0:
+            raise QgsProcessingException(f"The examples have no field '{field}' naming their class.")
+        examples = ExampleSet()
+        for feature in source.getFeatures():
+            if feature[field]:
+                examples.add(str(feature[field]), [feature.geometry()], source.sourceCrs(), context.transformContext())
+        return examples.for_job([c.name for c in classes], layer, request, context.transformContext())
 
     def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback):  # noqa: N802
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -101,6 +157,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context)
         options = SegmentOptions(threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
                                  resolution=resolution or None)
+        instance = self._instance(parameters, context)
         extent = layer.extent()
         if parameters.get(self.EXTENT) is not None:
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
@@ -116,14 +173,18 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             try:
                 client = settings.client()
                 request = raster_request(extent, layer.crs(), layer, context.transformContext(), client.is_local)
+                job = request.job(queries, options, instance)
+                if instance is not None:
+                    job.examples = self._job_examples(parameters, context, classes, layer, request)
+                    feedback.pushInfo(f"Instance mode; examples sent: {len((job.examples or {}).get('features', []))}.")
                 chip = None if request.path else write_chip(chip_pipe(layer), request, Path(folder) / "chip.tif")
-                job_id = client.run_job(request.job(queries, options), chip, on_status, feedback.isCanceled)
+                job_id = client.run_job(job, chip, on_status, feedback.isCanceled)
                 result = Path(folder) / "result.gpkg"
                 result.write_bytes(client.result_gpkg(job_id))
             except JobCancelled:
                 feedback.reportError("Cancelled.")
                 return {self.OUTPUT: None}
-            except (BackendError, ExtentError) as exc:
+            except (BackendError, ExtentError, ExampleError) as exc:
                 raise QgsProcessingException(str(exc)) from None
             dest_id = self._write_sink(result, parameters, context, feedback)
         if context.willLoadLayerOnCompletion(dest_id):

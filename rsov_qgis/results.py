@@ -30,9 +30,14 @@ class ResultError(RuntimeError):
     """The result could not be saved or loaded; the message says why."""
 
 
+def text_field(name: str, length: int = 0) -> QgsField:
+    """A text field."""
+    return QgsField(name, enum_value((QVariant, "String"), (QMetaType, "Type.QString")), "text", length)
+
+
 def status_field() -> QgsField:
     """The text field ``status`` that holds new/accepted/rejected."""
-    return QgsField(schema.STATUS, enum_value((QVariant, "String"), (QMetaType, "Type.QString")), "text", 10)
+    return text_field(schema.STATUS, 10)
 
 
 def output_folder(project: QgsProject, fallback: Path) -> Path:

@@ -6,6 +6,7 @@ CLASS = "class"
 CLASS_ID = "class_id"
 SCORE = "score"
 AREA = "area_m2"
+INSTANCE_ID = "instance_id"  # instance results only: one feature per object
 STATUS = "status"  # added by the plugin
 
 NEW, ACCEPTED, REJECTED = "new", "accepted", "rejected"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from qgis.core import QgsApplication, QgsSettings
 
-from .backend_client import DEFAULT_TOKEN_FILE, DEFAULT_URL, BackendClient
+from .backend_client import DEFAULT_TOKEN_FILE, DEFAULT_URL, BackendClient, InstanceOptions
 
 PREFIX = "rsov/"
 # setting -> environment variable that overrides it
@@ -25,6 +25,15 @@ def default_output_dir() -> str:
     """Where results go when the project is not saved: beside the QGIS profile, else the temp dir."""
     base = QgsApplication.qgisSettingsDirPath() or tempfile.gettempdir()
     return str(Path(base) / "rsov_results")
+
+
+def _typed(value, default):
+    """A stored value (QgsSettings may give text) as the type of ``default``; empty: the default."""
+    if value in (None, ""):
+        return default
+    if isinstance(default, bool):
+        return str(value).lower() in ("true", "1")
+    return type(default)(value)
 
 
 @dataclass
@@ -39,17 +48,19 @@ class Settings:
     threshold: float = 0.3
     resolution: float = 0.0  # metres per pixel; 0: automatic (long side 448 px)
     vocabulary: str = ""  # the last vocabulary, in the text format
+    mode: str = "semantic"  # or "instance"
+    # instance mode (InstanceOptions' fields)
+    object_threshold: float = InstanceOptions.object_threshold
+    points_per_side: int = InstanceOptions.points_per_side
+    pred_iou: float = InstanceOptions.pred_iou
+    stability: float = InstanceOptions.stability
+    class_prompts: bool = InstanceOptions.class_prompts
 
     @classmethod
     def load(cls) -> Settings:
         """Stored values over the defaults, environment variables over both."""
         store = QgsSettings()
-        values = {}
-        for f in fields(cls):
-            default = f.default
-            value = store.value(PREFIX + f.name, default)
-            values[f.name] = type(default)(value) if value not in (None, "") else default
-        settings = cls(**values)
+        settings = cls(**{f.name: _typed(store.value(PREFIX + f.name, f.default), f.default) for f in fields(cls)})
         for name, variable in ENVIRONMENT.items():
             if os.environ.get(variable):
                 setattr(settings, name, os.environ[variable])
@@ -71,6 +82,10 @@ class Settings:
     def client(self, timeout: float = 30.0) -> BackendClient:
         """A client for the configured backend (BackendError ``bad_url`` for a malformed URL)."""
         return BackendClient(self.backend_url, self.token_file, timeout)
+
+    def instance_options(self) -> InstanceOptions:
+        """The remembered instance options."""
+        return InstanceOptions(**{f.name: getattr(self, f.name) for f in fields(InstanceOptions)})
 
     def results_dir(self) -> Path:
         """The output folder for results of an unsaved project."""

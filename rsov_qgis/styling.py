@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""The look of result layers: categorized by class in the vocabulary's colours, with the
-review status drawn on top (accepted: bold green outline; rejected: no fill, grey dashes)."""
+"""The look of result layers: categorized by class in the vocabulary's colours (semantic results
+filled, instance results as outlines over a light fill, with class labels ready but off), with
+the review status drawn on top (accepted: bold green outline; rejected: no fill, grey dashes)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from qgis.core import (
     QgsCategorizedSymbolRenderer,
     QgsFillSymbol,
     QgsMapLayer,
+    QgsPalLayerSettings,
     QgsProperty,
     QgsRendererCategory,
     QgsSymbolLayer,
     QgsVectorLayer,
+    QgsVectorLayerSimpleLabeling,
 )
 from qgis.PyQt.QtGui import QColor
 
@@ -20,6 +23,7 @@ from .compat import enum_value
 from .vocabulary import VocabularyClass, assign_colors
 
 FILL_ALPHA = 150  # of 255: the image stays visible under the polygons
+OUTLINE_FILL_ALPHA = 40  # instance results: a light fill inside the outline, to click on
 STYLE_NAME = "rsov"
 
 
@@ -33,14 +37,15 @@ def _property(name: str):
     return enum_value((QgsSymbolLayer, f"Property.{name}"), (QgsSymbolLayer, f"Property{name}"))
 
 
-def class_symbol(color: str) -> QgsFillSymbol:
-    """A translucent fill in ``color`` whose outline and fill follow the review status."""
+def class_symbol(color: str, outlined: bool = False) -> QgsFillSymbol:
+    """A translucent fill in ``color`` (an outline in ``color`` over a light fill when ``outlined``)
+    whose outline and fill follow the review status."""
     fill = QColor(color)
-    fill.setAlpha(FILL_ALPHA)
+    fill.setAlpha(OUTLINE_FILL_ALPHA if outlined else FILL_ALPHA)
     symbol = QgsFillSymbol.createSimple({
         "color": ",".join(str(v) for v in fill.getRgb()),
-        "outline_color": QColor(color).darker(150).name(),
-        "outline_width": "0.3",
+        "outline_color": QColor(color).name() if outlined else QColor(color).darker(150).name(),
+        "outline_width": "0.6" if outlined else "0.3",
     })
     layer = symbol.symbolLayer(0)
     layer.setDataDefinedProperty(_property("FillStyle"), _when_status(rejected="'no'"))
@@ -50,13 +55,31 @@ def class_symbol(color: str) -> QgsFillSymbol:
     return symbol
 
 
-def class_renderer(classes: list[VocabularyClass]) -> QgsCategorizedSymbolRenderer:
+def class_renderer(classes: list[VocabularyClass], outlined: bool = False) -> QgsCategorizedSymbolRenderer:
     """One category per class, in vocabulary order, labelled with all its synonyms."""
     categories = [
-        QgsRendererCategory(c.name, class_symbol(c.color), c.name if len(c.synonyms) == 1 else f"{c.name} ({', '.join(c.synonyms[1:])})")
+        QgsRendererCategory(c.name, class_symbol(c.color, outlined),
+                            c.name if len(c.synonyms) == 1 else f"{c.name} ({', '.join(c.synonyms[1:])})")
         for c in assign_colors(classes)
     ]
     return QgsCategorizedSymbolRenderer(schema.CLASS, categories)
+
+
+def class_labeling() -> QgsVectorLayerSimpleLabeling:
+    """Labels with the class name (for the user to switch on)."""
+    settings = QgsPalLayerSettings()
+    settings.fieldName = schema.CLASS
+    text = settings.format()
+    buffer = text.buffer()
+    buffer.setEnabled(True)  # readable over any image
+    text.setBuffer(buffer)
+    settings.setFormat(text)
+    return QgsVectorLayerSimpleLabeling(settings)
+
+
+def is_instance_layer(layer) -> bool:
+    """Whether ``layer`` holds instance results (one feature per object)."""
+    return isinstance(layer, QgsVectorLayer) and layer.fields().indexOf(schema.INSTANCE_ID) >= 0
 
 
 def renderer_classes(layer: QgsVectorLayer) -> list[VocabularyClass]:
@@ -69,8 +92,13 @@ def renderer_classes(layer: QgsVectorLayer) -> list[VocabularyClass]:
 
 
 def apply_result_style(layer: QgsVectorLayer, classes: list[VocabularyClass]) -> None:
-    """Give ``layer`` the categorized renderer of ``classes``."""
-    layer.setRenderer(class_renderer(classes))
+    """Give ``layer`` the categorized renderer of ``classes``: outlines, and class labels that are
+    off, for instance results."""
+    outlined = is_instance_layer(layer)
+    layer.setRenderer(class_renderer(classes, outlined))
+    if outlined:
+        layer.setLabeling(class_labeling())
+        layer.setLabelsEnabled(False)
 
 
 def save_style_to_database(layer: QgsVectorLayer) -> None:

@@ -292,3 +292,17 @@ def test_finished_results_expire(tmp_path, oem):
         assert srv.http("GET", f"/v1/jobs/{job}").status_code == 404
     finally:
         srv.close()
+
+
+def test_examples_are_checked_before_the_job_is_queued(server, oem):
+    def example(cls, x0, y0):
+        return {"type": "Feature", "properties": {"class": cls}, "geometry": {"type": "Polygon", "coordinates": [
+            [[x0, y0], [x0 + 10, y0], [x0 + 10, y0 + 10], [x0, y0]]]}}
+
+    crs = {"type": "name", "properties": {"name": "EPSG:25832"}}
+    for feature, needle in [(example("car", 346100, 5647700), "not in the vocabulary"),
+                            (example("building", 0, 0), "does not overlap")]:
+        body = {"raster": oem, "classes": ["building"], "mode": "instance",
+                "examples": {"type": "FeatureCollection", "crs": crs, "features": [feature]}}
+        response = server.http("POST", "/v1/jobs", json=body)
+        assert response.status_code == 400 and needle in response.json()["error"]["message"], response.text

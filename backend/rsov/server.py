@@ -210,8 +210,15 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                 ),
                 examples=read_examples(body.examples) if body.examples else (),
             )
-            build_vocabulary(list(request.classes), request.background)
+            vocabulary = build_vocabulary(list(request.classes), request.background)
             engine.text_embedder(request.templates)
+            names = {n.lower() for n in vocabulary.names}
+            for example in request.examples:
+                if example.class_name.lower() not in names:
+                    raise InputError(f"Example class '{example.class_name}' is not in the vocabulary "
+                                     f"({', '.join(vocabulary.names)}).")
+                # cheap: says "does not overlap" for an example off the raster
+                read_chip(raster, example.geometry.bounds, example.crs, request.bands, max_side=16)
             # A small decimated read checks the file, bands, extent and nodata before the job is queued.
             read_chip(raster, request.bbox, request.bbox_crs, request.bands, max_side=64)
         except InputError as exc:

@@ -1,7 +1,8 @@
 """Run inside the real QGIS desktop (`qgis --code desktop_script.py`) by test_plugin_desktop.py.
 
 Checks that the installed plugin shows its panel, segments the visible extent through the dock,
-reviews a feature, takes screenshots, writes report.json into $RSOV_DESKTOP_OUT and quits.
+reviews a feature, keeps it as an example and runs an instance job on the whole raster with it,
+takes screenshots, writes report.json into $RSOV_DESKTOP_OUT and quits.
 """
 
 import json
@@ -9,15 +10,15 @@ import os
 import traceback
 from pathlib import Path
 
-from qgis.core import QgsProject, QgsRectangle
+from qgis.core import QgsProject
 from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtWidgets import QAction, QDockWidget
 from qgis.utils import iface, plugins
 
 OUT = Path(os.environ["RSOV_DESKTOP_OUT"])
 RASTER = os.environ["RSOV_DESKTOP_RASTER"]
+INSTANCE_OPTIONS = json.loads(os.environ["RSOV_DESKTOP_INSTANCE_OPTIONS"])  # helpers.PERMISSIVE
 report = {"errors": []}
-state = {"ticks": 0}
 
 
 def dock():
@@ -45,8 +46,26 @@ def later(step, ms=500):
     QTimer.singleShot(ms, guarded(step))
 
 
+def when_done(step, ticks=400):
+    """Run ``step`` once the panel's task has ended (polling every 0.5 s, at most ``ticks`` times)."""
+    def poll():
+        if dock().task is not None and poll.ticks < ticks:
+            poll.ticks += 1
+            later(poll)
+        else:
+            step()
+    poll.ticks = 0
+    later(poll)
+
+
+def result_layers():
+    group = QgsProject.instance().layerTreeRoot().findGroup("rsov results")
+    return [node.layer() for node in group.findLayers()] if group else []
+
+
 def start():
     iface.mainWindow().showMaximized()
+    iface.mainWindow().setGeometry(0, 0, 1600, 1000)  # Xvfb has no window manager to maximise it
     panel = dock()
     report["plugin_loaded"] = "rsov_qgis" in plugins
     report["dock_visible"] = panel is not None and panel.isVisible()
@@ -56,29 +75,25 @@ def start():
         if a.shortcut().toString() in ours and a.parent() is not panel)
     layer = iface.addRasterLayer(RASTER, "oem_koeln_50")
     QgsProject.instance().setCrs(layer.crs())
-    centre = layer.extent().center()
-    canvas = iface.mapCanvas()
-    canvas.setDestinationCrs(layer.crs())
-    canvas.setExtent(QgsRectangle(centre.x() - 180, centre.y() - 180, centre.x() + 180, centre.y() + 180))
-    canvas.refresh()
+    iface.mapCanvas().setDestinationCrs(layer.crs())
     panel.preset_combo.activated.emit(panel.preset_combo.findText("Land cover (OpenEarthMap)"))
     panel.threshold_spin.setValue(float(os.environ.get("RSOV_DESKTOP_THRESHOLD", "0.1")))
     report["connected"] = panel.check_backend()
     report["status"] = panel.status_label.text()
-    report["task_started"] = panel.segment_visible_extent() is not None
-    later(wait_for_task)
+    later(segment, 1000)  # once the window has its size
 
 
-def wait_for_task():
-    panel = dock()
-    if panel.task is not None and state["ticks"] < 400:
-        state["ticks"] += 1
-        later(wait_for_task)
-        return
-    group = QgsProject.instance().layerTreeRoot().findGroup("rsov results")
-    layers = [node.layer() for node in group.findLayers()] if group else []
+def segment():
+    iface.mapCanvas().setExtent(dock().raster_combo.currentLayer().extent().buffered(-70))
+    iface.mapCanvas().refresh()
+    report["task_started"] = dock().segment_visible_extent() is not None
+    when_done(segmented)
+
+
+def segmented():
+    layers = result_layers()
     report["result_layers"] = [layer.name() for layer in layers]
-    report["stage"] = panel.stage_label.text()
+    report["stage"] = dock().stage_label.text()
     if layers:
         layer = layers[0]
         report["features"] = layer.featureCount()
@@ -101,7 +116,46 @@ def shot_segment():
 def shot_review():
     iface.mapCanvas().waitWhileRendering()
     iface.mainWindow().grab().save(str(OUT / "review.png"))
-    report["review_summary"] = dock().review_summary.text()
+    panel = dock()
+    report["review_summary"] = panel.review_summary.text()
+    # the accepted feature becomes an example of its class for an instance job on the whole raster
+    [semantic] = result_layers()
+    [accepted] = [f for f in semantic.getFeatures() if f["status"] == "accepted"]
+    semantic.selectByIds([accepted.id()])
+    iface.setActiveLayer(semantic)
+    panel.tabs.setCurrentIndex(0)
+    panel.mode_combo.setCurrentIndex(panel.mode_combo.findData("instance"))
+    for key, value in INSTANCE_OPTIONS.items():
+        panel.instance_panel.spins[key].setValue(value)
+    panel.instance_panel.prompts_check.setChecked(False)
+    panel.instance_panel.example_class_combo.setCurrentText(accepted["class"])
+    panel.instance_panel.add_selected_examples()
+    report["examples"] = panel.instance_panel.examples_label.text()
+    tree = QgsProject.instance().layerTreeRoot()
+    for layer in (semantic, panel.raster_combo.currentLayer()):
+        tree.findLayer(layer.id()).setExpanded(False)
+    tree.findLayer(semantic.id()).setItemVisibilityChecked(False)
+    semantic.removeSelection()
+    iface.mapCanvas().setExtent(panel.raster_combo.currentLayer().extent().buffered(40))
+    task = panel.segment_visible_extent()
+    report["instance_task_started"] = task is not None
+    report["sent_examples"] = len((task.job.examples or {}).get("features", [])) if task else 0
+    when_done(instances_done)
+
+
+def instances_done():
+    layer = result_layers()[0]
+    QgsProject.instance().layerTreeRoot().findLayer(layer.id()).setExpanded(True)
+    report["instance_layer"] = layer.name()
+    report["instance_stage"] = dock().stage_label.text()
+    report["instance_fields"] = layer.fields().names()
+    report["instance_features"] = layer.featureCount()
+    later(shot_instances, 1500)
+
+
+def shot_instances():
+    iface.mapCanvas().waitWhileRendering()
+    iface.mainWindow().grab().save(str(OUT / "instances.png"))
     finish()
 
 

@@ -2,7 +2,8 @@
 
 Jobs go queued -> running -> done over a few polls (or stay running with ``hold``, or fail
 with ``fail_with``); the result is one rectangle per class inside the requested bbox, written
-with GDAL in the raster's CRS. Every request body is recorded in ``requests``.
+with GDAL in the raster's CRS (with an ``instance_id`` in instance mode). Every request body is
+recorded in ``requests``; examples of a class outside the vocabulary are refused, as the backend does.
 Run as a script (``python fake_backend.py PORT TOKEN_FILE``) to serve from another process.
 """
 
@@ -130,6 +131,11 @@ class FakeBackend:
             return self._error(http, 422, "empty_vocabulary", "The vocabulary is empty.")
         if chip is None and not Path(request.get("raster") or "").is_file():
             return self._error(http, 400, "missing_file", f"The raster {request.get('raster')} does not exist.")
+        names = [query.split(",")[0].strip().lower() for query in request["classes"]]
+        for example in (request.get("examples") or {}).get("features", []):
+            if example["properties"]["class"].lower() not in names:
+                return self._error(http, 400, "bad_request", f"Example class '{example['properties']['class']}' "
+                                                             "is not in the vocabulary.")
         job = FakeJob(uuid.uuid4().hex[:12], request, chip)
         self.jobs[job.job_id] = job
         self._send(http, 202, {"job_id": job.job_id})
@@ -166,8 +172,9 @@ class FakeBackend:
             path = str(Path(folder) / "result.gpkg")
             ds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
             layer = ds.CreateLayer("rsov", srs, ogr.wkbMultiPolygon)
-            for name, kind in (("class", ogr.OFTString), ("class_id", ogr.OFTInteger),
-                               ("score", ogr.OFTReal), ("area_m2", ogr.OFTReal)):
+            instance = job.request.get("mode") == "instance"
+            for name, kind in (("class", ogr.OFTString), ("class_id", ogr.OFTInteger), ("score", ogr.OFTReal),
+                               ("area_m2", ogr.OFTReal), *([("instance_id", ogr.OFTInteger)] if instance else [])):
                 layer.CreateField(ogr.FieldDefn(name, kind))
             classes = job.request["classes"]
             width = (maxx - minx) / len(classes)
@@ -181,6 +188,8 @@ class FakeBackend:
                 feature.SetField("class_id", i + 1)
                 feature.SetField("score", round(0.3 + 0.6 * i / max(1, len(classes) - 1), 3))
                 feature.SetField("area_m2", geometry.GetArea())
+                if instance:
+                    feature.SetField("instance_id", i + 1)
                 feature.SetGeometry(geometry)
                 layer.CreateFeature(feature)
             ds = None  # noqa: F841 (closes the file)

@@ -8,6 +8,7 @@ from helpers import free_port
 from rsov_qgis.backend_client import (
     BackendClient,
     BackendError,
+    InstanceOptions,
     JobCancelled,
     JobRequest,
     SegmentOptions,
@@ -38,6 +39,14 @@ def test_request_json_follows_the_contract(oem_raster):
                     "classes": ["building,roof", "tree"], "mode": "semantic", "options": {"threshold": 0.4}}
     chip_body = JobRequest(["a"], None, None).to_json()
     assert "raster" not in chip_body and chip_body["bbox"] is None
+    examples = {"type": "FeatureCollection", "features": []}
+    assert "examples" not in JobRequest(["a"], None, None, examples=examples).to_json()  # semantic jobs take none
+    instance = _request(oem_raster)
+    instance.instance, instance.examples = InstanceOptions(points_per_side=4), examples
+    body = instance.to_json()
+    assert body["mode"] == "instance" and body["examples"] == examples
+    assert body["options"] == {"threshold": 0.4, "object_threshold": 0.3, "points_per_side": 4, "pred_iou": 0.8,
+                               "stability": 0.9, "class_prompts": True}
 
 
 def test_whole_job_by_path_reports_progress(client, fake_backend, oem_raster):

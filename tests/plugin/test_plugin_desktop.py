@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from helpers import PERMISSIVE
 
 SCRIPT = Path(__file__).resolve().parent / "desktop_script.py"
 SCREENSHOTS = REPO / "docs" / "screenshots"
@@ -30,7 +31,8 @@ def run_desktop(plugin_zip: Path, tmp_path: Path, env: dict, raster: Path, outpu
     out = tmp_path / "desktop"
     out.mkdir()
     environment = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM"}
-    environment.update(env, RSOV_DESKTOP_OUT=str(out), RSOV_DESKTOP_RASTER=str(raster))
+    environment.update(env, RSOV_DESKTOP_OUT=str(out), RSOV_DESKTOP_RASTER=str(raster),
+                       RSOV_DESKTOP_INSTANCE_OPTIONS=json.dumps(PERMISSIVE))
     command = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", "qgis", "--nologo", "--noversioncheck",
                "--profiles-path", str(tmp_path / "profiles"), "--code", str(SCRIPT)]
     run = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=400)
@@ -56,9 +58,18 @@ def test_desktop_dock_segments_and_reviews(plugin_zip, fake_backend, oem_raster,
     assert report["classes"] == sorted(["bareland", "grass", "pavement", "road", "tree", "water", "cropland", "building"])
     assert report["source"].startswith(str(tmp_path / "results"))
     assert report["review_summary"].startswith("7 new, 1 accepted, 0 rejected")
+    _assert_instances(report)
+    assert report["instance_stage"].startswith("Done: 8 objects")  # the fake's: one per class
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    for name in ("dock.png", "review.png"):
+    for name in ("dock.png", "review.png", "instances.png"):
         shutil.copyfile(report["out"] / name, SCREENSHOTS / name)
+
+
+def _assert_instances(report: dict) -> None:
+    """The accepted feature became an example and went with the instance job on the whole raster."""
+    assert report["examples"].endswith(": 1") and report["instance_task_started"] and report["sent_examples"] == 1
+    assert report["instance_layer"].startswith("oem_koeln_50 objects ") and "instance_id" in report["instance_fields"]
+    assert report["instance_stage"].startswith("Done: ") and report["instance_features"] > 0
 
 
 @pytest.mark.desktop
@@ -73,5 +84,6 @@ def test_desktop_with_the_real_backend(plugin_zip, use_real_backend, oem_raster,
     assert set(report["classes"]) <= {"bareland", "grass", "pavement", "road", "tree", "water", "cropland", "building"}
     assert report["renderer"] == "categorizedSymbol"
     assert "1 accepted" in report["review_summary"]
+    _assert_instances(report)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(report["out"] / "dock.png", SCREENSHOTS / "dock_tiny_random.png")

@@ -1,11 +1,13 @@
 """The dock in a real (offscreen) QGIS: widgets, backend status, segmentation through the fake
 backend, failure paths, cancel, review, and the plugin's load/unload."""
 
+from pathlib import Path
+
 import pytest
 from qgis.core import Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsProject, QgsRasterLayer, QgsRectangle, QgsVectorLayer
 from qgis.PyQt.QtGui import QColor
 
-from helpers import free_port, xyz_layer
+from helpers import free_port, polygon_layer, xyz_layer
 from rsov_qgis import classFactory, schema
 from rsov_qgis.dock import RsovDock
 from rsov_qgis.results import GROUP
@@ -118,7 +120,8 @@ def test_segment_visible_extent(fake_backend, dock, oem_layer, qgis_canvas, qgis
     _run(dock, qtbot)
     assert _messages(qgis_iface, "Critical") == []
     sent = fake_backend.requests[0]["json"]
-    assert sent["raster"] == str(QgsProject.instance().mapLayer(oem_layer.id()).source())
+    # compare files, not spellings (the data folder may be reached through a link)
+    assert Path(sent["raster"]).resolve() == Path(QgsProject.instance().mapLayer(oem_layer.id()).source()).resolve()
     assert sent["bbox_crs"] == "EPSG:25832" and sent["classes"] == ["building,roof,house", "tree,forest", "water,river"]
     assert sent["options"] == {"threshold": 0.45} and sent["mode"] == "semantic"
     assert QgsRectangle(*sent["bbox"]).contains(visible)
@@ -262,3 +265,51 @@ def test_plugin_load_and_unload(qgis_iface, qgis_app):
     assert not plugin.dock.isVisible()
     plugin.unload()
     assert registry.providerById("rsov") is None and plugin.dock is None
+
+
+# --- instance mode --------------------------------------------------------------------------------
+def test_instance_mode_sends_its_options_and_the_examples_of_its_classes(
+        fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot):
+    assert not dock.instance_panel.isVisibleTo(dock)  # semantic by default
+    dock.mode_combo.setCurrentIndex(dock.mode_combo.findData("instance"))
+    assert dock.instance_panel.isVisibleTo(dock)
+    dock.instance_panel.spins["points_per_side"].setValue(8)
+    dock.instance_panel.prompts_check.setChecked(False)
+    drawn = polygon_layer(["POLYGON((7.0 50.95, 7.0001 50.95, 7.0001 50.9501, 7.0 50.95))",  # off the raster
+                           "POLYGON((346100 5647600, 346120 5647600, 346120 5647620, 346100 5647600))"],
+                          crs="EPSG:25832")
+    QgsProject.instance().addMapLayer(drawn)
+    qgis_iface.setActiveLayer(drawn)
+    for name in ("building", "water"):
+        dock.instance_panel.example_class_combo.setCurrentText(name)
+        dock.instance_panel.add_selected_examples()
+    dock.set_vocabulary([c for c in dock.vocabulary() if c.name != "water"])  # its examples must stay home
+    _show_central_half(qgis_canvas, oem_layer)
+    _run(dock, qtbot)
+    assert _messages(qgis_iface, "Critical") == []
+    sent = fake_backend.requests[0]["json"]
+    assert sent["mode"] == "instance" and sent["classes"] == ["building,roof,house", "tree,forest"]
+    assert sent["options"] == {"threshold": 0.3, "object_threshold": 0.3, "points_per_side": 8, "pred_iou": 0.8,
+                               "stability": 0.9, "class_prompts": False}
+    assert sent["examples"]["crs"] == {"type": "name", "properties": {"name": "EPSG:25832"}}
+    assert [f["properties"]["class"] for f in sent["examples"]["features"]] == ["building"]
+    assert sent["examples"]["features"][0]["geometry"]["coordinates"][0][0] == pytest.approx([346100, 5647600])
+    [layer] = _result_layers()
+    assert layer.name().startswith("oem_koeln_50 objects ") and "_objects_" in layer.source()
+    assert schema.INSTANCE_ID in layer.fields().names() and layer.featureCount() == 2
+    assert dock.stage_label.text().startswith("Done: 2 objects")
+    looks = [(c.value(), c.symbol().color().alpha(), c.symbol().symbolLayer(0).strokeColor().name())
+             for c in layer.renderer().categories()]
+    assert looks == [("building", 40, "#e31a1c"), ("tree", 40, "#33a02c")]  # outlines in the class colours, light fill
+    assert layer.labeling() is not None and not layer.labelsEnabled()
+    # the review tools work on objects too
+    ids = sorted(f.id() for f in layer.getFeatures())
+    dock.next_action.trigger()
+    dock.accept_action.trigger()
+    assert layer.getFeature(ids[0])[schema.STATUS] == "accepted" and layer.selectedFeatureIds() == [ids[1]]
+    dock.relabel_combo.setCurrentText("building")
+    dock.relabel_selected()
+    assert layer.getFeature(ids[1])[schema.CLASS] == "building"
+    # remembered
+    settings = Settings.load()
+    assert settings.mode == "instance" and settings.points_per_side == 8 and settings.class_prompts is False

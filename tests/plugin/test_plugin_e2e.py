@@ -1,9 +1,13 @@
 """End to end with the real backend (`.venv/bin/rsov serve --model tiny-random`): the dock, Processing,
-cancel, a geographic raster under a Web Mercator canvas, a web layer sent as a chip, Start backend.
+cancel, a geographic raster under a Web Mercator canvas, a web layer sent as a chip, Start backend,
+and instance mode with examples (dock and Processing).
 
-tiny-random has random weights, so the classes it finds are arbitrary: the tests check the
-plumbing (extent, CRS, fields, style, files), with threshold 0 so that polygons come out at all.
+tiny-random has random weights (and a tiny random Segment Anything), so the classes and objects it
+finds are arbitrary: the tests check the plumbing (extent, CRS, fields, style, files), with
+threshold 0 so that polygons come out at all, and permissive instance options so that objects do.
 """
+
+import re
 
 import pytest
 from osgeo import gdal
@@ -18,16 +22,18 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from conftest import RSOV
-from helpers import free_port, xyz_layer
+from helpers import PERMISSIVE, free_port, polygon_layer, xyz_layer
 from rsov_qgis import schema
 from rsov_qgis.backend_client import BackendClient, BackendError
 from rsov_qgis.dock import RsovDock
 from rsov_qgis.results import GROUP
+from rsov_qgis.styling import OUTLINE_FILL_ALPHA
 from rsov_qgis.vocabulary import parse_vocabulary
 
 pytestmark = pytest.mark.e2e
 TIMEOUT_MS = 120000
 VOCABULARY = "building, roof, house  # #e31a1c\ntree, forest  # #33a02c\nwater, river  # #1f78b4\n"
+ROOF = "POLYGON((346100 5647600, 346130 5647600, 346130 5647630, 346100 5647630, 346100 5647600))"
 
 
 @pytest.fixture
@@ -180,3 +186,59 @@ def test_start_backend_button_runs_rsov_serve(qgis_iface, qtbot, qgis_new_projec
     dock.shutdown()
     with pytest.raises(BackendError, match="No rsov backend answers"):
         BackendClient(url).health()
+
+
+def _assert_objects(layer, classes):
+    """An instance result: a GeoPackage with numbered objects, drawn as outlines per class."""
+    assert layer.source().split("|")[0].endswith(".gpkg")
+    assert {"class", "class_id", "score", "area_m2", "instance_id", "status"} <= set(layer.fields().names())
+    features = list(layer.getFeatures())
+    assert features, "permissive options on tiny-random should give objects"
+    assert sorted(f["instance_id"] for f in features) == list(range(1, len(features) + 1))
+    assert {f["class"] for f in features} <= {c.name for c in classes}
+    looks = [(c.value(), c.symbol().color().name(), c.symbol().color().alpha()) for c in layer.renderer().categories()]
+    assert looks == [(c.name, c.color, OUTLINE_FILL_ALPHA) for c in classes]
+    assert not layer.labelsEnabled()
+
+
+def test_dock_instance_mode_with_examples(dock, oem_layer, qgis_canvas, qgis_iface, qtbot):
+    dock.mode_combo.setCurrentIndex(dock.mode_combo.findData("instance"))
+    for key, value in PERMISSIVE.items():
+        dock.instance_panel.spins[key].setValue(value)
+    dock.instance_panel.prompts_check.setChecked(False)
+    drawn = polygon_layer([ROOF])
+    QgsProject.instance().addMapLayer(drawn)
+    qgis_iface.setActiveLayer(drawn)
+    dock.instance_panel.example_class_combo.setCurrentText("building")
+    dock.instance_panel.add_selected_examples()
+    _show(qgis_canvas, oem_layer, oem_layer.crs(), 0.6)  # the whole raster
+    task = _segment(dock, qtbot)
+    assert _critical(qgis_iface) == []
+    assert [f["properties"]["class"] for f in task.job.to_json()["examples"]["features"]] == ["building"]
+    layer = _only_result()
+    assert layer.name().startswith("oem_koeln_50 objects ") and layer.crs().authid() == "EPSG:25832"
+    _assert_objects(layer, dock.vocabulary())
+    assert re.match(rf"Done: {layer.featureCount()} objects? in {layer.name()}$", dock.stage_label.text())
+
+
+def test_processing_instance_mode_with_examples(use_real_backend, oem_layer, qgis_processing, tmp_path):
+    import processing
+    from qgis.core import QgsApplication
+
+    from rsov_qgis.processing_provider import RsovProvider
+
+    provider = RsovProvider()
+    QgsApplication.processingRegistry().addProvider(provider)
+    examples = polygon_layer([ROOF], classes=["tree"])
+    try:
+        result = processing.runAndLoadResults("rsov:segment", {
+            "INPUT": oem_layer, "CLASSES": "building,roof,house; tree,forest; water,river", "THRESHOLD": 0.0,
+            "MODE": "instance", "EXAMPLES": examples, "CLASS_PROMPTS": False,
+            **{key.upper(): value for key, value in PERMISSIVE.items()}, "OUTPUT": str(tmp_path / "objects.gpkg")})
+    finally:
+        QgsApplication.processingRegistry().removeProvider(provider)
+    [layer] = [layer for layer in QgsProject.instance().mapLayers().values()
+               if layer.source().startswith(result["OUTPUT"])]
+    assert layer.crs().authid() == "EPSG:25832"
+    _assert_objects(layer, parse_vocabulary("building, roof, house\ntree, forest\nwater, river"))
+    assert {f["status"] for f in layer.getFeatures()} == {"new"}

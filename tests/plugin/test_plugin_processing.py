@@ -3,6 +3,7 @@
 import pytest
 from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback, QgsRectangle, QgsVectorLayer
 
+from helpers import polygon_layer
 from rsov_qgis.processing_provider import RsovProvider
 
 
@@ -83,3 +84,43 @@ def test_loaded_output_gets_the_vocabulary_style(fake_backend, provider, oem_lay
     layer = QgsProject.instance().mapLayer(result["OUTPUT"])
     assert isinstance(layer.renderer(), QgsCategorizedSymbolRenderer)
     assert [c.value() for c in layer.renderer().categories()] == ["building", "water"]
+
+
+def test_instance_mode_with_an_examples_layer(fake_backend, provider, oem_layer):
+    import processing
+    from qgis.core import QgsCategorizedSymbolRenderer, QgsProject
+
+    examples = polygon_layer([
+        "POLYGON((7.0 50.95, 7.0001 50.95, 7.0001 50.9501, 7.0 50.95))",  # off the raster
+        "POLYGON((6.81 50.96, 6.8101 50.96, 6.8101 50.9601, 6.81 50.96))",  # in it, in EPSG:4326
+        "POLYGON((6.81 50.96, 6.8101 50.96, 6.8101 50.9601, 6.81 50.96))",  # a class outside the vocabulary
+        "POLYGON((6.81 50.96, 6.8101 50.96, 6.8101 50.9601, 6.81 50.96))",  # no class
+    ], crs="EPSG:4326", classes=["Building", "water", "car", None])
+    feedback = Feedback()
+    result = processing.runAndLoadResults("rsov:segment", {
+        "INPUT": oem_layer, "CLASSES": "building,roof; water", "MODE": "instance", "EXAMPLES": examples,
+        "POINTS_PER_SIDE": 4, "PRED_IOU": -1, "CLASS_PROMPTS": False, "OUTPUT": "TEMPORARY_OUTPUT"},
+        feedback=feedback)
+    sent = fake_backend.requests[0]["json"]
+    assert sent["mode"] == "instance"
+    assert sent["options"] == {"threshold": 0.3, "object_threshold": 0.3, "points_per_side": 4, "pred_iou": -1,
+                               "stability": 0.9, "class_prompts": False}
+    assert sent["examples"]["crs"]["properties"]["name"] == "EPSG:25832"
+    assert [f["properties"]["class"] for f in sent["examples"]["features"]] == ["water"]
+    assert "Instance mode; examples sent: 1." in feedback.infos
+    layer = QgsProject.instance().mapLayer(result["OUTPUT"])
+    assert "instance_id" in layer.fields().names() and layer.featureCount() == 2
+    assert isinstance(layer.renderer(), QgsCategorizedSymbolRenderer)
+    assert [c.symbol().color().alpha() for c in layer.renderer().categories()] == [40, 40]  # outlines
+
+
+def test_examples_need_their_class_field(fake_backend, provider, oem_layer):
+    import processing
+
+    examples = polygon_layer(["POLYGON((6.81 50.96, 6.8101 50.96, 6.8101 50.9601, 6.81 50.96))"], crs="EPSG:4326")
+    with pytest.raises(QgsProcessingException):
+        processing.run("rsov:segment", {"INPUT": oem_layer, "CLASSES": "water", "MODE": "instance",
+                                        "EXAMPLES": examples, "EXAMPLES_CLASS": "kind", "OUTPUT": "TEMPORARY_OUTPUT"})
+    processing.run("rsov:segment", {"INPUT": oem_layer, "CLASSES": "water", "EXAMPLES": examples,
+                                    "OUTPUT": "TEMPORARY_OUTPUT"})
+    assert fake_backend.requests[-1]["json"]["mode"] == "semantic" and "examples" not in fake_backend.requests[-1]["json"]

@@ -2,7 +2,7 @@
 
 from qgis.core import QgsSettings
 
-from rsov_qgis.backend_client import DEFAULT_URL
+from rsov_qgis.backend_client import DEFAULT_URL, InstanceOptions
 from rsov_qgis.settings import Settings
 
 
@@ -29,3 +29,16 @@ def test_environment_wins_and_is_not_stored(monkeypatch):
     loaded.save()
     assert QgsSettings().value("rsov/backend_url") == "http://127.0.0.1:9999"
     assert loaded.client().url == "http://localhost:7777"
+
+
+def test_instance_options_round_trip_with_their_types():
+    settings = Settings.load()
+    assert settings.mode == "semantic" and settings.instance_options() == InstanceOptions()
+    settings.mode, settings.points_per_side, settings.pred_iou, settings.class_prompts = "instance", 4, -1.0, False
+    settings.save()
+    QgsSettings().sync()
+    again = Settings.load()
+    assert again.mode == "instance" and again.class_prompts is False
+    assert again.instance_options() == InstanceOptions(points_per_side=4, pred_iou=-1.0, class_prompts=False)
+    QgsSettings().setValue("rsov/class_prompts", "true")  # as an .ini file gives it back
+    assert Settings.load().class_prompts is True

@@ -1,4 +1,5 @@
-"""Result GeoPackages (atomic save, status field, style inside) and their categorized style."""
+"""Result GeoPackages (atomic save, status field, style inside) and their categorized style (filled
+for semantic results, outlines for instance results)."""
 
 from datetime import datetime
 
@@ -8,7 +9,7 @@ from qgis.core import QgsCategorizedSymbolRenderer, QgsProject, QgsVectorLayer
 from helpers import result_gpkg_bytes, vocabulary
 from rsov_qgis import schema
 from rsov_qgis.results import GROUP, ResultError, add_result_layer, output_folder, result_path, save_result
-from rsov_qgis.styling import class_renderer, renderer_classes
+from rsov_qgis.styling import OUTLINE_FILL_ALPHA, class_renderer, is_instance_layer, renderer_classes
 from rsov_qgis.vocabulary import VocabularyClass
 
 
@@ -71,3 +72,19 @@ def test_output_folder_and_names(tmp_path, qgis_new_project):
     assert first.name == "Köln_50cm_RGB_20240501_123000.gpkg"
     first.write_bytes(b"x")
     assert result_path(tmp_path, "Köln 50cm / RGB", when).name == "Köln_50cm_RGB_20240501_123000_2.gpkg"
+
+
+def test_instance_results_are_outlines_with_labels_ready_but_off(tmp_path):
+    data = result_gpkg_bytes(tmp_path / "backend.gpkg", ["building", "tree", "water"], instance=True)
+    saved = save_result(data, tmp_path / "out" / "objects.gpkg", vocabulary())
+    layer = QgsVectorLayer(f"{saved}|layername=rsov", "r", "ogr")  # the style comes from the GeoPackage
+    assert is_instance_layer(layer) and layer.featureCount() == 6
+    categories = layer.renderer().categories()
+    assert [(c.value(), c.symbol().color().name(), c.symbol().color().alpha()) for c in categories] == [
+        (c.name, c.color, OUTLINE_FILL_ALPHA) for c in vocabulary()]
+    assert [c.symbol().symbolLayer(0).strokeColor().name() for c in categories] == [c.color for c in vocabulary()]
+    assert layer.labeling().settings().fieldName == "class" and not layer.labelsEnabled()
+    assert [(c.name, c.color) for c in renderer_classes(layer)] == [(c.name, c.color) for c in vocabulary()]
+    semantic = save_result(result_gpkg_bytes(tmp_path / "semantic.gpkg", ["water"]), tmp_path / "out" / "s.gpkg",
+                           vocabulary())
+    assert not is_instance_layer(QgsVectorLayer(f"{semantic}|layername=rsov", "s", "ogr"))
