@@ -69,6 +69,7 @@ class SegmentResult:
     timings: dict[str, float] = field(default_factory=dict)
     features_cached: bool = False
     instances: list[Instance] = field(default_factory=list)  # instance mode
+    proposals: int = 0  # instance mode: masks that were classified
 
 
 class FeatureCache:
@@ -166,8 +167,10 @@ class Engine:
         timings["score_s"] = time.perf_counter() - t
 
         instances: list[Instance] = []
+        proposals = 0
         if request.mode == "instance":
-            instances = self._instances(request, chip, predictor, prediction, vocabulary, timings, report, cancelled)
+            instances, proposals = self._instances(request, chip, predictor, prediction, vocabulary, timings, report,
+                                                   cancelled)
 
         t = time.perf_counter()
         report("vectorizing", 0.95)
@@ -179,11 +182,12 @@ class Engine:
         timings["vectorize_s"] = time.perf_counter() - t
         report("done", 1.0)
         return SegmentResult(chip, vocabulary, prediction, features, predictor.features, timings,
-                             features_cached=cached is not None, instances=instances)
+                             features_cached=cached is not None, instances=instances, proposals=proposals)
 
     def _instances(self, request: SegmentRequest, chip: RasterChip, predictor: Predictor, prediction: Prediction,
-                   vocabulary: Vocabulary, timings: dict, report: StageFn, cancelled: CancelFn | None) -> list[Instance]:
-        """Instance mode after the semantic pass: proposals, examples, classification."""
+                   vocabulary: Vocabulary, timings: dict, report: StageFn,
+                   cancelled: CancelFn | None) -> tuple[list[Instance], int]:
+        """Instance mode after the semantic pass: proposals, examples, classification (and the mask count)."""
         options = request.instance
         report("proposing objects", 0.9)
         t = time.perf_counter()
@@ -207,7 +211,7 @@ class Engine:
                                       request.features, chip.pixel_size_m * scale)
         instances = classify(predictor, chip.image, masks, vocabulary, request.scoring, options, bank)
         timings["classify_s"] = time.perf_counter() - t
-        return instances
+        return instances, len(masks)
 
     def _cache_key(self, request: SegmentRequest, chip: RasterChip, image_only: bool = False) -> str:
         """Identifies the chip's pixels (and, unless ``image_only``, the options that shape its features)."""

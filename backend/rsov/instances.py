@@ -134,10 +134,10 @@ class Proposer(Protocol):
 
 @dataclass
 class InstanceTimings:
+    """Seconds spent by a SamProposer since it was built."""
+
     sam_encode_s: float = 0.0
     proposals_s: float = 0.0
-    classify_s: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 class SamProposer:
