@@ -6,7 +6,6 @@ overlap averaging, logit upsampling, synonyms, thresholds, nodata, vectorization
 
 import numpy as np
 import pytest
-import rasterio
 from affine import Affine
 from oracle import PALETTE, oracle_engine
 from pyproj import Transformer

@@ -17,7 +17,7 @@ import secrets
 import shutil
 import tempfile
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .engine import Engine, SegmentRequest
-from .errors import InputError, RsovError
+from .errors import InputError
 from .instances import InstanceOptions, read_examples
 from .jobs import DONE, FINAL, JobManager, QueueFullError
 from .models import list_models
@@ -109,7 +109,6 @@ class ServerConfig:
     max_queued: int = 8
     results_ttl_s: float = 3600.0
     model_name: str = "custom"
-    extra_private: tuple[Path, ...] = field(default_factory=tuple)
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -134,7 +133,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     app = FastAPI(title="rsov backend", version=__version__, lifespan=lifespan,
                   description="Open-vocabulary segmentation of remote-sensing rasters (see the README for the contract).")
     app.state.jobs = jobs
-    private = {config.token_file.resolve(), *(p.resolve() for p in config.extra_private)}
+    private = {config.token_file.resolve()}
 
     @app.middleware("http")
     async def trusted_host_only(request: Request, call_next):

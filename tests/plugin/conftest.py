@@ -36,6 +36,16 @@ else:
         QgsSettings().remove("rsov")
 
     @pytest.fixture
+    def dock(qgis_iface, qtbot, qgis_new_project):
+        """The rsov dock in the test QGIS, shut down (backend process included) afterwards."""
+        from rsov_qgis.dock import RsovDock
+
+        widget = RsovDock(qgis_iface)
+        qtbot.addWidget(widget)
+        yield widget
+        widget.shutdown()
+
+    @pytest.fixture
     def oem_raster() -> Path:
         """The OpenEarthMap sample (1000x1000 RGB, EPSG:25832), read-only."""
         assert OEM_RASTER.is_file(), f"sample raster {OEM_RASTER} is missing"

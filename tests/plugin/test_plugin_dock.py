@@ -9,7 +9,6 @@ from qgis.PyQt.QtGui import QColor
 
 from helpers import free_port, polygon_layer, xyz_layer
 from rsov_qgis import classFactory, schema
-from rsov_qgis.dock import RsovDock
 from rsov_qgis.results import GROUP
 from rsov_qgis.settings import Settings
 from rsov_qgis.vocabulary import parse_vocabulary
@@ -19,14 +18,6 @@ TIMEOUT_MS = 30000
 
 def _messages(iface, level):
     return [m.split(":", 1)[1] for m in iface.messageBar().get_messages(getattr(Qgis.MessageLevel, level))]
-
-
-@pytest.fixture
-def dock(qgis_iface, qtbot, qgis_new_project):
-    widget = RsovDock(qgis_iface)
-    qtbot.addWidget(widget)
-    yield widget
-    widget.shutdown()
 
 
 def _show_central_half(canvas, layer):

@@ -16,7 +16,6 @@ from qgis.core import (
 )
 
 from helpers import polygon_layer
-from rsov_qgis.dock import RsovDock
 from rsov_qgis.examples import (
     PROJECT_KEY,
     PROJECT_SCOPE,
@@ -108,14 +107,6 @@ def test_damaged_entry_and_wrong_layers_are_explained(qgis_new_project):
     layer.removeSelection()
     with pytest.raises(ExampleError, match="Select the example objects of drawn"):
         selected_polygons(layer)
-
-
-@pytest.fixture
-def dock(qgis_iface, qtbot, qgis_new_project):
-    widget = RsovDock(qgis_iface)
-    qtbot.addWidget(widget)
-    yield widget
-    widget.shutdown()
 
 
 def test_panel_takes_selected_polygons_as_examples(dock, qgis_iface, tmp_path):
