@@ -17,7 +17,8 @@ PLUGIN_ZIP := dist/rsov_qgis.zip
 
 .PHONY: setup demo test test-backend bench clean setup-qgis test-plugin package check-package icon
 
-setup: $(VENV)/.installed
+# The backend environment (.venv, with .venv/bin/rsov) and the plugin-test environment (.qgis-venv).
+setup: $(VENV)/.installed setup-qgis
 
 $(VENV)/.installed: backend/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,14 +27,14 @@ $(VENV)/.installed: backend/pyproject.toml
 	$(BIN)/pip install --quiet -e "backend[test]"
 	touch $@
 
-demo: setup
+demo: $(VENV)/.installed
 	mkdir -p $(OUT)
 	$(BIN)/rsov segment "$(DEMO_RASTER)" --classes "$(DEMO_CLASSES)" --model $(RSOV_MODEL) \
 		--out $(OUT)/demo.gpkg --raster-out $(OUT)/demo_classes.tif --preview $(OUT)/demo.png
 
 test: test-backend test-plugin
 
-test-backend: setup
+test-backend: $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests --ignore=tests/plugin
 
 # --- QGIS plugin ---------------------------------------------------------------------------
@@ -53,7 +54,7 @@ $(QVENV)/.installed:
 
 # Unit, widget, Processing and desktop (Xvfb + the real qgis binary) tests; the end-to-end
 # tests with the real backend run when .venv/bin/rsov has `serve`.
-test-plugin: setup setup-qgis package
+test-plugin: $(VENV)/.installed setup-qgis package
 	$(QBIN)/python -m pytest -q tests/plugin
 
 # dist/rsov_qgis.zip: one folder rsov_qgis/ with the code, metadata.txt, LICENSE and resources.
@@ -79,7 +80,7 @@ icon:
 	painter = QPainter(image); painter.setRenderHint(QPainter.RenderHint.Antialiasing); \
 	QSvgRenderer('resources/icon.svg').render(painter); painter.end(); image.save('resources/icon.png')"
 
-bench: setup
+bench: $(VENV)/.installed
 	$(BIN)/python bench/bench.py
 
 clean:

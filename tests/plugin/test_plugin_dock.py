@@ -194,6 +194,20 @@ def test_cancel_mid_job(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, 
     _assert_nothing_written(tmp_path)
 
 
+def test_backend_crash_mid_job_shows_a_message_and_writes_nothing(fake_backend, dock, oem_layer, qgis_canvas,
+                                                                  qgis_iface, qtbot, tmp_path):
+    fake_backend.hold = True
+    _show_central_half(qgis_canvas, oem_layer)
+    dock.segment_visible_extent()
+    qtbot.waitUntil(lambda: any(job.polls >= 2 for job in fake_backend.jobs.values()), timeout=TIMEOUT_MS)
+    fake_backend.stop()  # the backend process dies while the job runs
+    qtbot.waitUntil(lambda: dock.task is None, timeout=TIMEOUT_MS)
+    [message] = _messages(qgis_iface, "Critical")
+    assert "backend" in message.lower()
+    assert dock.stage_label.text() == "Failed" and dock.segment_button.isEnabled()
+    _assert_nothing_written(tmp_path)
+
+
 def test_user_errors_are_warnings(dock, oem_layer, qgis_canvas, qgis_iface):
     qgis_canvas.setDestinationCrs(oem_layer.crs())
     qgis_canvas.setExtent(QgsRectangle(0, 0, 100, 100))
