@@ -57,6 +57,7 @@ class SegmentRequest:
     mode: str = "semantic"  # or "instance"
     instance: InstanceOptions = InstanceOptions()
     examples: tuple[Example, ...] = ()  # instance mode: objects the analyst pointed at
+    vectorize: bool = True  # False: class map / instances only (evaluation needs no polygons)
 
 
 @dataclass
@@ -174,7 +175,9 @@ class Engine:
 
         t = time.perf_counter()
         report("vectorizing", 0.95)
-        if request.mode == "instance":
+        if not request.vectorize:
+            features = []
+        elif request.mode == "instance":
             features = instance_features(instances, chip, request.simplify_px, request.instance, request.min_area_m2)
         else:
             features = polygonize(prediction.class_map, prediction.score_map, chip.valid, chip.transform, chip.crs,

@@ -65,7 +65,8 @@ class EngineSegmenter:
             self._engines[variant.engine] = self._load(variant.engine)
         info = describe_raster(image)
         # max_side = the image's own long side: predictions come at the labels' resolution, never decimated
-        request = replace(variant.request, raster=str(image), max_side=max(info.width, info.height), mode=mode)
+        request = replace(variant.request, raster=str(image), max_side=max(info.width, info.height), mode=mode,
+                          vectorize=False)
         return self._engines[variant.engine].segment(request)
 
     def semantic(self, variant: Variant, image: Path) -> np.ndarray:
@@ -74,8 +75,7 @@ class EngineSegmenter:
     def instances(self, variant: Variant, image: Path) -> list[InstancePrediction]:
         result = self._segment(variant, image, "instance")
         # the engine's Instance keeps its mask as a box crop; full_mask pastes it into the (H, W) chip
-        return [InstancePrediction(np.asarray(getattr(i, "full_mask", i.mask), dtype=bool), i.class_id - 1,
-                                   float(i.score)) for i in result.instances]
+        return [InstancePrediction(i.full_mask, i.class_id - 1, float(i.score)) for i in result.instances]
 
 
 class ResultCache:
