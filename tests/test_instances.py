@@ -194,3 +194,27 @@ def test_cli_instance_mode_with_examples_and_oriented_boxes(shared_data, tiny_ch
     assert "instance_id" in info["fields"] and info["crs"] == "EPSG:25832"
     assert pyogrio.read_info(out, layer="rsov_obb")["features"] == info["features"] > 0
     assert "objects" in capsys.readouterr().out
+
+
+def test_mask_paste_on_a_window():
+    mask = Mask(np.array([[True, False], [True, True]]), 3, 4)
+    full = mask.paste((8, 8))
+    assert full.sum() == 3 and full[3, 4] and full[4, 5] and not full[3, 5]
+    window = mask.paste((3, 3), origin=(2, 4))  # rows 2..5, cols 4..7
+    assert np.array_equal(window, full[2:5, 4:7])
+    assert not mask.paste((2, 2), origin=(0, 0)).any()  # no overlap
+
+
+def test_cut_out_embedding_sees_the_object():
+    from oracle import OracleEncoder
+
+    from rsov.instances import crop_features
+
+    image = np.zeros((200, 200, 3), np.uint8)
+    image[:] = PALETTE["grey"][0]
+    image[60:120, 50:150] = PALETTE["blue"][0]
+    image[0:40, 0:40] = PALETTE["red"][0]  # outside the object's window: must not show
+    mask = Mask(np.ones((60, 100), bool), 60, 50)
+    embedding = crop_features(OracleEncoder(), image, [mask], torch.device("cpu"))[0]
+    # the object is blue; the rest of its square window is the mean colour (grey to the oracle); no red
+    assert embedding[2] > 0.5 and embedding[0] == 0

@@ -89,11 +89,13 @@ class Mask:
     def area(self) -> int:
         return int(self.crop.sum())
 
-    def paste(self, shape: tuple[int, int]) -> np.ndarray:
-        """The (H, W) bool mask on a canvas of ``shape``."""
+    def paste(self, shape: tuple[int, int], origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+        """The bool mask on a canvas of ``shape`` whose top-left pixel is ``origin`` (clipped to it)."""
         out = np.zeros(shape, dtype=bool)
-        y0, x0, y1, x1 = self.box
-        out[y0:y1, x0:x1] = self.crop
+        part = _clip_to(self, (origin[0], origin[1], origin[0] + shape[0], origin[1] + shape[1]))
+        if part is not None:
+            y0, x0, y1, x1 = part.box
+            out[y0 - origin[0]:y1 - origin[0], x0 - origin[1]:x1 - origin[1]] = part.crop
         return out
 
 
@@ -432,7 +434,7 @@ def crop_features(encoder, image: np.ndarray, masks: list[Mask], device: torch.d
         ys, xs = max(cy - side // 2, 0), max(cx - side // 2, 0)
         ye, xe = min(ys + side, height), min(xs + side, width)
         pixels = torch.from_numpy(image[ys:ye, xs:xe]).permute(2, 0, 1).float()
-        inside = torch.from_numpy(m.paste((height, width))[ys:ye, xs:xe])
+        inside = torch.from_numpy(m.paste((ye - ys, xe - xs), (ys, xs)))  # only the crop window
         pixels = torch.where(inside, (pixels - mean) / std, torch.zeros(()))
         crops.append(F.interpolate(pixels[None], size=(size, size), mode="bilinear", align_corners=False)[0])
     with torch.inference_mode():
