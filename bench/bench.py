@@ -29,6 +29,8 @@ from rsov.engine import FeatureCache, SegmentRequest, load_engine, resolve_devic
 from rsov.instances import InstanceOptions, Mask, classify
 from rsov.models import DEFAULT_MODEL, find_weights, resolve_sam_spec, resolve_spec
 from rsov.predictor import FeatureOptions
+from rsov.vocabulary import build_vocabulary
+from scale import bench_scale
 
 SHARED = Path(os.environ.get("SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 JBU = SHARED / "weights" / "featup" / "clip_jbu_stack_cocostuff.ckpt"
@@ -79,6 +81,18 @@ def line(label: str, value: str) -> None:
     print(f"  {label:<44}: {value}")
 
 
+def best_query(engine, request: SegmentRequest) -> torch.Tensor:
+    """Per working pixel, the index of the best query (before thresholds) over the request's extent."""
+    job = engine.plan(request)
+    grid = engine.grid_predictor(request.templates)
+    queries = build_vocabulary(list(request.classes), request.background).queries()[0]
+    rows, cols = [(w[0], w[2]) for w in job.windows()], [(w[1], w[3]) for w in job.windows()]
+    with rasterio.open(request.raster) as ds:
+        grid.set_raster(ds, job, request.features)
+        span = (min(r[0] for r in rows), max(r[1] for r in rows)), (min(c[0] for c in cols), max(c[1] for c in cols))
+        return grid.working_logits(queries, request.scoring, *span).argmax(0)
+
+
 def bench_engine(args: argparse.Namespace, model: str, device: torch.device, raster: Path) -> None:
     """In-process engine: cold, warm, edited vocabulary, fast precision, JBU upsampler."""
     fast = "fp16" if device.type == "cuda" else "bf16"
@@ -87,36 +101,35 @@ def bench_engine(args: argparse.Namespace, model: str, device: torch.device, ras
     request = SegmentRequest(str(raster), CLASSES, bbox=extent(raster, 0), features=options)
 
     cold, t_cold = timed(lambda: engine.segment(request))  # text tower: 10 classes x synonyms x 80 templates
-    n_windows = len(cold.image_features.windows)
+    n_windows = cold.windows_encoded
     engine.cache = FeatureCache()
     warm, t_warm = timed(lambda: engine.segment(request))  # new image features, text from the cache
     edited = replace(request, classes=CLASSES[:-1] + ("solar panel",))
     rescored, t_edit = timed(lambda: engine.segment(edited))  # one new class; image features from the cache
     assert rescored.features_cached
-    queries = warm.vocabulary.queries()[0]
-    reference = engine.predictor().query_logits(queries).argmax(0)  # the warm run's fp32 features
+    reference = best_query(engine, request)  # the warm run's fp32 features, from the cache
+    fp32_bytes = engine.cache.nbytes
     engine.cache = FeatureCache()
-    fast_res, t_fast = timed(lambda: engine.segment(replace(request, features=replace(options, precision=fast))))
+    fast_request = replace(request, features=replace(options, precision=fast))
+    fast_res, t_fast = timed(lambda: engine.segment(fast_request))
     # per-pixel best query, before thresholds: a stricter test than class maps that one class may fill
-    agree = float((engine.predictor().query_logits(queries).argmax(0) == reference).float().mean())
+    agree = float((best_query(engine, fast_request) == reference).float().mean())
     present = len(reference.unique())
 
     h, w = cold.prediction.class_map.shape
     print(f"engine: {w}x{h} px extent, working long side {options.long_side} px, {n_windows} windows 224/112, "
           f"{len(CLASSES)} classes")
     line("cold run (text embeddings + image + scoring)", f"{t_cold:8.2f} s")
-    line("warm run (image encode + scoring)", f"{t_warm:8.2f} s  ({n_windows / warm.timings['encode_s']:.2f} windows/s; "
-         f"encode {warm.timings['encode_s']:.2f} s, score {warm.timings['score_s']:.2f} s, "
+    line("warm run (image encode + scoring)", f"{t_warm:8.2f} s  ({n_windows / warm.timings['segment_s']:.2f} windows/s; "
          f"vectorize {warm.timings['vectorize_s']:.2f} s)")
     line("re-run after editing one class", f"{t_edit:8.2f} s  (x{t_warm / t_edit:.1f} faster than the warm run)")
     line(f"{fast} run (image encode + scoring)", f"{t_fast:8.2f} s  (x{t_warm / t_fast:.2f} vs fp32; "
          f"best-query agreement with fp32 {agree * 100:.2f} %, {present} queries present)")
     if not args.no_jbu and JBU.is_file():
         engine_jbu = load_engine(model, str(device), "jbu", str(JBU))
-        jbu_res, t_jbu = timed(lambda: engine_jbu.segment(request))
-        line("with FeatUp JBU upsampler", f"{t_jbu:8.2f} s  (encode+upsample {jbu_res.timings['encode_s']:.2f} s, "
-             f"features kept {jbu_res.image_features.nbytes / 2**20:.0f} MiB vs "
-             f"{warm.image_features.nbytes / 2**20:.1f} MiB without)")
+        _, t_jbu = timed(lambda: engine_jbu.segment(request))
+        line("with FeatUp JBU upsampler", f"{t_jbu:8.2f} s  (features kept {engine_jbu.cache.nbytes / 2**20:.0f} MiB "
+             f"vs {fp32_bytes / 2**20:.1f} MiB without)")
     line("peak memory (process RSS)", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:8.0f} MiB")
     if device.type == "cuda":
         line("peak GPU memory", f"{torch.cuda.max_memory_allocated() / 2**20:8.0f} MiB")
@@ -145,15 +158,16 @@ def start_server(model: str, device: torch.device, folder: Path, port: int = 187
 
 def bench_server(args: argparse.Namespace, model: str, device: torch.device, raster: Path, folder: Path) -> None:
     """Back-to-back jobs on a warm `rsov serve`, against the same jobs on the in-process engine."""
-    extents = [extent(raster, 8 * i) for i in range(args.jobs + 1)]  # no job reuses another's features
+    extents = [extent(raster, 8 * i) for i in range(args.jobs + 1)]
+    paper = {"long_side": args.long_side}  # per-extent grids: no job reuses another's window features
     proc, client = start_server(model, device, folder)
     try:
-        client.wait(client.submit(str(raster), list(CLASSES), bbox=extents[0]))  # warm-up: text cache
+        client.wait(client.submit(str(raster), list(CLASSES), bbox=extents[0], **paper))  # warm-up: text cache
         latencies = []
         started = time.perf_counter()
         for bbox in extents[1:]:
             t = time.perf_counter()
-            job = client.submit(str(raster), list(CLASSES), bbox=bbox)
+            job = client.submit(str(raster), list(CLASSES), bbox=bbox, **paper)
             client.wait(job, poll_s=0.02)
             client.result(job)
             latencies.append(time.perf_counter() - t)
@@ -162,8 +176,10 @@ def bench_server(args: argparse.Namespace, model: str, device: torch.device, ras
         proc.terminate()
         proc.wait(timeout=30)
     engine = load_engine(model, str(device))
-    engine.segment(SegmentRequest(str(raster), CLASSES, bbox=extents[0]))  # the same warm-up
-    direct = [timed(lambda: engine.segment(SegmentRequest(str(raster), CLASSES, bbox=b)))[1] for b in extents[1:]]
+    features = FeatureOptions(long_side=args.long_side)
+    engine.segment(SegmentRequest(str(raster), CLASSES, bbox=extents[0], features=features))  # the same warm-up
+    direct = [timed(lambda: engine.segment(SegmentRequest(str(raster), CLASSES, bbox=b, features=features)))[1]
+              for b in extents[1:]]
     http_s, direct_s = float(np.median(latencies)), float(np.median(direct))
     print(f"server: {args.jobs} back-to-back {SIZE}x{SIZE} jobs, {len(CLASSES)} classes, warm")
     line("throughput", f"{60 * args.jobs / total:8.1f} jobs/min")
@@ -186,7 +202,8 @@ def bench_instances(args: argparse.Namespace, model: str, device: torch.device, 
     options = InstanceOptions()
     if "@" in sam:  # random weights pass no quality threshold: open them (and NMS), so there are masks to classify
         options = replace(options, pred_iou_thresh=-1.0, stability_thresh=-1.0, score_threshold=0.0, nms_iou=1.0)
-    request = SegmentRequest(str(raster), CLASSES, bbox=extent(raster, 0), mode="instance", instance=options)
+    request = SegmentRequest(str(raster), CLASSES, bbox=extent(raster, 0), mode="instance", instance=options,
+                             features=FeatureOptions(long_side=args.long_side))
     first, t_first = timed(lambda: engine.segment(request))
     timings = engine.proposer.timings
     encode_s, proposals_s = timings.sam_encode_s, timings.proposals_s
@@ -216,7 +233,9 @@ def main() -> int:
     parser.add_argument("--long-side", type=int, default=448, help="working size (448 = paper default)")
     parser.add_argument("--no-jbu", action="store_true", help="skip the FeatUp JBU run")
     parser.add_argument("--jobs", type=int, default=5, help="back-to-back jobs for the server figures")
-    parser.add_argument("--only", choices=["engine", "server", "instances"], help="run one part")
+    parser.add_argument("--only", choices=["engine", "server", "instances", "scale"], help="run one part")
+    parser.add_argument("--full", action="store_true", help="scale: whole rasters at 1 m and 0.5 m (hours on a CPU)")
+    parser.add_argument("--coarse", default="8.0", help="scale: resolution (m) of the whole-raster runs without --full")
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.set_grad_enabled(False)
@@ -234,6 +253,8 @@ def main() -> int:
             bench_server(args, model, device, raster, folder)
         if args.only in (None, "instances"):
             bench_instances(args, model, device, raster, folder)
+        if args.only in (None, "scale"):
+            bench_scale(args, model, device.type, SHARED / "data" / "openearthmap" / "oem_koeln_50.tif", folder)
     return 0
 
 

@@ -78,7 +78,7 @@ class SegmentOptions:
     """The ``options`` of a job; ``None`` leaves the backend's default."""
 
     threshold: float = 0.3
-    resolution: float | None = None  # metres per pixel; None: long side of 448 px
+    resolution: float | None = None  # metres per pixel; None: auto (from the raster's own resolution)
     bands: list[int] | None = None
     templates: str | None = None
     background: list[str] | None = None
@@ -105,10 +105,13 @@ class InstanceOptions:
 
 @dataclass
 class JobRequest:
-    """The body of ``POST /v1/jobs``; ``raster`` is None when a chip file is sent instead.
+    """The body of ``POST /v1/jobs`` (and ``/v1/estimate``); ``raster`` is None when a chip file
+    is sent instead.
 
     With ``instance`` set the job is an instance job (one polygon per object); ``examples`` is
     then an optional GeoJSON FeatureCollection of example polygons with a ``class`` property.
+    ``mask`` is an optional GeoJSON FeatureCollection of polygons (with a ``crs`` member): pixels
+    outside it get no class.
     """
 
     classes: list[str]
@@ -118,6 +121,7 @@ class JobRequest:
     options: SegmentOptions = field(default_factory=SegmentOptions)
     instance: InstanceOptions | None = None
     examples: dict[str, Any] | None = None
+    mask: dict[str, Any] | None = None
 
     @property
     def mode(self) -> str:
@@ -137,7 +141,24 @@ class JobRequest:
             body["raster"] = self.raster
         if self.instance is not None and self.examples:
             body["examples"] = self.examples
+        if self.mask is not None:
+            body["mask"] = self.mask
         return body
+
+
+RULES = {"auto": "auto", "fixed": "fixed", "long_side": "long side"}
+
+
+def describe_estimate(estimate: dict[str, Any]) -> str:
+    """One line for the user, e.g. ``"1.14 m/px (auto), 448 × 448 px, 16 windows (4 cached), about 3 s"``."""
+    height, width = (estimate.get("working_size") or (0, 0))[:2]
+    windows, cached = int(estimate.get("windows") or 0), int(estimate.get("windows_cached") or 0)
+    seconds = float(estimate.get("estimated_s") or 0.0)
+    duration = "under 1 s" if seconds < 1 else f"about {seconds:.0f} s" if seconds < 120 else f"about {seconds / 60:.0f} min"
+    rule = RULES.get(str(estimate.get("rule")), str(estimate.get("rule") or "?"))
+    return (f"{float(estimate['resolution_m']):.3g} m/px ({rule}), {width} × {height} px, "
+            f"{windows} window{'' if windows == 1 else 's'}" + (f" ({cached} cached)" if cached else "")
+            + f", {duration}")
 
 
 def read_token(path: str | Path) -> str:
@@ -272,6 +293,16 @@ class BackendClient:
             data = json.loads(self._call("POST", "/v1/jobs", body, content_type).decode("utf-8"))
         return str(data["job_id"])
 
+    def estimate(self, request: JobRequest) -> dict[str, Any]:
+        """``POST /v1/estimate`` for a raster the backend reads by path: the working resolution, the
+        sizes, the number of windows (and how many are cached), blocks and an estimated time."""
+        if request.raster is None:
+            raise BackendError("no_estimate", "No estimate is available for a raster sent as an image chip.")
+        data = self._json("POST", "/v1/estimate", request.to_json())
+        if not isinstance(data, dict) or "resolution_m" not in data or "windows" not in data:
+            raise BackendError("bad_response", f"The backend at {self.url} answered the estimate without its figures.")
+        return data
+
     def status(self, job_id: str) -> JobStatus:
         """``GET /v1/jobs/{id}``."""
         data = self._json("GET", f"/v1/jobs/{urllib.parse.quote(job_id)}")
@@ -279,7 +310,8 @@ class BackendClient:
                          str(data.get("stage") or ""), str(data.get("message") or ""), data.get("error"))
 
     def result_geojson(self, job_id: str) -> dict[str, Any]:
-        """``GET /v1/jobs/{id}/result``: a GeoJSON FeatureCollection in the raster CRS."""
+        """``GET /v1/jobs/{id}/result``: a GeoJSON FeatureCollection in the raster CRS (the backend
+        refuses large results with 413 ``too_large``: the plugin always uses :meth:`result_gpkg`)."""
         return self._json("GET", f"/v1/jobs/{urllib.parse.quote(job_id)}/result")
 
     def result_gpkg(self, job_id: str) -> bytes:

@@ -7,13 +7,15 @@ results, vocabulary, backend_process).
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
 from qgis.gui import QgsColorButton, QgsDoubleSpinBox, QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import Qt, QTimer
+from qgis.PyQt.QtCore import QObject, Qt, QTimer, pyqtSignal
 from qgis.PyQt.QtGui import QColor, QKeySequence
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
@@ -38,11 +40,12 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import review, schema
-from .backend_client import BackendError, SegmentOptions
+from .area import AREAS, MASK, VISIBLE, area_request
+from .backend_client import BackendClient, BackendError, JobRequest, SegmentOptions, describe_estimate
 from .backend_process import BackendProcess
 from .compat import QAction, enum_value
 from .examples import ExampleError
-from .extent import ExtentError, chip_pipe, visible_extent_request
+from .extent import ExtentError, RasterRequest, chip_pipe
 from .instance_panel import InstancePanel
 from .paths import PRESETS
 from .results import is_result_layer, output_folder, result_path
@@ -66,6 +69,50 @@ DEFAULT_VOCABULARY = "building, roof, house  # #e31a1c\ntree, forest  # #33a02c\
 # Settings > Keyboard Shortcuts).
 SHORTCUTS = {"accept": "Alt+Shift+A", "reject": "Alt+Shift+R", "next": "Alt+Shift+N"}  # free in QGIS 3.22
 OK_COLOUR, BAD_COLOUR, IDLE_COLOUR = "#2e7d32", "#c62828", "#757575"
+ESTIMATE_DELAY_MS = 400  # the estimate is asked for once the area, raster, resolution or view stop changing
+ESTIMATE_TIMEOUT_S = 5.0
+AUTO_RESOLUTION = "auto (from the raster's resolution)"
+
+
+class Prepared(NamedTuple):
+    """What a job (or its estimate) is made of."""
+
+    layer: QgsRasterLayer
+    classes: list[VocabularyClass]
+    client: BackendClient
+    raster: RasterRequest
+    job: JobRequest
+
+
+class _EstimateRelay(QObject):
+    """Brings an estimate from its worker thread to the panel (queued onto the main thread)."""
+
+    done = pyqtSignal(int, str)
+
+
+def estimate_failure(exc: BackendError) -> str:
+    """The estimate line when the backend gives no estimate."""
+    if exc.code == "unreachable":
+        return "Estimate not available: no backend answers (see the Backend tab)."
+    if exc.status == 404:
+        return "Estimate not available: this backend has no /v1/estimate (update rsov)."
+    return f"Estimate not available: {exc}"
+
+
+def _estimate_in_background(client: BackendClient, job: JobRequest, generation: int, relay: _EstimateRelay) -> None:
+    """Worker thread: ask for the estimate, hand the line to ``relay`` (no widget touched here)."""
+    try:
+        text = "Estimate: " + describe_estimate(client.estimate(job))
+    except BackendError as exc:
+        text = estimate_failure(exc)
+    except Exception as exc:  # a malformed answer must not kill the thread silently
+        text = f"Estimate not available: {exc}"
+    relay.done.emit(generation, text)
+
+
+def polygon_layers():
+    """The layer combo filter of polygon layers."""
+    return enum_value((Qgis, "LayerFilter.PolygonLayer"), (QgsMapLayerProxyModel, "PolygonLayer"))
 
 
 def _level(name: str):
@@ -106,12 +153,30 @@ class RsovDock(QDockWidget):
         self._select_active_raster(iface.activeLayer())
         iface.currentLayerChanged.connect(self._select_active_raster)
         self._on_results_layer_changed(self.results_combo.currentLayer())
+        iface.mapCanvas().extentsChanged.connect(self._on_view_changed)
+        self.raster_combo.layerChanged.connect(self.schedule_estimate)
+        self.schedule_estimate()
 
     # --- building the tabs -------------------------------------------------------------------
     def _segment_tab(self) -> QWidget:
         self.raster_combo = QgsMapLayerComboBox()
         self.raster_combo.setFilters(enum_value((Qgis, "LayerFilter.RasterLayer"), (QgsMapLayerProxyModel, "RasterLayer")))
         self.raster_combo.setToolTip("The raster to segment (follows the active raster layer)")
+
+        self.area_combo = QComboBox()
+        for key, text, _button in AREAS:
+            self.area_combo.addItem(text, key)
+        self.area_combo.setToolTip("What to segment: what the map shows of the raster, the whole raster (a file "
+                                   "the backend reads), or the selected polygons of a polygon layer (pixels "
+                                   "outside them get no class)")
+        self.area_combo.setCurrentIndex(max(0, self.area_combo.findData(self.settings.area)))
+        self.mask_combo = QgsMapLayerComboBox()
+        self.mask_combo.setFilters(polygon_layers())
+        self.mask_combo.setToolTip("The polygon layer whose selected polygons are the processing area")
+        self._mask_layer = None  # the layer whose selection changes refresh the estimate
+        area_row = QHBoxLayout()
+        area_row.addWidget(self.area_combo)
+        area_row.addWidget(self.mask_combo, 1)
 
         self.preset_combo = QComboBox()
         self.preset_combo.addItem("Load a preset…")
@@ -166,21 +231,36 @@ class RsovDock(QDockWidget):
         self.resolution_spin.setDecimals(2)
         self.resolution_spin.setSingleStep(0.1)
         self.resolution_spin.setSuffix(" m/px")
-        self.resolution_spin.setSpecialValueText("auto (448 px long side)")
+        self.resolution_spin.setSpecialValueText(AUTO_RESOLUTION)
         self.resolution_spin.setClearValue(0.0)
         self.resolution_spin.setValue(self.settings.resolution)
-        self.resolution_spin.setToolTip("Ground resolution the image is analysed at; a fixed value gives "
-                                        "the same answer at any zoom")
+        self.resolution_spin.setToolTip("Ground resolution the image is analysed at. Auto: from the raster's own "
+                                        "resolution (× 1024/448, the scale the method was tuned on). Auto or fixed, "
+                                        "a pixel gets the same class at any zoom and for any area")
         self.threshold_spin.valueChanged.connect(self._remember_options)
         self.resolution_spin.valueChanged.connect(self._remember_options)
+        self.resolution_spin.valueChanged.connect(self.schedule_estimate)
 
-        self.segment_button = QPushButton(QgsApplication.getThemeIcon("/mActionZoomActual.svg"), "Segment visible extent")
-        self.segment_button.setToolTip("Segment what the map shows of the chosen raster")
-        self.segment_button.clicked.connect(self.segment_visible_extent)
+        self.estimate_label = QLabel()
+        self.estimate_label.setObjectName("rsovEstimate")
+        self.estimate_label.setWordWrap(True)
+        self.estimate_label.setToolTip("Working resolution (and its rule), working size, windows to encode (those "
+                                       "the backend has cached are cheap) and the backend's time estimate")
+        self.estimate_timer = QTimer(self)
+        self.estimate_timer.setSingleShot(True)
+        self.estimate_timer.setInterval(ESTIMATE_DELAY_MS)
+        self.estimate_timer.timeout.connect(self.refresh_estimate)
+        self._estimate_generation = 0
+        self._estimate_relay = _EstimateRelay()
+        self._estimate_relay.done.connect(self._on_estimate)
+
+        self.segment_button = QPushButton(QgsApplication.getThemeIcon("/mActionZoomActual.svg"), "")
+        self.segment_button.clicked.connect(self.segment)
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
         self.stage_label = QLabel("Idle")
+        self.stage_label.setWordWrap(True)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
@@ -191,6 +271,7 @@ class RsovDock(QDockWidget):
         page = QWidget()
         form = QFormLayout()
         form.addRow("Raster", self.raster_combo)
+        form.addRow("Area", area_row)
         form.addRow("Mode", self.mode_combo)
         form.addRow("Threshold", self.threshold_spin)
         form.addRow("Resolution", self.resolution_spin)
@@ -200,14 +281,19 @@ class RsovDock(QDockWidget):
         layout.addWidget(QLabel("<b>Vocabulary</b>"))
         layout.addLayout(vocab_buttons)
         layout.addWidget(self.vocab_table, 1)
+        layout.addWidget(self.estimate_label)
         layout.addWidget(self.segment_button)
         layout.addLayout(progress_row)
         layout.addWidget(self.stage_label)
         self._on_mode_changed()  # once the instance panel has its parent
+        self._on_area_changed()
+        self.area_combo.currentIndexChanged.connect(self._on_area_changed)
+        self.mask_combo.layerChanged.connect(self._on_mask_layer_changed)
+        self._on_mask_layer_changed(self.mask_combo.currentLayer())
         return page
 
     def _review_tab(self) -> QWidget:
-        polygons = enum_value((Qgis, "LayerFilter.PolygonLayer"), (QgsMapLayerProxyModel, "PolygonLayer"))
+        polygons = polygon_layers()
         self.results_combo = QgsMapLayerComboBox()
         self.results_combo.setFilters(polygons)
         self.results_combo.layerChanged.connect(self._on_results_layer_changed)
@@ -354,11 +440,42 @@ class RsovDock(QDockWidget):
         self.settings.vocabulary = format_vocabulary(classes)
         self.settings.save()
         self.instance_panel.set_classes(classes)
+        self.schedule_estimate()
 
     def _on_mode_changed(self, *_args) -> None:
         self.settings.mode = self.mode_combo.currentData()
         self.settings.save()
         self.instance_panel.setVisible(self.settings.mode == "instance")
+        self.schedule_estimate()
+
+    def _on_area_changed(self, *_args) -> None:
+        area = self.area_combo.currentData()
+        self.settings.area = area
+        self.settings.save()
+        button = next(text for key, _, text in AREAS if key == area)
+        layer = self.mask_combo.currentLayer()
+        self.segment_button.setText(f"{button} of {layer.name()}" if area == MASK and layer else button)
+        self.segment_button.setToolTip({
+            VISIBLE: "Segment what the map shows of the chosen raster",
+            MASK: "Segment the chosen raster inside the selected polygons of the chosen layer",
+        }.get(area, "Segment the whole chosen raster"))
+        self.mask_combo.setEnabled(area == MASK)
+        self.schedule_estimate()
+
+    def _on_mask_layer_changed(self, layer) -> None:
+        self._follow_mask_layer(layer)
+        self._on_area_changed()
+
+    def _follow_mask_layer(self, layer) -> None:
+        """Refresh the estimate when the selection of ``layer`` (and no other) changes."""
+        if self._mask_layer is not None:
+            try:
+                self._mask_layer.selectionChanged.disconnect(self.schedule_estimate)
+            except (TypeError, RuntimeError):
+                pass  # already disconnected, or the layer is gone
+        self._mask_layer = layer
+        if layer is not None:
+            layer.selectionChanged.connect(self.schedule_estimate)
 
     # --- vocabulary editor --------------------------------------------------------------------
     def vocabulary(self) -> list[VocabularyClass]:
@@ -475,6 +592,7 @@ class RsovDock(QDockWidget):
             self._set_status(f"Connected to {health.describe()}, but: {exc}", BAD_COLOUR)
             return False
         self._set_status(f"Connected: {health.describe()}", OK_COLOUR)
+        self.schedule_estimate()
         return True
 
     def start_backend(self) -> None:
@@ -522,43 +640,82 @@ class RsovDock(QDockWidget):
         if isinstance(layer, QgsRasterLayer):
             self.raster_combo.setLayer(layer)
 
-    def segment_visible_extent(self) -> SegmentTask | None:
-        """Start a task for the canvas's visible extent of the chosen raster; returns it."""
+    def _prepare(self) -> Prepared:
+        """The job for the chosen raster, area, vocabulary and options (ExtentError, VocabularyError,
+        BackendError or ExampleError say what is missing)."""
+        layer = self.raster_combo.currentLayer()
+        if not isinstance(layer, QgsRasterLayer):
+            raise ExtentError("Choose a raster layer to segment.")
+        project = QgsProject.instance()
+        classes = self.vocabulary()
+        queries = validate(classes)
+        client = self.settings.client()
+        raster = area_request(self.area_combo.currentData(), self.iface.mapCanvas().mapSettings(), layer,
+                              project.transformContext(), client.is_local, self.mask_combo.currentLayer())
+        instance = self.instance_panel.options() if self.mode_combo.currentData() == "instance" else None
+        options = SegmentOptions(threshold=self.threshold_spin.value(), resolution=self.resolution_spin.value() or None)
+        job = raster.job(queries, options, instance)
+        job.examples = self.instance_panel.job_examples(classes, layer, raster) if instance else None
+        return Prepared(layer, classes, client, raster, job)
+
+    def segment(self) -> SegmentTask | None:
+        """Start a task for the chosen area (visible extent, whole layer or selected polygons) of the
+        chosen raster; returns it (None, with a message, when nothing can be sent)."""
         if self.task is not None:
             self.message("A segmentation is already running; wait for it or cancel it.", "Warning")
             return None
-        layer = self.raster_combo.currentLayer()
-        if not isinstance(layer, QgsRasterLayer):
-            self.message("Choose a raster layer to segment.", "Warning")
-            return None
-        project = QgsProject.instance()
         try:
-            classes = self.vocabulary()
-            queries = validate(classes)
-            client = self.settings.client()
-            raster = visible_extent_request(self.iface.mapCanvas().mapSettings(), layer,
-                                            project.transformContext(), client.is_local)
+            layer, classes, client, raster, job = self._prepare()
             chip = None if raster.path else chip_pipe(layer)
-            instance = self.instance_panel.options() if self.mode_combo.currentData() == "instance" else None
-            examples = self.instance_panel.job_examples(classes, layer, raster) if instance else None
         except (VocabularyError, ExtentError, BackendError, ExampleError) as exc:
+            self.stage_label.setText(str(exc))
             self.message(str(exc), "Warning")
             return None
-        options = SegmentOptions(threshold=self.threshold_spin.value(), resolution=self.resolution_spin.value() or None)
-        job = raster.job(queries, options, instance)
-        job.examples = examples
+        project = QgsProject.instance()
         now = datetime.now()
-        name = f"{layer.name()} objects" if instance else layer.name()
+        name = f"{layer.name()} objects" if job.instance else layer.name()
         destination = result_path(output_folder(project, self.settings.results_dir()), name, now)
         self.task = SegmentTask(client, raster, job, classes, destination, f"{name} {now:%H:%M:%S}", chip, project)
         self.task.progressChanged.connect(lambda value: self.progress.setValue(round(value)))
-        self.task.stageChanged.connect(self.stage_label.setText)
+        self.task.stageChanged.connect(self.stage_label.setText)  # the backend's stage as it reads
         self.task.succeeded.connect(self._on_task_succeeded)
         self.task.failed.connect(self._on_task_failed)
         self.task.cancelled.connect(self._on_task_cancelled)
         self._set_busy(True)
         QgsApplication.taskManager().addTask(self.task)
         return self.task
+
+    # --- estimate --------------------------------------------------------------------------------
+    def schedule_estimate(self, *_args) -> None:
+        """Refresh the estimate once things stop changing for a moment."""
+        self.estimate_timer.start()
+
+    def _on_view_changed(self) -> None:
+        if self.area_combo.currentData() == VISIBLE:
+            self.schedule_estimate()
+
+    def refresh_estimate(self) -> None:
+        """Ask the backend (in a worker thread) for the working resolution, windows and time of the
+        job the Segment button would start; the answer fills the estimate line."""
+        self.estimate_timer.stop()
+        self._estimate_generation += 1
+        try:
+            prepared = self._prepare()
+        except (VocabularyError, ExtentError, BackendError, ExampleError) as exc:
+            self.estimate_label.setText(str(exc))
+            return
+        if prepared.raster.path is None:
+            self.estimate_label.setText("Estimate not available: this raster is sent to the backend as an image "
+                                        "(a web layer, or a backend on another machine).")
+            return
+        self.estimate_label.setText("Estimate: asking the backend…")
+        client = self.settings.client(timeout=ESTIMATE_TIMEOUT_S)
+        threading.Thread(target=_estimate_in_background, name="rsov-estimate", daemon=True,
+                         args=(client, prepared.job, self._estimate_generation, self._estimate_relay)).start()
+
+    def _on_estimate(self, generation: int, text: str) -> None:
+        if generation == self._estimate_generation:  # not an answer overtaken by a newer question
+            self.estimate_label.setText(text)
 
     def cancel(self) -> None:
         """Cancel the running segmentation (the backend job is cancelled too)."""
@@ -713,9 +870,14 @@ class RsovDock(QDockWidget):
         """Cancel the running task and stop the backend the plugin started (plugin unload, QGIS exit)."""
         if self.task is not None:
             self.task.cancel()
+        self.estimate_timer.stop()
+        self._estimate_generation += 1  # an estimate still on its way is not shown
         self.backend.stop()
         self.instance_panel.shutdown()
-        try:
-            self.iface.currentLayerChanged.disconnect(self._select_active_raster)
-        except TypeError:
-            pass  # already disconnected
+        self._follow_mask_layer(None)
+        for signal, slot in ((self.iface.currentLayerChanged, self._select_active_raster),
+                             (self.iface.mapCanvas().extentsChanged, self._on_view_changed)):
+            try:
+                signal.disconnect(slot)
+            except TypeError:
+                pass  # already disconnected

@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qgis.core import (
-    Qgis,
     QgsCoordinateReferenceSystem,
-    QgsCoordinateTransform,
     QgsCoordinateTransformContext,
     QgsCsException,
     QgsFields,
@@ -27,17 +25,15 @@ from qgis.core import (
     QgsProject,
     QgsRasterLayer,
     QgsVectorLayer,
-    QgsWkbTypes,
 )
 
 from . import schema
-from .compat import enum_value
 from .extent import RasterRequest, crs_id
+from .geojson import POLYGON, feature_collection, in_crs, is_polygon, transform_between
 from .results import text_field
 
 PROJECT_SCOPE, PROJECT_KEY = "rsov", "examples"
 DEFAULT_CRS = "EPSG:4326"  # of a GeoJSON collection without a crs member (RFC 7946)
-POLYGON = enum_value((Qgis, "GeometryType.Polygon"), (QgsWkbTypes, "PolygonGeometry"))
 
 
 class ExampleError(ValueError):
@@ -52,31 +48,9 @@ class Example:
     geometry: QgsGeometry
 
 
-def _is_polygon(geometry: QgsGeometry) -> bool:
-    return not geometry.isNull() and not geometry.isEmpty() and geometry.type() == POLYGON
-
-
-def _transform(source: QgsCoordinateReferenceSystem, target: QgsCoordinateReferenceSystem,
-               context: QgsCoordinateTransformContext) -> QgsCoordinateTransform | None:
-    return None if source == target else QgsCoordinateTransform(source, target, context)
-
-
-def _in_crs(geometry: QgsGeometry, transform: QgsCoordinateTransform | None) -> QgsGeometry:
-    """A copy of ``geometry`` transformed (QgsCsException when it cannot be)."""
-    copy = QgsGeometry(geometry)
-    if transform is not None:
-        copy.transform(transform)
-    return copy
-
-
-def feature_collection(examples: Iterable[Example], crs_name: str) -> dict[str, Any]:
-    """GeoJSON of ``examples`` whose coordinates are in ``crs_name``, saying so in its crs member."""
-    return {
-        "type": "FeatureCollection",
-        "crs": {"type": "name", "properties": {"name": crs_name}},
-        "features": [{"type": "Feature", "properties": {schema.CLASS: e.class_name},
-                      "geometry": json.loads(e.geometry.asJson())} for e in examples],
-    }
+def examples_collection(examples: Iterable[Example], crs_name: str) -> dict[str, Any]:
+    """GeoJSON of ``examples`` (a ``class`` property each) whose coordinates are in ``crs_name``."""
+    return feature_collection((({schema.CLASS: e.class_name}, e.geometry) for e in examples), crs_name)
 
 
 @dataclass
@@ -96,9 +70,9 @@ class ExampleSet:
         returns how many were added."""
         if not self.examples:
             self.crs = crs
-        transform = _transform(crs, self.crs, context)
+        transform = transform_between(crs, self.crs, context)
         try:
-            added = [Example(class_name, _in_crs(g, transform)) for g in geometries if _is_polygon(g)]
+            added = [Example(class_name, in_crs(g, transform)) for g in geometries if is_polygon(g)]
         except QgsCsException:
             raise ExampleError(f"The polygons cannot be transformed into the examples' CRS "
                                f"{self.crs.authid() or self.crs.description()}.") from None
@@ -112,23 +86,23 @@ class ExampleSet:
         on the pixels the backend reads; None when there are none."""
         names = {name.lower(): name for name in class_names}
         area = request.readable_area(layer)
-        transform = _transform(self.crs, layer.crs(), context)
+        transform = transform_between(self.crs, layer.crs(), context)
         chosen = []
         for example in self.examples:
             name = names.get(example.class_name.lower())
             if name is None:
                 continue
             try:
-                geometry = _in_crs(example.geometry, transform)
+                geometry = in_crs(example.geometry, transform)
             except QgsCsException:
                 continue  # nowhere near the raster
             if geometry.intersects(area):
                 chosen.append(Example(name, geometry))
-        return feature_collection(chosen, request.crs) if chosen else None
+        return examples_collection(chosen, request.crs) if chosen else None
 
     def to_geojson(self) -> dict[str, Any]:
         """The stored form."""
-        return feature_collection(self.examples, crs_id(self.crs))
+        return examples_collection(self.examples, crs_id(self.crs))
 
     @classmethod
     def from_geojson(cls, data: dict[str, Any]) -> ExampleSet:
@@ -138,7 +112,7 @@ class ExampleSet:
         fields.append(text_field(schema.CLASS))
         features = QgsJsonUtils.stringToFeatureList(json.dumps(data), fields)
         return cls(QgsCoordinateReferenceSystem(name), [
-            Example(str(f[schema.CLASS]), f.geometry()) for f in features if f[schema.CLASS] and _is_polygon(f.geometry())])
+            Example(str(f[schema.CLASS]), f.geometry()) for f in features if f[schema.CLASS] and is_polygon(f.geometry())])
 
 
 def project_examples(project: QgsProject) -> ExampleSet:
@@ -165,7 +139,7 @@ def selected_polygons(layer) -> list[QgsGeometry]:
     if not isinstance(layer, QgsVectorLayer) or layer.geometryType() != POLYGON:
         raise ExampleError("Make a polygon layer active (a result layer or one you drew) and select "
                            "the example objects on it.")
-    geometries = [f.geometry() for f in layer.getSelectedFeatures() if _is_polygon(f.geometry())]
+    geometries = [f.geometry() for f in layer.getSelectedFeatures() if is_polygon(f.geometry())]
     if not geometries:
         raise ExampleError(f"Select the example objects of {layer.name()} first (Select Features tool).")
     return geometries

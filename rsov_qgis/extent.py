@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qgis.core import (
     Qgis,
@@ -50,12 +51,13 @@ class RasterRequest:
     width: int  # pixels
     height: int
     path: str | None  # a local file the backend reads; None: send a chip
+    mask: dict[str, Any] | None = None  # GeoJSON polygons in the raster CRS: pixels outside get no class
 
     def job(self, classes: list[str], options: SegmentOptions, instance: InstanceOptions | None = None) -> JobRequest:
         """The backend request for these classes (``raster`` is left out for chips); an instance
         job when ``instance`` is given."""
         return JobRequest(classes=classes, bbox=self.bbox, bbox_crs=self.crs, raster=self.path, options=options,
-                          instance=instance)
+                          instance=instance, mask=self.mask)
 
     def readable_area(self, layer: QgsRasterLayer) -> QgsRectangle:
         """Where the backend can read pixels, in the raster CRS: the whole file when it reads the
@@ -140,14 +142,19 @@ def _chip_size(area: QgsRectangle, layer: QgsRasterLayer, units_per_pixel: float
     return math.ceil(area.width() / upp / scale), math.ceil(area.height() / upp / scale)
 
 
+def canvas_units_per_pixel(map_settings: QgsMapSettings, layer: QgsRasterLayer,
+                           context: QgsCoordinateTransformContext) -> float | None:
+    """The canvas's on-screen resolution in the raster's CRS units (the resolution of chips)."""
+    in_layer_crs = to_layer_crs(map_settings.visibleExtent(), map_settings.destinationCrs(), layer, context)
+    size = map_settings.outputSize()
+    return max(in_layer_crs.width() / max(1, size.width()), in_layer_crs.height() / max(1, size.height())) or None
+
+
 def visible_extent_request(map_settings: QgsMapSettings, layer: QgsRasterLayer,
                            context: QgsCoordinateTransformContext, local_backend: bool) -> RasterRequest:
     """The canvas's visible extent as a request; chips get the canvas's on-screen resolution."""
-    rect, crs = map_settings.visibleExtent(), map_settings.destinationCrs()
-    in_layer_crs = to_layer_crs(rect, crs, layer, context)
-    size = map_settings.outputSize()
-    upp = max(in_layer_crs.width() / max(1, size.width()), in_layer_crs.height() / max(1, size.height()))
-    return raster_request(rect, crs, layer, context, local_backend, upp or None)
+    return raster_request(map_settings.visibleExtent(), map_settings.destinationCrs(), layer, context, local_backend,
+                          canvas_units_per_pixel(map_settings, layer, context))
 
 
 def chip_pipe(layer: QgsRasterLayer) -> QgsRasterPipe:

@@ -33,7 +33,8 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from . import schema
-from .backend_client import BackendError, InstanceOptions, JobCancelled, JobStatus, SegmentOptions
+from .area import mask_request
+from .backend_client import BackendError, InstanceOptions, JobCancelled, JobStatus, SegmentOptions, describe_estimate
 from .compat import enum_value
 from .examples import ExampleError, ExampleSet
 from .extent import ExtentError, chip_pipe, raster_request, write_chip
@@ -62,6 +63,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
 
     INPUT, CLASSES, EXTENT, THRESHOLD, RESOLUTION, OUTPUT = "INPUT", "CLASSES", "EXTENT", "THRESHOLD", "RESOLUTION", "OUTPUT"
     MODE, EXAMPLES, EXAMPLES_CLASS, CLASS_PROMPTS = "MODE", "EXAMPLES", "EXAMPLES_CLASS", "CLASS_PROMPTS"
+    MASK = "MASK"
     MODES = ("semantic", "instance")
     _post_processors: list[_StyleOutput] = []  # kept alive until QGIS has used them
 
@@ -76,6 +78,10 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
                 "(start it from the rsov panel or with `rsov serve`). Classes are separated by ';', "
                 "synonyms by ',': 'building,roof,house; tree,forest; water'. Pixels whose best class "
                 "probability is under the threshold are left out.\n\n"
+                "The processing area is the whole raster, or the extent given; with polygons as the mask "
+                "(use 'Selected features only' for a selection) only the pixels inside them get a class. "
+                "Resolution 0 (auto) works at the raster's own resolution × 1024/448, so a pixel gets the "
+                "same class whatever the area.\n\n"
                 "Mode 'instance' gives one polygon per object (with an instance_id) instead of class "
                 "regions. Its optional examples are polygons of objects like those wanted, their class "
                 "(one of the vocabulary's class names) in the examples' class field; examples of other "
@@ -97,8 +103,11 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent (default: the whole raster)", optional=True))
         self.addParameter(QgsProcessingParameterNumber(self.THRESHOLD, "Threshold (minimum class probability)",
                                                        double, 0.3, False, 0.0, 1.0))
-        self.addParameter(QgsProcessingParameterNumber(self.RESOLUTION, "Resolution in metres per pixel (0: automatic)",
-                                                       double, 0.0, True, 0.0))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.MASK, "Processing area: polygons (pixels outside them get no class)", [polygons], optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.RESOLUTION, "Resolution in metres per pixel (0: auto, from the raster's resolution)",
+            double, 0.0, True, 0.0))
         self.addParameter(QgsProcessingParameterEnum(self.MODE, "Mode", list(self.MODES), False, self.MODES[0],
                                                      False, True))
         self.addParameter(QgsProcessingParameterFeatureSource(
@@ -158,9 +167,10 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         options = SegmentOptions(threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
                                  resolution=resolution or None)
         instance = self._instance(parameters, context)
-        extent = layer.extent()
+        extent = None
         if parameters.get(self.EXTENT) is not None:
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+        mask = self.parameterAsSource(parameters, self.MASK, context)
         stages: list[str] = []
 
         def on_status(status: JobStatus) -> None:
@@ -172,8 +182,16 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         with tempfile.TemporaryDirectory(prefix="rsov_") as folder:
             try:
                 client = settings.client()
-                request = raster_request(extent, layer.crs(), layer, context.transformContext(), client.is_local)
+                if mask is not None:
+                    request = mask_request((f.geometry() for f in mask.getFeatures()), mask.sourceCrs(), layer,
+                                           context.transformContext(), client.is_local, within=extent,
+                                           source="The mask polygons")
+                    feedback.pushInfo(f"Mask polygons on the raster: {len(request.mask['features'])}.")
+                else:
+                    request = raster_request(extent or layer.extent(), layer.crs(), layer, context.transformContext(),
+                                             client.is_local)
                 job = request.job(queries, options, instance)
+                self._report_estimate(client, job, feedback)
                 if instance is not None:
                     job.examples = self._job_examples(parameters, context, classes, layer, request)
                     feedback.pushInfo(f"Instance mode; examples sent: {len((job.examples or {}).get('features', []))}.")
@@ -192,6 +210,18 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             self._post_processors[:] = [*self._post_processors[-7:], post]
             context.layerToLoadOnCompletionDetails(dest_id).setPostProcessor(post)
         return {self.OUTPUT: dest_id}
+
+    @staticmethod
+    def _report_estimate(client, job, feedback) -> None:
+        """Say what the backend expects (rasters read by path; an older backend has no estimate)."""
+        if job.raster is None:
+            return
+        try:
+            feedback.pushInfo("Estimate: " + describe_estimate(client.estimate(job)))
+        except BackendError as exc:
+            if exc.code in ("unreachable", "unauthorized", "token_missing"):
+                raise  # the job would fail the same way: say so now
+            feedback.pushInfo(f"No estimate: {exc}")
 
     def _write_sink(self, result: Path, parameters, context, feedback) -> str:
         source = QgsVectorLayer(layer_uri(result), "rsov", "ogr")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import uuid
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
@@ -80,18 +82,35 @@ def save_result(data: bytes, path: Path, classes: list[VocabularyClass]) -> Path
     return path
 
 
+ADD_STATUS = 'ALTER TABLE "rsov" ADD COLUMN "status" TEXT(10)'  # schema.LAYER, schema.STATUS
+
+
+def _add_status_field(path: Path) -> None:
+    """Add the ``status`` column with SQLite (a GeoPackage is an SQLite file; OGR adds fields the
+    same way): QGIS 3.22's provider reports success but keeps no field added to an empty
+    GeoPackage layer (a result without polygons)."""
+    unreadable = f"The backend's result is not a readable GeoPackage with a layer '{schema.LAYER}'."
+    try:
+        with closing(sqlite3.connect(str(path))) as db:
+            columns = [row[1] for row in db.execute(f'PRAGMA table_info("{schema.LAYER}")')]
+            if not columns:
+                raise ResultError(unreadable)
+            if schema.STATUS not in columns:
+                db.execute(ADD_STATUS)
+                db.commit()
+    except sqlite3.DatabaseError:
+        raise ResultError(unreadable) from None
+
+
 def _prepare(path: Path, classes: list[VocabularyClass]) -> None:
+    _add_status_field(path)
     layer = QgsVectorLayer(layer_uri(path), "rsov", "ogr")
     if not layer.isValid():
         raise ResultError("The backend's result is not a readable GeoPackage with a layer 'rsov'.")
-    missing = [f for f in (schema.CLASS, schema.SCORE) if layer.fields().indexOf(f) < 0]
+    missing = [f for f in (schema.CLASS, schema.SCORE, schema.STATUS) if layer.fields().indexOf(f) < 0]
     if missing:
         raise ResultError(f"The backend's result lacks the field(s) {', '.join(missing)}.")
     provider = layer.dataProvider()
-    if layer.fields().indexOf(schema.STATUS) < 0:
-        if not provider.addAttributes([status_field()]):
-            raise ResultError(f"Adding the '{schema.STATUS}' field to {path.name} failed.")
-        layer.updateFields()
     index = layer.fields().indexOf(schema.STATUS)
     changes = {feature.id(): {index: schema.NEW} for feature in layer.getFeatures()}
     if changes and not provider.changeAttributeValues(changes):

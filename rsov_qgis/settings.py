@@ -46,7 +46,8 @@ class Settings:
     model: str = ""  # empty: the backend's default
     output_dir: str = ""  # empty: default_output_dir()
     threshold: float = 0.3
-    resolution: float = 0.0  # metres per pixel; 0: automatic (long side 448 px)
+    resolution: float = 0.0  # metres per pixel; 0: auto (from the raster's own resolution)
+    area: str = "visible"  # the processing area: "visible" (extent), "layer" (whole) or "mask" (selected polygons)
     vocabulary: str = ""  # the last vocabulary, in the text format
     mode: str = "semantic"  # or "instance"
     # instance mode (InstanceOptions' fields)

@@ -42,3 +42,17 @@ def make_geotiff(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """The tiny model saved to disk, so every run loads it through the real checkpoint path (ARCH@FILE)."""
+    import torch
+
+    from rsov.models import TINY_ARCH, TINY_MODEL, load_model
+
+    with pytest.warns(UserWarning):
+        tiny = load_model(TINY_MODEL)
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    torch.save(tiny.model.state_dict(), path)
+    return f"{TINY_ARCH}@{path}"

@@ -13,7 +13,6 @@ import torch
 from shapely.geometry import box
 
 from rsov import cli
-from rsov.models import TINY_ARCH, TINY_MODEL, load_model
 
 BIN = Path(sys.executable).parent
 
@@ -22,16 +21,6 @@ BIN = Path(sys.executable).parent
 def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("RSOV_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("RSOV_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    """The tiny model saved to disk, so every CLI run loads it through the real checkpoint path."""
-    with pytest.warns(UserWarning):
-        tiny = load_model(TINY_MODEL)
-    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
-    torch.save(tiny.model.state_dict(), path)
-    return f"{TINY_ARCH}@{path}"
 
 
 def run(capsys, *args):
@@ -159,7 +148,7 @@ def test_console_script_shows_progress_and_summary(tmp_path, shared_data, tiny_c
         capture_output=True, text=True, timeout=300, env={**os.environ},
     )
     assert proc.returncode == 0, proc.stderr
-    assert "100%" in proc.stderr and "encoding image" in proc.stderr
+    assert "100%" in proc.stderr and "encoding windows" in proc.stderr
     assert proc.stdout.strip().endswith(str(tmp_path / "o.gpkg"))
 
 

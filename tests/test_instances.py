@@ -16,7 +16,7 @@ from rsov import cli
 from rsov.engine import SegmentRequest, load_engine
 from rsov.instances import InstanceOptions, Mask, mask_iou, mask_nms, merge_across_seams, prompt_points, read_examples
 from rsov.models import TINY_ARCH, TINY_MODEL, load_model, load_sam
-from rsov.predictor import ScoreOptions
+from rsov.predictor import FeatureOptions, ScoreOptions
 
 TRANSFORM = Affine(0.5, 0, 356000.0, 0, -0.5, 5645000.0)  # EPSG:25832, 0.5 m
 OBJECTS = {  # name: (row0, col0, row1, col1, colour)
@@ -42,6 +42,7 @@ def world_box(r0, c0, r1, c1):
 
 def request(path, **kw):
     kw.setdefault("scoring", ScoreOptions(cls_lambda=0.0))
+    kw.setdefault("features", FeatureOptions(long_side=448))  # these 448 px rasters at their own pixels
     kw.setdefault("instance", TILES)
     return SegmentRequest(raster=str(path), classes=("building,roof", "water"), background=("background",),
                           mode="instance", **kw)
@@ -83,7 +84,7 @@ def test_two_examples_fix_a_decision_the_text_gets_wrong(make_geotiff, tmp_path)
     classes = ("building,roof", "swimming pool,pool")
 
     def run(examples=()):
-        req = SegmentRequest(raster=str(path), classes=classes, background=("background",), mode="instance",
+        req = SegmentRequest(raster=str(path), classes=classes, background=("background",), mode="instance", features=FeatureOptions(long_side=448),
                              scoring=ScoreOptions(cls_lambda=0.0), examples=examples)
         result = oracle_instance_engine(MixedText()).segment(req)
         return {f.geometry.bounds: f.class_name for f in result.features}

@@ -12,7 +12,7 @@ from pyproj import Transformer
 from shapely.geometry import box
 
 from rsov.engine import SegmentRequest
-from rsov.predictor import ScoreOptions
+from rsov.predictor import FeatureOptions, ScoreOptions
 
 CLASSES = ("building,roof", "tree", "water")
 # (row0, col0, row1, col1) in pixels of a 448 x 448 raster, on the 16 px patch grid
@@ -59,6 +59,8 @@ def request(path, **kw):
     # The [CLS] bias subtraction moves boundaries towards the dominant class by design (checked number
     # for number in test_predictor); without it the known answer is the painted region itself.
     kw.setdefault("scoring", ScoreOptions(cls_lambda=0.0))
+    # the paper's per-extent rule: these 448 px rasters are worked on at their own pixels
+    kw.setdefault("features", FeatureOptions(long_side=448))
     return SegmentRequest(raster=str(path), classes=CLASSES, background=("background",), **kw)
 
 
@@ -69,7 +71,7 @@ GEOGRAPHIC = Affine(1e-5, 0, 6.95, 0, -1e-5, 50.94)  # EPSG:4326
 def test_projected_raster(make_geotiff):
     path = make_geotiff(paint(), crs="EPSG:25832", transform=PROJECTED)
     result = oracle_engine().segment(request(path))
-    assert result.chip.crs.to_epsg() == 25832
+    assert result.crs.to_epsg() == 25832
     check_regions(result, PROJECTED, 0.5)
     building = by_class(result.features)["building"][0]
     assert building.area_m2 == pytest.approx(96 * 128 * 0.25, rel=0.03)
@@ -78,7 +80,7 @@ def test_projected_raster(make_geotiff):
 def test_geographic_raster(make_geotiff):
     path = make_geotiff(paint(), crs="EPSG:4326", transform=GEOGRAPHIC)
     result = oracle_engine().segment(request(path))
-    assert result.chip.crs.to_epsg() == 4326
+    assert result.crs.to_epsg() == 4326
     check_regions(result, GEOGRAPHIC, 1e-5)
     # 1e-5 degrees is ~1.11 m north-south and ~0.70 m east-west at 50.9 N
     building = by_class(result.features)["building"][0]
@@ -102,7 +104,7 @@ def test_bbox_in_another_crs_selects_the_extent(make_geotiff):
     result = oracle_engine().segment(request(path, bbox=bbox, bbox_crs="EPSG:4326"))
     names = {f.class_name for f in result.features}
     assert "building" in names and "water" not in names
-    bounds = box(*result.chip.bounds)
+    bounds = box(*result.bounds)
     assert all(bounds.buffer(1.0).contains(f.geometry) for f in result.features)
     building = by_class(result.features)["building"][0]
     assert np.allclose(building.geometry.bounds, expected_box(PROJECTED, REGIONS["building"]).bounds, atol=1.0)
@@ -139,10 +141,10 @@ def test_edited_vocabulary_reuses_image_features(make_geotiff):
     first = engine.segment(request(path))
     calls = engine.encoder.calls
     edited = SegmentRequest(raster=str(path), classes=("building,roof", "tree"), background=("background",),
-                            scoring=ScoreOptions(cls_lambda=0.0, threshold=0.5))
+                            scoring=ScoreOptions(cls_lambda=0.0, threshold=0.5), features=FeatureOptions(long_side=448))
     second = engine.segment(edited)
     assert engine.encoder.calls == calls and second.features_cached and not first.features_cached
     assert sorted(by_class(second.features)) == ["building", "tree"]
-    # a different extent is a different cache entry
+    # under the per-extent rule, a different extent is a different grid
     engine.segment(request(path, bbox=(356000.0, 5644800.0, 356100.0, 5645000.0)))
     assert engine.encoder.calls > calls

@@ -95,7 +95,7 @@ def test_health_needs_no_token(server):
 def test_token_file_is_private_and_required(server, oem):
     assert stat.S_IMODE(server.token_file.stat().st_mode) == 0o600
     for method, path in [("GET", "/v1/models"), ("POST", "/v1/jobs"), ("GET", "/v1/jobs/x"), ("DELETE", "/v1/jobs/x"),
-                         ("GET", "/v1/jobs/x/result")]:
+                         ("GET", "/v1/jobs/x/result"), ("POST", "/v1/estimate")]:
         for token in (None, "wrong-token"):
             response = server.http(method, path, token=token, json={"raster": oem, "classes": ["a"]})
             assert response.status_code == 401, (method, path)
@@ -306,3 +306,48 @@ def test_examples_are_checked_before_the_job_is_queued(server, oem):
                 "examples": {"type": "FeatureCollection", "crs": crs, "features": [feature]}}
         response = server.http("POST", "/v1/jobs", json=body)
         assert response.status_code == 400 and needle in response.json()["error"]["message"], response.text
+
+
+def left_half_mask() -> dict:
+    x0, y0, x1, y1 = OEM_BOUNDS
+    xm = (x0 + x1) / 2
+    ring = [[x0, y0], [xm, y0], [xm, y1], [x0, y1], [x0, y0]]
+    return {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "EPSG:25832"}},
+            "features": [{"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring]}}]}
+
+
+def test_estimate_says_what_a_job_costs(server, oem):
+    whole = server.client.estimate(oem, ["building", "tree"])
+    assert whole["rule"] == "auto" and abs(whole["resolution_m"] - 0.5 * 1024 / 448) < 1e-9
+    assert whole["output_size"] == [1000, 1000] and whole["blocks"] == 1 and whole["windows"] == 9
+    assert 0 <= whole["windows_cached"] <= whole["windows"] and whole["estimated_s"] >= 0
+    fixed = server.client.estimate(oem, ["tree"], mask=left_half_mask(), resolution=0.5, block_size=256)
+    assert fixed["rule"] == "fixed" and fixed["output_size"] == [1000, 500] and fixed["blocks"] == 8
+    assert fixed["windows_cached"] == 0 and fixed["estimated_s"] > 0  # nothing at 0.5 m was encoded yet
+    with pytest.raises(ClientError) as error:
+        server.client.estimate(oem, ["tree"], resolution=1e-9)
+    assert error.value.status == 400 and "finer" in str(error.value)
+
+
+def test_a_masked_whole_raster_job_streams_block_by_block(server, oem):
+    job = server.client.submit(oem, ["building,roof", "tree", "road"], mask=left_half_mask(), block_size=256)
+    seen = []
+    final = server.client.wait(job, poll_s=0.01, on_status=seen.append)
+    assert final["state"] == "done", final
+    assert any("block" in s["stage"] and "/8" in s["stage"] for s in seen)  # progress per block
+    geojson = server.client.result(job)
+    half = box(OEM_BOUNDS[0], OEM_BOUNDS[1], (OEM_BOUNDS[0] + OEM_BOUNDS[2]) / 2, OEM_BOUNDS[3]).buffer(0.01)
+    assert geojson["features"] and all(half.contains(shape(f["geometry"])) for f in geojson["features"])
+
+
+def test_large_results_are_served_as_geopackage_only(tmp_path, oem):
+    srv = Server(tmp_path, "--max-geojson-features", "0")
+    try:
+        job = srv.client.submit(oem, ["building", "tree", "road"])
+        assert srv.client.wait(job)["state"] == "done"
+        response = srv.http("GET", f"/v1/jobs/{job}/result")
+        assert response.status_code == 413 and "?format=gpkg" in response.json()["error"]["message"]
+        gpkg = srv.http("GET", f"/v1/jobs/{job}/result?format=gpkg")
+        assert gpkg.status_code == 200 and gpkg.content[:16] == b"SQLite format 3\x00"
+    finally:
+        srv.close()

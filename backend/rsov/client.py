@@ -53,9 +53,13 @@ class Client:
         return self.request("GET", "/v1/health")
 
     def submit(self, raster: str, classes: list[str], bbox: tuple | None = None, bbox_crs: str | None = None,
-               **options) -> str:
-        body = {"raster": raster, "classes": classes, "bbox": bbox, "bbox_crs": bbox_crs, "options": options}
-        return self.request("POST", "/v1/jobs", body)["job_id"]
+               mask: dict | None = None, **options) -> str:
+        return self.request("POST", "/v1/jobs", _job(raster, classes, bbox, bbox_crs, mask, options))["job_id"]
+
+    def estimate(self, raster: str, classes: list[str], bbox: tuple | None = None, bbox_crs: str | None = None,
+                 mask: dict | None = None, **options) -> dict:
+        """What the job would cost: ``{resolution_m, rule, working_size, output_size, windows, ...}``."""
+        return self.request("POST", "/v1/estimate", _job(raster, classes, bbox, bbox_crs, mask, options))
 
     def status(self, job_id: str) -> dict:
         return self.request("GET", f"/v1/jobs/{job_id}")
@@ -80,3 +84,10 @@ class Client:
 
     def cancel(self, job_id: str) -> dict:
         return self.request("DELETE", f"/v1/jobs/{job_id}")
+
+
+def _job(raster: str, classes: list[str], bbox, bbox_crs, mask, options: dict) -> dict:
+    body = {"raster": raster, "classes": classes, "bbox": bbox, "bbox_crs": bbox_crs, "options": options}
+    if mask is not None:
+        body["mask"] = mask
+    return body

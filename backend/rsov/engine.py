@@ -14,20 +14,24 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from affine import Affine
+from rasterio.crs import CRS
 from torch import nn
 
 from .dense_clip import DenseEncoder, SegEarthCLIP
-from .errors import InputError
+from .errors import CancelledError, InputError
+from .grid import BLOCK_SIDE
 from .instances import (Example, Instance, InstanceOptions, Proposer, SamProposer, build_example_bank, classify,
                         instance_features, prompt_points, propose)
 from .models import DEFAULT_MODEL, DEFAULT_SAM, TINY_MODEL, load_model, load_sam, resolve_sam_spec
-from .predictor import FeatureOptions, ImageFeatures, Prediction, Predictor, ScoreOptions
-from .raster_io import RasterChip, read_chip
+from .predictor import FeatureOptions, Prediction, Predictor, ScoreOptions
+from .raster_io import RasterChip, open_raster, read_chip
+from .tiled import DEFAULT_WINDOWS_PER_S, BlockResult, GridPredictor, Plan, WindowStats, estimate, plan
 from .text import ClipTextEmbedder, TextEmbedder, resolve_templates
 from .upsample import build_upsampler
 from .vectorize import VectorFeature, polygonize
@@ -51,51 +55,84 @@ class SegmentRequest:
     templates: str = "openai"
     features: FeatureOptions = FeatureOptions()
     scoring: ScoreOptions = ScoreOptions()
-    max_side: int = 2048  # output pixels on the long side; larger extents are read decimated
+    max_side: int | None = None  # explicit only: output pixels on the long side (coarser output)
     simplify_px: float = 1.0
     min_area_m2: float = 0.0
     mode: str = "semantic"  # or "instance"
     instance: InstanceOptions = InstanceOptions()
     examples: tuple[Example, ...] = ()  # instance mode: objects the analyst pointed at
     vectorize: bool = True  # False: class map / instances only (evaluation needs no polygons)
+    area: dict | str | None = None  # processing area: GeoJSON polygons (dict or file); pixels outside get no class
+    block_size: int = BLOCK_SIDE  # output pixels per block side (memory per block; the unit of resume and Dask)
 
 
 @dataclass
 class SegmentResult:
-    chip: RasterChip
     vocabulary: Vocabulary
     prediction: Prediction
     features: list[VectorFeature]
-    image_features: ImageFeatures
+    transform: Affine  # output pixel -> raster CRS
+    crs: CRS | None
+    bounds: tuple[float, float, float, float]
+    plan: Plan | None = None  # semantic mode
     timings: dict[str, float] = field(default_factory=dict)
-    features_cached: bool = False
+    windows_encoded: int = 0
+    windows_cached: int = 0
+    chip: RasterChip | None = None  # instance mode: the pixels SAM saw
     instances: list[Instance] = field(default_factory=list)  # instance mode
     proposals: int = 0  # instance mode: masks that were classified
 
+    @property
+    def features_cached(self) -> bool:
+        """Every window's features came from the cache (nothing was encoded)."""
+        return self.windows_encoded == 0 and self.windows_cached > 0
+
+
+def plan_request(request: SegmentRequest) -> Plan:
+    """The request's grids, blocks and area, from the raster header (no model needed)."""
+    return plan(request.raster, request.bbox, request.bbox_crs, request.bands, request.features, request.max_side,
+                request.area, request.block_size)
+
+
+# In-memory results (``Engine.segment``) hold whole maps; larger extents stream (see ``streaming``).
+IN_MEMORY_MAX_PX = 64_000_000
+
+
+INSTANCE_MAX_SIDE = 2048  # instance mode holds its chip in memory: longer extents are read decimated
+
 
 class FeatureCache:
-    """Image features of recent extents, least recently used dropped first, bounded in bytes."""
+    """Image features (of grid windows, or of instance-mode chips), least recently used dropped first,
+    bounded in bytes."""
 
     def __init__(self, max_bytes: int = 2 << 30) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[str, ImageFeatures] = OrderedDict()
+        self._items: OrderedDict[str, object] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> ImageFeatures | None:
+    def get(self, key: str):
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
             return self._items.get(key)
 
-    def put(self, key: str, value: ImageFeatures) -> None:
+    def put(self, key: str, value) -> None:
+        """Keep ``value`` (anything with ``nbytes``: ImageFeatures, WindowFeatures)."""
         with self._lock:
+            if key in self._items:
+                self._bytes -= self._items.pop(key).nbytes
             self._items[key] = value
-            self._items.move_to_end(key)
-            while sum(v.nbytes for v in self._items.values()) > self.max_bytes and len(self._items) > 1:
-                self._items.popitem(last=False)
+            self._bytes += value.nbytes
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                self._bytes -= self._items.popitem(last=False)[1].nbytes
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
 
 
 class Engine:
@@ -113,6 +150,7 @@ class Engine:
         self._predictors: dict[tuple[str, ...], Predictor] = {}
         self._proposer_factory = proposer_factory
         self._proposer: Proposer | None = None
+        self.windows_per_s = DEFAULT_WINDOWS_PER_S.get(self.device.type, 4.0)  # updated as windows are encoded
 
     @property
     def proposer(self) -> Proposer:
@@ -136,16 +174,101 @@ class Engine:
     def text_embedder(self, templates: str) -> TextEmbedder:
         return self.predictor(templates).text
 
+    def plan(self, request: SegmentRequest) -> Plan:
+        return plan_request(request)
+
+    def estimate(self, request: SegmentRequest) -> dict:
+        """What the request would cost (windows, blocks, seconds), before any pixel is read."""
+        job_plan = self.plan(request)
+        grid = self.grid_predictor(request.templates)
+        grid.set_raster(None, job_plan, request.features)
+        windows = job_plan.windows()
+        cached = sum(1 for box in windows if self.cache.get(grid.key(box)) is not None)
+        return estimate(job_plan, cached, self.windows_per_s)
+
+    def grid_predictor(self, templates: str = "openai") -> GridPredictor:
+        return GridPredictor(self.predictor(templates), self.cache, self.name)
+
+    def blocks(self, request: SegmentRequest, job_plan: Plan, blocks: list[tuple[int, int, int, int]] | None = None,
+               stage: StageFn | None = None, cancelled: CancelFn | None = None,
+               stats: WindowStats | None = None) -> Iterator[BlockResult]:
+        """Segment the plan's blocks (default: all) one at a time, in order."""
+        vocabulary = build_vocabulary(list(request.classes), request.background)
+        blocks = job_plan.out.blocks if blocks is None else blocks
+        grid = self.grid_predictor(request.templates)
+        if stats is not None:
+            grid.stats = stats
+        with open_raster(request.raster) as ds:
+            grid.set_raster(ds, job_plan, request.features)
+            for done, block in enumerate(blocks):
+                if cancelled is not None and cancelled():
+                    raise CancelledError("The job was cancelled.")
+                name = f"segmenting block {done + 1}/{len(blocks)}"
+
+                def progress(encoded: int, total: int, name=name, done=done) -> None:
+                    if stage is not None:
+                        stage(f"{name}: encoding windows {encoded}/{total}", (done + encoded / total) / len(blocks))
+
+                if stage is not None:
+                    stage(name, done / len(blocks))
+                t = time.perf_counter()
+                encoded = grid.stats.encoded
+                yield grid.predict_block(vocabulary, request.scoring, block, cancelled, progress)
+                if grid.stats.encoded > encoded:  # keep the measured speed for estimates
+                    self.windows_per_s = (grid.stats.encoded - encoded) / max(time.perf_counter() - t, 1e-6)
+
     def segment(self, request: SegmentRequest, stage: StageFn | None = None, cancelled: CancelFn | None = None) -> SegmentResult:
-        """Run one request end to end; vocabulary errors surface before any pixel is read."""
+        """Run one request end to end, in memory; vocabulary errors surface before any pixel is read."""
+        if request.mode == "instance":
+            return self._segment_instances(request, stage, cancelled)
+        report = stage or (lambda name, fraction: None)
+        vocabulary = build_vocabulary(list(request.classes), request.background)
+        self.text_embedder(request.templates)
+        job_plan = self.plan(request)
+        height, width = job_plan.out.height, job_plan.out.width
+        if height * width > IN_MEMORY_MAX_PX:
+            raise InputError(f"The extent is {width}x{height} px, too large to hold in memory: "
+                             "segment it with `rsov segment` or `rsov batch`, which stream it block by block.")
+        t = time.perf_counter()
+        class_map = np.zeros((height, width), dtype=np.int16)
+        score_map = np.zeros((height, width), dtype=np.float32)
+        valid = np.zeros((height, width), dtype=bool)
+        stats = WindowStats()
+        for block in self.blocks(request, job_plan, stage=lambda name, f: report(name, 0.9 * f), cancelled=cancelled,
+                                 stats=stats):
+            r0, c0, r1, c1 = block.block
+            class_map[r0:r1, c0:c1], score_map[r0:r1, c0:c1], valid[r0:r1, c0:c1] = \
+                block.class_map, block.score_map, block.valid
+        if not valid.any():
+            raise InputError("The requested extent contains only nodata pixels.")
+        timings = {"segment_s": time.perf_counter() - t}
+        prediction = Prediction(class_map, score_map, vocabulary.names)
+        t = time.perf_counter()
+        report("vectorizing", 0.95)
+        features = polygonize(class_map, score_map, valid, job_plan.transform, job_plan.crs, vocabulary.names,
+                              request.simplify_px, request.min_area_m2) if request.vectorize else []
+        timings["vectorize_s"] = time.perf_counter() - t
+        report("done", 1.0)
+        return SegmentResult(vocabulary, prediction, features, job_plan.transform, job_plan.crs, job_plan.bounds,
+                             job_plan, timings, stats.encoded, stats.cached)
+
+    def _segment_instances(self, request: SegmentRequest, stage: StageFn | None = None,
+                           cancelled: CancelFn | None = None) -> SegmentResult:
+        """Instance mode on one in-memory chip: the semantic pass (for prompts and features), then objects."""
         report = stage or (lambda name, fraction: None)
         timings: dict[str, float] = {}
         vocabulary = build_vocabulary(list(request.classes), request.background)
         predictor = self.predictor(request.templates)
+        job_plan = self.plan(request)
+        features_options = request.features
+        if job_plan.grid.rule != "long_side":  # the same working resolution as a semantic job
+            features_options = replace(features_options, resolution_m=job_plan.grid.resolution_m)
+        request = replace(request, features=features_options)
 
         t = time.perf_counter()
         report("reading raster", 0.0)
-        chip = read_chip(request.raster, request.bbox, request.bbox_crs, request.bands, request.max_side)
+        chip = read_chip(request.raster, request.bbox, request.bbox_crs, request.bands,
+                         request.max_side or INSTANCE_MAX_SIDE)
         timings["read_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -166,26 +289,18 @@ class Engine:
         report("scoring vocabulary", 0.9)
         prediction = predictor.predict(vocabulary, request.scoring, valid=chip.valid)
         timings["score_s"] = time.perf_counter() - t
-
-        instances: list[Instance] = []
-        proposals = 0
-        if request.mode == "instance":
-            instances, proposals = self._instances(request, chip, predictor, prediction, vocabulary, timings, report,
-                                                   cancelled)
-
+        instances, proposals = self._instances(request, chip, predictor, prediction, vocabulary, timings, report,
+                                               cancelled)
         t = time.perf_counter()
         report("vectorizing", 0.95)
-        if not request.vectorize:
-            features = []
-        elif request.mode == "instance":
-            features = instance_features(instances, chip, request.simplify_px, request.instance, request.min_area_m2)
-        else:
-            features = polygonize(prediction.class_map, prediction.score_map, chip.valid, chip.transform, chip.crs,
-                                  vocabulary.names, request.simplify_px, request.min_area_m2)
+        features = instance_features(instances, chip, request.simplify_px, request.instance,
+                                     request.min_area_m2) if request.vectorize else []
         timings["vectorize_s"] = time.perf_counter() - t
         report("done", 1.0)
-        return SegmentResult(chip, vocabulary, prediction, features, predictor.features, timings,
-                             features_cached=cached is not None, instances=instances, proposals=proposals)
+        windows = len(predictor.features.windows)
+        return SegmentResult(vocabulary, prediction, features, chip.transform, chip.crs, chip.bounds, None, timings,
+                             0 if cached is not None else windows, windows if cached is not None else 0,
+                             chip=chip, instances=instances, proposals=proposals)
 
     def _instances(self, request: SegmentRequest, chip: RasterChip, predictor: Predictor, prediction: Prediction,
                    vocabulary: Vocabulary, timings: dict, report: StageFn,

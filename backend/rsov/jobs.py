@@ -21,14 +21,18 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_output
-from .engine import Engine, SegmentRequest, SegmentResult
+from .engine import Engine, SegmentRequest
 from .errors import CancelledError, RsovError
-from .vectorize import features_to_geojson, write_vector
+from .streaming import Outputs, in_process, segment_streamed
+from .tiled import WindowStats
+from .vectorize import features_to_geojson, read_vector, write_vector
 
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINAL = (DONE, FAILED, CANCELLED)
+# Larger results are served as GeoPackage only: a GeoJSON of millions of polygons helps no client.
+GEOJSON_MAX_FEATURES = 100_000
 
 
 class QueueFullError(RsovError):
@@ -49,6 +53,7 @@ class Job:
     error: str | None = None
     created: float = field(default_factory=time.time)
     finished: float | None = None
+    features: int = 0  # polygons in the result, once done
     cancel: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -67,8 +72,10 @@ class Job:
 class JobManager:
     """Owns the jobs, the queue and the single worker thread."""
 
-    def __init__(self, engine: Engine, results_dir: Path, max_queued: int = 8, ttl_s: float = 3600.0) -> None:
+    def __init__(self, engine: Engine, results_dir: Path, max_queued: int = 8, ttl_s: float = 3600.0,
+                 max_geojson_features: int = GEOJSON_MAX_FEATURES) -> None:
         self.engine = engine
+        self.max_geojson_features = max_geojson_features
         self.results_dir = results_dir
         self.max_queued = max_queued
         self.ttl_s = ttl_s
@@ -135,12 +142,12 @@ class JobManager:
             with self._lock:
                 job.state, job.stage = RUNNING, "starting"
             try:
-                result = self._run(job)
+                count = self._run(job)
                 if job.cancel.is_set():  # cancelled after the last window: honour it anyway
                     raise CancelledError("The job was cancelled.")
-                self._save(job, result)
                 with self._lock:
-                    job.message = f"{len(result.features)} polygons"
+                    job.features = count
+                    job.message = f"{count} polygons"
                     job.progress = 1.0
                     self._finish(job, DONE, "done")
             except CancelledError:
@@ -159,24 +166,36 @@ class JobManager:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()  # a cancelled or failed job must not keep GPU memory
 
-    def _run(self, job: Job) -> SegmentResult:
+    def _run(self, job: Job) -> int:
+        """Run the job, writing its GeoPackage (and the GeoJSON of a small result); the polygon count."""
         def stage(name: str, fraction: float) -> None:
             job.stage, job.progress = name, max(job.progress, min(fraction, 0.99))
 
         try:
-            return self.engine.segment(job.request, stage, job.cancel.is_set)
+            count = self._segment(job.request, job, stage)
         except torch.cuda.OutOfMemoryError:
             # One retry, one window at a time, before giving up.
             torch.cuda.empty_cache()
             job.message = "GPU out of memory: retrying one window at a time"
             features = dataclasses.replace(job.request.features, batch_size=1)
-            return self.engine.segment(dataclasses.replace(job.request, features=features), stage, job.cancel.is_set)
-
-    def _save(self, job: Job, result: SegmentResult) -> None:
+            count = self._segment(dataclasses.replace(job.request, features=features), job, stage)
         job.stage = "writing results"
-        write_vector(result.features, job.gpkg_path, result.chip.crs, instances=job.request.mode == "instance")
-        with atomic_output(job.geojson_path) as tmp:
-            tmp.write_text(json.dumps(features_to_geojson(result.features, result.chip.crs)), encoding="utf-8")
+        if count <= self.max_geojson_features:
+            crs, features = read_vector(job.gpkg_path)
+            with atomic_output(job.geojson_path) as tmp:
+                tmp.write_text(json.dumps(features_to_geojson(features, crs)), encoding="utf-8")
+        return count
+
+    def _segment(self, request: SegmentRequest, job: Job, stage) -> int:
+        if request.mode == "instance":
+            result = self.engine.segment(request, stage, job.cancel.is_set)
+            write_vector(result.features, job.gpkg_path, result.crs, instances=True)
+            return len(result.features)
+        # semantic jobs stream block by block: any raster size, progress per block
+        summary = segment_streamed(request, self.engine.plan(request), Outputs(vector=job.gpkg_path),
+                                   in_process(self.engine, WindowStats(), stage), stage=stage,
+                                   cancelled=job.cancel.is_set)
+        return summary.polygons
 
     def _finish(self, job: Job, state: str, stage: str) -> None:
         if job.state in FINAL:

@@ -15,6 +15,7 @@ them (SegEarth-OV, seed 003):
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -39,9 +40,9 @@ class FeatureOptions:
 
     window: int = 224
     stride: int = 112
-    long_side: int = 448  # working size: the input is resized so its long side is this...
-    resolution_m: float | None = None  # ...unless a ground resolution (metres per pixel) is given
-    max_working_side: int = 4096  # beyond this the dense maps stop fitting in memory
+    long_side: int | None = None  # the paper's per-extent rule: resize the extent to this long side...
+    resolution_m: float | None = None  # ...else this ground resolution (default: from the raster, see grid)
+    max_working_side: int = 4096  # in-memory images (set_image) only: beyond this their dense maps stop fitting
     rotations: tuple[int, ...] = (0,)  # AerOSeg rotation ensemble, degrees (multiples of 90)
     precision: str = "fp32"
     batch_size: int = 4
@@ -53,8 +54,10 @@ class FeatureOptions:
             raise InputError(f"Rotations must be multiples of 90 degrees, got {self.rotations}.")
         if self.precision not in PRECISIONS:
             raise InputError(f"Precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'.")
-        if self.resolution_m is not None and self.resolution_m <= 0:
-            raise InputError(f"Resolution must be positive metres per pixel, got {self.resolution_m}.")
+        if self.resolution_m is not None and not (math.isfinite(self.resolution_m) and self.resolution_m > 0):
+            raise InputError(f"Resolution must be a positive number of metres per pixel, got {self.resolution_m}.")
+        if self.long_side is not None and self.long_side < 16:
+            raise InputError(f"The long side must be at least 16 px, got {self.long_side}.")
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ def working_size(size: tuple[int, int], options: FeatureOptions, pixel_size_m: f
             raise InputError("A ground resolution needs a georeferenced raster (its pixel size is unknown).")
         scale = pixel_size_m / options.resolution_m
     else:
-        scale = options.long_side / max(h, w)
+        scale = (options.long_side or 448) / max(h, w)
     out = (max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5)))
     if max(out) > options.max_working_side:
         raise InputError(
@@ -213,7 +216,7 @@ class Predictor:
             batch = [w for w in windows[len(patches):len(patches) + options.batch_size]
                      if (w[2] - w[0], w[3] - w[1]) == shape]
             crops = torch.cat([x[:, :, y0:y1, x0:x1] for y0, x0, y1, x1 in batch])
-            feats, tokens = self._encode(crops, options)
+            feats, tokens = self.encode(crops, options)
             patches += feats
             cls.append(tokens)
             if progress is not None:
@@ -224,7 +227,7 @@ class Predictor:
         )
         return self.features
 
-    def _encode(self, crops: torch.Tensor, options: FeatureOptions) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def encode(self, crops: torch.Tensor, options: FeatureOptions) -> tuple[list[torch.Tensor], torch.Tensor]:
         """crops (B, 3, h, w) -> per crop (C, h', w') unit-norm features, (B, C) unit-norm [CLS]."""
         encoder, upsampler = self._models(options.precision)
         h, w = crops.shape[-2:]
@@ -259,30 +262,14 @@ class Predictor:
     def query_logits(self, queries: list[str], options: ScoreOptions = ScoreOptions()) -> torch.Tensor:
         """Per-query logits before the x50 softmax, averaged over windows: (Q, Hw, Ww) at working size."""
         feats = self._require_features()
-        text = self.text.embed(queries).to(self.device)
-        cls = feats.cls.to(self.device)
-        if options.dec_keep is not None:
-            keep = dec_channels(text, options.dec_keep)
-            text, cls = F.normalize(text[:, keep], dim=-1), F.normalize(cls[:, keep], dim=-1)
-        else:
-            keep = None
+        text, cls, keep = scoring_vectors(self.text.embed(queries).to(self.device), feats.cls.to(self.device), options)
         height, width = feats.working_size
         total = torch.zeros(len(queries), height, width, device=self.device)
         count = torch.zeros(1, height, width, device=self.device)
         bias = options.cls_lambda * (cls @ text.T)  # (N, Q)
         for i, (y0, x0, y1, x1) in enumerate(feats.windows):
-            f = feats.patches[i].to(self.device, torch.float32)
-            if keep is not None:
-                f = F.normalize(f[keep], dim=0)
-            logits = torch.einsum("chw,qc->qhw", f, text) - bias[i].view(-1, 1, 1)
-            h, w = y1 - y0, x1 - x0
-            if logits.shape[-2:] != (h, w):  # patch grid: resize to the padded crop, then drop the padding
-                p = feats.patch_size
-                top, left = _centred_padding(h, p)[0], _centred_padding(w, p)[0]
-                size = (logits.shape[-2] * p, logits.shape[-1] * p)
-                logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
-                logits = logits[:, top:top + h, left:left + w]
-            total[:, y0:y1, x0:x1] += logits
+            total[:, y0:y1, x0:x1] += window_logits(feats.patches[i].to(self.device), text, bias[i], (y1 - y0, x1 - x0),
+                                                    feats.patch_size, keep)
             count[:, y0:y1, x0:x1] += 1
         return total / count
 
@@ -324,17 +311,54 @@ class Predictor:
         cols = torch.einsum("qhw,xw->qhx", logits, rx)  # (Q, Hw, W): resize columns once
         for r0 in range(0, height, rows_per_chunk):
             rows = torch.einsum("yh,qhx->qyx", ry[r0:r0 + rows_per_chunk], cols)  # (Q, r, W)
-            probs = torch.softmax(options.logit_scale * rows, dim=0)
-            per_class = torch.full((n_classes, *probs.shape[1:]), -1.0, device=self.device)
-            per_class = per_class.scatter_reduce_(0, owner.view(-1, 1, 1).expand_as(probs), probs, "amax")
-            best, label = per_class.max(dim=0)
-            label[best < options.threshold] = 0
+            label, best = classify_logits(rows, owner, n_classes, options)
             class_map[r0:r0 + rows.shape[1]] = label.cpu().numpy()
             score_map[r0:r0 + rows.shape[1]] = best.cpu().numpy()
         if valid is not None:
             class_map[~valid] = 0
             score_map[~valid] = 0.0
         return Prediction(class_map, score_map, vocabulary.names)
+
+
+def scoring_vectors(text: torch.Tensor, cls: torch.Tensor,
+                    options: ScoreOptions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Text (Q, C) and [CLS] (N, C) restricted to ZoRI's DEC channels when asked, and the kept channels."""
+    if options.dec_keep is None:
+        return text, cls, None
+    keep = dec_channels(text, options.dec_keep)
+    return F.normalize(text[:, keep], dim=-1), F.normalize(cls[:, keep], dim=-1), keep
+
+
+def window_logits(f: torch.Tensor, text: torch.Tensor, bias: torch.Tensor, size: tuple[int, int], patch_size: int,
+                  keep: torch.Tensor | None = None) -> torch.Tensor:
+    """One window's logits: features f (C, h', w') unit-norm, text (Q, C), bias (Q,) -> (Q, h, w) at the crop size.
+
+    Patch-grid features are resized to the padded crop, then the padding is dropped.
+    """
+    f = f.float()
+    if keep is not None:
+        f = F.normalize(f[keep], dim=0)
+    logits = torch.einsum("chw,qc->qhw", f, text) - bias.view(-1, 1, 1)
+    h, w = size
+    if logits.shape[-2:] != (h, w):
+        top, left = _centred_padding(h, patch_size)[0], _centred_padding(w, patch_size)[0]
+        padded = (logits.shape[-2] * patch_size, logits.shape[-1] * patch_size)
+        logits = F.interpolate(logits[None], size=padded, mode="bilinear", align_corners=False)[0]
+        logits = logits[:, top:top + h, left:left + w]
+    return logits
+
+
+def classify_logits(logits: torch.Tensor, owner: torch.Tensor, n_classes: int,
+                    options: ScoreOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (Q, ...) -> class ids and winning probabilities (...): softmax(scale x logits) over queries,
+    max over each class's synonyms (``owner`` (Q,) class of each query), background under the threshold."""
+    probs = torch.softmax(options.logit_scale * logits, dim=0)
+    per_class = torch.full((n_classes, *probs.shape[1:]), -1.0, device=probs.device)
+    index = owner.view(-1, *([1] * (probs.dim() - 1))).expand_as(probs)
+    per_class = per_class.scatter_reduce_(0, index, probs, "amax")
+    best, label = per_class.max(dim=0)
+    label[best < options.threshold] = 0
+    return label, best
 
 
 def _centred_padding(n: int, multiple: int) -> tuple[int, int]:

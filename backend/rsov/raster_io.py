@@ -7,6 +7,7 @@ georeference (PNG, JPEG), which get an identity transform and no CRS.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
@@ -23,8 +24,12 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioIOError
 from rasterio.io import DatasetReader
-from rasterio.warp import transform_bounds
+from rasterio.warp import transform_bounds, transform_geom
 from rasterio.windows import Window
+import shapely
+from shapely.errors import GEOSException
+from shapely.geometry import box, mapping, shape
+from shapely.geometry.base import BaseGeometry
 
 from .errors import InputError
 
@@ -75,7 +80,7 @@ class RasterChip:
 
 def describe_raster(path: str | os.PathLike) -> RasterInfo:
     """Return size, bands, CRS and extent of the raster at ``path``."""
-    with _open(path) as ds:
+    with open_raster(path) as ds:
         return RasterInfo(
             path=str(path),
             width=ds.width,
@@ -116,23 +121,15 @@ def read_chip(
     (R, G, B) or one (grey) 1-based band indexes. If the extent's long side
     exceeds ``max_side`` pixels it is read decimated by averaging.
     """
-    with _open(path) as ds:
-        indexes = _select_bands(bands, ds.count, path)
-        window = _bbox_window(ds, bbox, bbox_crs)
+    with open_raster(path) as ds:
+        indexes = select_bands(bands, ds.count, path)
+        window = extent_window(ds, bbox, bbox_crs)
         out_h, out_w = _out_shape(window, max_side)
         # Only the window is read, and decimated by GDAL (from overviews when the
         # file has them), so huge rasters are never loaded whole.
-        data = ds.read(
-            indexes, window=window, out_shape=(3, out_h, out_w), resampling=Resampling.average
-        )
-        masks = ds.read_masks(indexes, window=window, out_shape=(3, out_h, out_w))
-        valid = np.all((masks > 0) & _finite(data), axis=0)
+        image, valid = read_rgb(ds, indexes, window, (out_h, out_w), Resampling.average)
         if not valid.any():
             raise InputError("The requested extent contains only nodata pixels.")
-        image = np.stack(
-            [_to_uint8(ds, band, values, valid) for band, values in zip(indexes, data)], axis=-1
-        )
-        image[~valid] = 0
         transform = (
             ds.transform
             @ Affine.translation(window.col_off, window.row_off)
@@ -149,6 +146,83 @@ def read_chip(
         )
 
 
+def read_rgb(ds: DatasetReader, indexes: Sequence[int], window: Window, out_shape: tuple[int, int],
+             resampling: Resampling = Resampling.bilinear) -> tuple[np.ndarray, np.ndarray]:
+    """A (possibly fractional) window resampled by GDAL to ``out_shape`` (H, W).
+
+    Returns the (H, W, 3) uint8 image (0 at nodata) and the (H, W) validity mask. The same
+    window always gives the same pixels, whichever request it is read for.
+    """
+    shape = (len(indexes), *out_shape)
+    data = ds.read(indexes, window=window, out_shape=shape, resampling=resampling)
+    masks = ds.read_masks(indexes, window=window, out_shape=shape)
+    valid = np.all((masks > 0) & _finite(data), axis=0)
+    if not valid.any():
+        return np.zeros((*out_shape, 3), dtype=np.uint8), valid
+    image = np.stack([_to_uint8(ds, band, values, valid) for band, values in zip(indexes, data)], axis=-1)
+    image[~valid] = 0
+    return image, valid
+
+
+def read_valid(ds: DatasetReader, indexes: Sequence[int], window: Window, out_shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: where the selected bands hold data in ``window`` read at ``out_shape``."""
+    shape = (len(indexes), *out_shape)
+    data = ds.read(indexes, window=window, out_shape=shape, resampling=Resampling.nearest)
+    return np.all((ds.read_masks(indexes, window=window, out_shape=shape) > 0) & _finite(data), axis=0)
+
+
+def raster_pixel_size_m(ds: DatasetReader) -> float | None:
+    """Ground size of one of the raster's own pixels in metres; None without a CRS."""
+    return None if ds.crs is None else _pixel_size_m(ds.transform, ds.crs, ds.width, ds.height)
+
+
+def read_area(source: str | os.PathLike | dict) -> tuple[list[BaseGeometry], str]:
+    """Processing-area polygons from GeoJSON (a FeatureCollection, a Feature or a geometry; file or dict).
+
+    The CRS comes from a ``crs`` member (``{"type": "name", "properties": {"name": "EPSG:..."}}``),
+    else EPSG:4326 as RFC 7946 says.
+    """
+    if not isinstance(source, dict):
+        try:
+            source = json.loads(Path(source).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"Cannot read the area file {source}: {exc}.") from None
+    crs = (source.get("crs") or {}).get("properties", {}).get("name", "EPSG:4326")
+    items = source.get("features") if source.get("type") == "FeatureCollection" else [source]
+    geometries = []
+    for item in items or []:
+        try:
+            geometry = shape(item.get("geometry", item) if isinstance(item, dict) else item)
+        except (KeyError, TypeError, ValueError, AttributeError, GEOSException):
+            geometry = None
+        if geometry is None or geometry.geom_type not in ("Polygon", "MultiPolygon") or not geometry.is_valid:
+            raise InputError("The processing area must be valid Polygon or MultiPolygon features.")
+        if not geometry.is_empty:
+            geometries.append(geometry)
+    if not geometries:
+        raise InputError("The processing area holds no polygon: select at least one polygon.")
+    return geometries, crs
+
+
+def area_in_raster_crs(ds: DatasetReader, geometries: Sequence[BaseGeometry], crs: str | None) -> list[dict]:
+    """Area polygons as GeoJSON geometries in the raster CRS; an area off the raster is an InputError."""
+    shapes = [mapping(g) for g in geometries]
+    if crs is not None and ds.crs is not None:
+        _parse_crs(crs)
+        try:
+            shapes = [transform_geom(crs, ds.crs, g) for g in shapes]
+        except (CRSError, ValueError) as exc:
+            raise InputError(f"The processing area cannot be transformed into the raster's CRS ({exc}).") from None
+    union = shapely.union_all([shape(g) for g in shapes])
+    raster = box(*_window_bounds(Window(0, 0, ds.width, ds.height), ds.transform))
+    if union.is_empty or not union.intersects(raster) or union.intersection(raster).area <= 0:
+        raise InputError(
+            f"The processing area {_fmt(union.bounds) if not union.is_empty else '()'} does not overlap the raster "
+            f"{ds.name}, whose bounds are {_fmt(raster.bounds)} "
+            f"({_crs_label(ds.crs) if ds.crs else 'pixel coordinates'}).")
+    return shapes
+
+
 def _crs_label(crs: CRS) -> str:
     """A short name for ``crs`` in messages: ``EPSG:xxxx`` when it has one."""
     epsg = crs.to_epsg()
@@ -156,7 +230,7 @@ def _crs_label(crs: CRS) -> str:
 
 
 @contextmanager
-def _open(path: str | os.PathLike) -> Iterator[DatasetReader]:
+def open_raster(path: str | os.PathLike) -> Iterator[DatasetReader]:
     """Open a raster, turning "missing", "not a raster" and "unreadable" into InputError."""
     # GDAL virtual paths (/vsicurl/..., /vsizip/...) are not files on disk.
     if not str(path).startswith("/vsi") and not Path(path).exists():
@@ -179,7 +253,7 @@ def _open(path: str | os.PathLike) -> Iterator[DatasetReader]:
             ) from None
 
 
-def _select_bands(bands: Sequence[int] | None, count: int, path: str | os.PathLike) -> list[int]:
+def select_bands(bands: Sequence[int] | None, count: int, path: str | os.PathLike) -> list[int]:
     """Return the three 1-based band indexes to use as R, G, B."""
     if bands is None:
         return [1, 2, 3] if count >= 3 else [1, 1, 1]
@@ -196,7 +270,7 @@ def _select_bands(bands: Sequence[int] | None, count: int, path: str | os.PathLi
     return bands * 3 if len(bands) == 1 else bands
 
 
-def _bbox_window(ds: DatasetReader, bbox: Bounds | None, bbox_crs: str | None) -> Window:
+def extent_window(ds: DatasetReader, bbox: Bounds | None, bbox_crs: str | None) -> Window:
     """The integer pixel window covering ``bbox``, snapped outward and clipped to the raster."""
     if bbox is None:
         return Window(0, 0, ds.width, ds.height)

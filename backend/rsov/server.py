@@ -31,8 +31,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from .engine import Engine, SegmentRequest
 from .errors import InputError
+from .grid import BLOCK_SIDE
 from .instances import InstanceOptions, read_examples
-from .jobs import DONE, FINAL, JobManager, QueueFullError
+from .jobs import DONE, FINAL, GEOJSON_MAX_FEATURES, JobManager, QueueFullError
 from .models import list_models
 from .predictor import FeatureOptions, ScoreOptions
 from .raster_io import read_chip
@@ -53,10 +54,12 @@ class ApiError(Exception):
 class JobOptions(BaseModel):
     """Method options of a job; every one optional, unknown ones refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     threshold: float = Field(0.3, ge=0, le=1)
-    resolution: float | None = Field(None, gt=0, description="working ground resolution, metres per pixel")
-    long_side: int = Field(448, ge=16, le=4096)
+    resolution: float | None = Field(None, gt=0, description="working ground resolution, metres per pixel "
+                                                             "(default: the raster's own x 1024/448)")
+    long_side: int | None = Field(None, ge=16, le=4096, description="the paper's per-extent rule instead: "
+                                                                    "resize the extent to this long side")
     bands: list[int] | None = Field(None, min_length=1, max_length=3)
     templates: str = "openai"
     background: list[str] | None = Field(None, max_length=64)
@@ -66,7 +69,8 @@ class JobOptions(BaseModel):
     cls_lambda: float = Field(0.3, ge=0, le=2)
     dec_keep: float | None = Field(None, gt=0, le=1)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    max_side: int = Field(2048, ge=16, le=8192)
+    max_side: int | None = Field(None, ge=16, description="explicitly coarser output: long side in pixels")
+    block_size: int = Field(BLOCK_SIDE, ge=64, le=8192, description="output pixels per block side")
     # instance mode
     points_per_side: int = Field(16, ge=0, le=64)
     pred_iou: float = Field(0.8, ge=-1, le=1)
@@ -86,7 +90,7 @@ class JobOptions(BaseModel):
 class JobRequest(BaseModel):
     """Body of ``POST /v1/jobs`` (for an upload, the ``request`` part, without ``raster``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     raster: str | None = Field(None, description="absolute path of a raster the server can read")
     bbox: tuple[float, float, float, float] | None = None
     bbox_crs: str | None = None
@@ -94,6 +98,8 @@ class JobRequest(BaseModel):
     mode: Literal["semantic", "instance"] = "semantic"
     examples: dict | None = Field(None, description="instance mode: GeoJSON FeatureCollection of example polygons "
                                                      "with a 'class' property")
+    mask: dict | None = Field(None, description="processing area: GeoJSON FeatureCollection of polygons (CRS in its "
+                                                "'crs' member); pixels outside get no class")
     model: str | None = Field(None, description="must be the loaded model when given")
     options: JobOptions = Field(default_factory=JobOptions)
 
@@ -109,6 +115,7 @@ class ServerConfig:
     max_queued: int = 8
     results_ttl_s: float = 3600.0
     model_name: str = "custom"
+    max_geojson_features: int = GEOJSON_MAX_FEATURES  # larger results: GeoPackage only
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -123,7 +130,7 @@ def _describe_validation(exc: ValidationError | RequestValidationError) -> str:
 
 def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     """The FastAPI application around one engine and one job manager."""
-    jobs = JobManager(engine, config.results_dir, config.max_queued, config.results_ttl_s)
+    jobs = JobManager(engine, config.results_dir, config.max_queued, config.results_ttl_s, config.max_geojson_features)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -200,6 +207,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                                         precision=o.precision),
                 scoring=ScoreOptions(threshold=o.threshold, cls_lambda=o.cls_lambda, dec_keep=o.dec_keep),
                 max_side=o.max_side, simplify_px=o.simplify, min_area_m2=o.min_area, mode=body.mode,
+                block_size=o.block_size,
                 instance=InstanceOptions(
                     points_per_side=o.points_per_side, pred_iou_thresh=o.pred_iou, stability_thresh=o.stability,
                     class_prompts=o.class_prompts, tile=o.tile, tile_overlap=o.tile_overlap, nms_iou=o.nms_iou,
@@ -208,6 +216,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                     fill_holes=o.fill_holes,
                 ),
                 examples=read_examples(body.examples) if body.examples else (),
+                area=body.mask,
             )
             vocabulary = build_vocabulary(list(request.classes), request.background)
             engine.text_embedder(request.templates)
@@ -218,7 +227,8 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                                      f"({', '.join(vocabulary.names)}).")
                 # cheap: says "does not overlap" for an example off the raster
                 read_chip(raster, example.geometry.bounds, example.crs, request.bands, max_side=16)
-            # A small decimated read checks the file, bands, extent and nodata before the job is queued.
+            # The plan checks extent, area and resolution from the header; a small decimated read, nodata.
+            engine.plan(request)
             read_chip(raster, request.bbox, request.bbox_crs, request.bands, max_side=64)
         except InputError as exc:
             raise ApiError(400, "bad_request", str(exc)) from None
@@ -298,6 +308,22 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                 out.write(block)
         return enqueue(body, str(target), job_id, folder)
 
+    @app.post("/v1/estimate", dependencies=[Depends(authorised)], openapi_extra={"requestBody": {"content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}}, "required": True}})
+    async def estimate(request: Request) -> dict:
+        """What a job would cost (the body of a path job): resolution, windows, blocks, seconds."""
+        try:
+            body = JobRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise ApiError(422, "invalid_request", _describe_validation(exc)) from None
+        if body.raster is None:
+            raise ApiError(422, "invalid_request", "Invalid request: raster: an estimate needs a raster path.")
+        segment_request = build_request(body, check_path(body.raster))
+        try:
+            return engine.estimate(segment_request)
+        except InputError as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
+
     @app.get("/v1/jobs/{job_id}", dependencies=[Depends(authorised)])
     def job_status(job_id: str) -> dict:
         return job_or_404(job_id).status()
@@ -309,6 +335,9 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
             raise ApiError(409, "not_done", f"Job {job_id} is {job.state}, not done; poll GET /v1/jobs/{job_id}.")
         if format == "gpkg":
             return FileResponse(job.gpkg_path, media_type="application/geopackage+sqlite3", filename=f"rsov_{job_id}.gpkg")
+        if job.features > config.max_geojson_features or not job.geojson_path.is_file():
+            raise ApiError(413, "too_large", f"The result has {job.features} polygons, over the GeoJSON limit of "
+                                             f"{config.max_geojson_features}: fetch it as a GeoPackage with ?format=gpkg.")
         return JSONResponse(json.loads(job.geojson_path.read_text(encoding="utf-8")), media_type="application/geo+json")
 
     @app.delete("/v1/jobs/{job_id}", dependencies=[Depends(authorised)])

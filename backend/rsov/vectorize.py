@@ -20,7 +20,9 @@ import pyogrio.raw
 import pyproj
 import rasterio
 import rasterio.features
+import rasterio.windows
 import shapely
+import shapely.affinity
 from affine import Affine
 from rasterio.crs import CRS
 from scipy import ndimage
@@ -94,6 +96,69 @@ def polygonize(
     return sorted(features, key=lambda f: (f.class_id, -f.area_m2))
 
 
+class VectorWriter:
+    """Write features batch by batch into a GeoPackage (or GeoJSON) that appears whole at the end.
+
+    ``layers`` are created up front (empty ones keep the schema); ``add`` appends. GeoJSON cannot
+    be appended to, so its features are kept until the file is written on close.
+    """
+
+    def __init__(self, path: str | os.PathLike, crs: CRS | str | None, layers: Sequence[str] = ("rsov",),
+                 instances: bool = False) -> None:
+        self.path = Path(path)
+        self.driver = VECTOR_DRIVERS.get(self.path.suffix.lower())
+        if self.driver is None:
+            raise InputError(
+                f"Cannot write {self.path}: the extension {self.path.suffix!r} is not supported; use .gpkg or .geojson."
+            )
+        if len(layers) > 1 and self.driver != "GPKG":
+            raise InputError(f"Cannot write {self.path}: one layer per class (or extra layers) needs a GeoPackage "
+                             "(.gpkg) output.")
+        self.crs_wkt = None if crs is None else CRS.from_user_input(crs).to_wkt()
+        self.fields = {**FIELDS, "instance_id": np.int32} if instances else FIELDS
+        self.layers = list(dict.fromkeys(layers))
+        self.count = 0
+        self._held: dict[str, list[VectorFeature]] = {name: [] for name in self.layers}
+        self._atomic = atomic_output(self.path)
+        self._tmp: Path | None = None
+
+    def __enter__(self) -> VectorWriter:
+        self._tmp = self._atomic.__enter__()
+        if self.driver == "GPKG":
+            for name in self.layers:
+                self._write(name, [], append=False)
+        return self
+
+    def add(self, features: Sequence[VectorFeature], layer: str | None = None) -> None:
+        """Append ``features`` to ``layer`` (default: the first)."""
+        name = layer or self.layers[0]
+        self.count += len(features)
+        if self.driver == "GPKG":
+            if features:
+                self._write(name, features, append=True)
+        else:
+            self._held[name] += features
+
+    def __exit__(self, kind, value, traceback) -> bool:
+        if kind is None and self.driver != "GPKG":
+            self._write(self.layers[0], self._held[self.layers[0]], append=False)
+        return self._atomic.__exit__(kind, value, traceback)
+
+    def _write(self, layer: str, features: Sequence[VectorFeature], append: bool) -> None:
+        rows = [_properties(f) for f in features]
+        pyogrio.raw.write(
+            self._tmp,
+            np.array([shapely.to_wkb(_as_multi(f.geometry)) for f in features], dtype=object),
+            [np.array([row[field] for row in rows], dtype=dtype) for field, dtype in self.fields.items()],
+            list(self.fields),
+            layer=layer,
+            driver=self.driver,
+            geometry_type="MultiPolygon",
+            crs=self.crs_wkt,
+            append=append,
+        )
+
+
 def write_vector(
     features: Sequence[VectorFeature],
     path: str | os.PathLike,
@@ -117,31 +182,96 @@ def write_vector(
     only) go into the same file, e.g. oriented boxes beside instance outlines. ``instances``
     adds the ``instance_id`` field (also to empty layers).
     """
-    path = Path(path)
-    driver = VECTOR_DRIVERS.get(path.suffix.lower())
-    if driver is None:
-        raise InputError(
-            f"Cannot write {path}: the extension {path.suffix!r} is not supported; use .gpkg or .geojson."
-        )
-    if (layer_per_class or extra_layers) and driver != "GPKG":
-        raise InputError(f"Cannot write {path}: one layer per class (or extra layers) needs a GeoPackage (.gpkg) output.")
-    crs_wkt = None if crs is None else CRS.from_user_input(crs).to_wkt()
-    with atomic_output(path) as tmp:
-        layers = _layers(features, layer, layer_per_class, class_names) | dict(extra_layers or {})
+    layers = _layers(features, layer, layer_per_class, class_names) | dict(extra_layers or {})
+    with VectorWriter(path, crs, list(layers), instances) as writer:
         for name, group in layers.items():
-            rows = [_properties(f) for f in group]
-            fields = {**FIELDS, "instance_id": np.int32} if instances else FIELDS
-            pyogrio.raw.write(
-                tmp,
-                np.array([shapely.to_wkb(_as_multi(f.geometry)) for f in group], dtype=object),
-                [np.array([row[field] for row in rows], dtype=dtype) for field, dtype in fields.items()],
-                list(fields),
-                layer=name,
-                driver=driver,
-                geometry_type="MultiPolygon",
-                crs=crs_wkt,
-            )
-    return path
+            writer.add(group, name)
+    return Path(path)
+
+
+class SeamPolygonizer:
+    """Vectorize a class map block by block, in any order, without holding the map.
+
+    A region inside one block is finished at once; a region that reaches a block seam is kept,
+    in pixel coordinates (exact integers, so pieces meet exactly), and its pieces are dissolved
+    across seams at ``finish``: it comes out as one polygon, as if the map had been whole.
+    """
+
+    def __init__(self, transform: Affine, crs: CRS | str | None, class_names: Sequence[str], size: tuple[int, int],
+                 simplify_px: float = 0.0, min_area_m2: float = 0.0) -> None:
+        self.transform = transform
+        self.crs = None if crs is None else CRS.from_user_input(crs)
+        self.class_names = list(class_names)
+        self.height, self.width = size
+        self.simplify_px = simplify_px
+        self.min_area_m2 = min_area_m2
+        self._open: dict[int, list[tuple[BaseGeometry, float, float]]] = {}  # class -> (piece, score sum, pixels)
+
+    def add(self, block: tuple[int, int, int, int], class_map: np.ndarray, score_map: np.ndarray,
+            valid: np.ndarray) -> list[VectorFeature]:
+        """Block (r0, c0, r1, c1) of the map -> the features it finishes."""
+        r0, c0, r1, c1 = block
+        keep = (class_map > 0) & valid
+        _check_class_ids(class_map[keep], self.class_names)
+        labels, region_class = _label_regions(class_map, keep)
+        index = np.arange(1, len(region_class) + 1)
+        sums = ndimage.sum(score_map, labels, index)
+        pixels = ndimage.sum(keep, labels, index)
+        edges = [labels[0] if r0 > 0 else (), labels[-1] if r1 < self.height else (),
+                 labels[:, 0] if c0 > 0 else (), labels[:, -1] if c1 < self.width else ()]
+        seam = set(np.unique(np.concatenate([np.asarray(e, dtype=np.int32) for e in edges])).tolist()) - {0}
+        finished = []
+        offset = Affine.translation(c0, r0)
+        for geojson, label in rasterio.features.shapes(labels, mask=keep, connectivity=4, transform=offset):
+            label = int(label)
+            class_id = int(region_class[label - 1])
+            if label in seam:
+                self._open.setdefault(class_id, []).append((shape(geojson), sums[label - 1], pixels[label - 1]))
+            else:
+                finished += self._feature(shape(geojson), class_id, sums[label - 1] / pixels[label - 1])
+        return finished
+
+    def finish(self) -> list[VectorFeature]:
+        """The regions that crossed seams, each dissolved into one feature."""
+        out = []
+        for class_id, pieces in sorted(self._open.items()):
+            merged = shapely.union_all([p for p, _, _ in pieces])
+            parts = list(getattr(merged, "geoms", [merged]))
+            points = [p.representative_point() for p, _, _ in pieces]
+            inside, part = shapely.STRtree(parts).query(points, predicate="within")
+            sums, pixels = np.zeros(len(parts)), np.zeros(len(parts))
+            np.add.at(sums, part, [pieces[i][1] for i in inside])
+            np.add.at(pixels, part, [pieces[i][2] for i in inside])
+            for k, geometry in enumerate(parts):
+                out += self._feature(geometry, class_id, sums[k] / max(pixels[k], 1.0))
+        self._open.clear()
+        return out
+
+    def _feature(self, pixel_geometry: BaseGeometry, class_id: int, score: float) -> list[VectorFeature]:
+        """A region in pixel coordinates -> its feature (none if simplified away or too small)."""
+        geometry = _clean(pixel_geometry, self.simplify_px)
+        if geometry is None:
+            return []
+        t = self.transform
+        geometry = shapely.affinity.affine_transform(geometry, [t.a, t.b, t.d, t.e, t.c, t.f])
+        area = _area_m2(geometry, self.crs)
+        if area < self.min_area_m2:
+            return []
+        return [VectorFeature(geometry, self.class_names[class_id - 1], class_id, float(score), area)]
+
+
+def read_vector(path: str | os.PathLike, layer: str | None = None) -> tuple[CRS | None, list[VectorFeature]]:
+    """The CRS and features of a file written by ``write_vector`` (its first layer by default)."""
+    meta, _, geometries, values = pyogrio.raw.read(path, layer=layer)
+    columns = dict(zip(meta["fields"], values))
+    features = [
+        VectorFeature(shapely.from_wkb(g), str(columns["class"][i]), int(columns["class_id"][i]),
+                      float(columns["score"][i]), float(columns["area_m2"][i]),
+                      int(columns["instance_id"][i]) if "instance_id" in columns else None)
+        for i, g in enumerate(geometries)
+    ]
+    crs = meta.get("crs")
+    return (CRS.from_user_input(crs) if crs else None), features
 
 
 def mask_geometry(mask: np.ndarray, transform: Affine, simplify_px: float = 0.0,
@@ -187,6 +317,43 @@ def features_to_geojson(features: Sequence[VectorFeature], crs: CRS | str | None
     return collection
 
 
+class ClassRasterWriter:
+    """A single-band uint8 class GeoTIFF (tiled, LZW, colour table, class names in the band
+    description), written block by block and appearing whole at the end."""
+
+    def __init__(self, path: str | os.PathLike, size: tuple[int, int], transform: Affine, crs: CRS | str | None,
+                 class_names: Sequence[str]) -> None:
+        self.path = Path(path)
+        if self.path.suffix.lower() not in RASTER_SUFFIXES:
+            raise InputError(f"Cannot write {self.path}: a class raster must be a GeoTIFF (.tif).")
+        if len(class_names) > 255:
+            raise InputError(f"A class raster holds at most 255 classes, but {len(class_names)} were given: "
+                             "write polygons instead.")
+        self.class_names = list(class_names)
+        height, width = size
+        self.profile = {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8",
+                        "crs": crs, "transform": transform, "compress": "lzw", "tiled": True, "BIGTIFF": "IF_SAFER"}
+        self._atomic = atomic_output(self.path)
+
+    def __enter__(self) -> ClassRasterWriter:
+        self._ds = rasterio.open(self._atomic.__enter__(), "w", **self.profile)
+        # the colour table goes in before any pixel: GDAL cannot change the photometric tag later
+        self._ds.write_colormap(1, {k: (*class_colour(k), 255) for k in range(len(self.class_names) + 1)})
+        self._ds.set_band_description(1, "; ".join(f"{i}={name}" for i, name in enumerate(["background",
+                                                                                           *self.class_names])))
+        return self
+
+    def write(self, row: int, col: int, class_map: np.ndarray) -> None:
+        """Write (h, w) class ids with their top-left pixel at (row, col)."""
+        _check_class_ids(class_map, self.class_names)
+        h, w = class_map.shape
+        self._ds.write(class_map.astype(np.uint8), 1, window=rasterio.windows.Window(col, row, w, h))
+
+    def __exit__(self, kind, value, traceback) -> bool:
+        self._ds.close()
+        return self._atomic.__exit__(kind, value, traceback)
+
+
 def write_class_raster(
     class_map: np.ndarray,
     transform: Affine,
@@ -194,30 +361,10 @@ def write_class_raster(
     path: str | os.PathLike,
     class_names: Sequence[str],
 ) -> Path:
-    """Write an (H, W) class map (0 = background, k = ``class_names[k - 1]``) as a GeoTIFF.
-
-    Single band, uint8, LZW, with a colour table (background black) and the
-    class names in the band description.
-    """
-    path = Path(path)
-    if path.suffix.lower() not in RASTER_SUFFIXES:
-        raise InputError(f"Cannot write {path}: a class raster must be a GeoTIFF (.tif).")
-    if len(class_names) > 255:
-        raise InputError(
-            f"A class raster holds at most 255 classes, but {len(class_names)} were given: write polygons instead."
-        )
-    _check_class_ids(class_map, class_names)
-    height, width = class_map.shape
-    profile = {
-        "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8",
-        "crs": crs, "transform": transform, "compress": "lzw", "tiled": True,
-    }
-    description = "; ".join(f"{i}={name}" for i, name in enumerate(["background", *class_names]))
-    with atomic_output(path) as tmp, rasterio.open(tmp, "w", **profile) as ds:
-        ds.write(class_map.astype(np.uint8), 1)
-        ds.write_colormap(1, {k: (*class_colour(k), 255) for k in range(len(class_names) + 1)})
-        ds.set_band_description(1, description)
-    return path
+    """Write an (H, W) class map (0 = background, k = ``class_names[k - 1]``) as a GeoTIFF (see ClassRasterWriter)."""
+    with ClassRasterWriter(path, class_map.shape, transform, crs, class_names) as writer:
+        writer.write(0, 0, class_map)
+    return Path(path)
 
 
 def _check_class_ids(class_ids: np.ndarray, class_names: Sequence[str]) -> None:

@@ -86,7 +86,7 @@ def start():
 def segment():
     iface.mapCanvas().setExtent(dock().raster_combo.currentLayer().extent().buffered(-70))
     iface.mapCanvas().refresh()
-    report["task_started"] = dock().segment_visible_extent() is not None
+    report["task_started"] = dock().segment() is not None
     when_done(segmented)
 
 
@@ -107,6 +107,9 @@ def shot_segment():
     iface.mapCanvas().waitWhileRendering()
     iface.mainWindow().grab().save(str(OUT / "dock.png"))
     panel = dock()
+    report["area"] = panel.area_combo.currentText()
+    report["segment_button"] = panel.segment_button.text()
+    report["estimate"] = panel.estimate_label.text()
     panel.tabs.setCurrentIndex(1)
     panel.next_action.trigger()
     panel.accept_action.trigger()
@@ -137,7 +140,7 @@ def shot_review():
     tree.findLayer(semantic.id()).setItemVisibilityChecked(False)
     semantic.removeSelection()
     iface.mapCanvas().setExtent(panel.raster_combo.currentLayer().extent().buffered(40))
-    task = panel.segment_visible_extent()
+    task = panel.segment()
     report["instance_task_started"] = task is not None
     report["sent_examples"] = len((task.job.examples or {}).get("features", [])) if task else 0
     when_done(instances_done)

@@ -1,9 +1,13 @@
 """A small stand-in for ``rsov serve`` that follows the HTTP contract, for client and GUI tests.
 
-Jobs go queued -> running -> done over a few polls (or stay running with ``hold``, or fail
-with ``fail_with``); the result is one rectangle per class inside the requested bbox, written
-with GDAL in the raster's CRS (with an ``instance_id`` in instance mode). Every request body is
-recorded in ``requests``; examples of a class outside the vocabulary are refused, as the backend does.
+Jobs go queued -> running ("segmenting block k/n") -> done over a few polls (or stay running
+with ``hold``, or fail with ``fail_with``); the result is one rectangle per class inside the
+requested bbox (the mask's bounds when bbox is null), cut to the ``mask`` when one is sent,
+written with GDAL in the raster's CRS (with an ``instance_id`` in instance mode). The GeoJSON
+result is refused as ``too_large`` (413) past ``geojson_limit`` features; ``?format=gpkg`` always
+answers. ``POST /v1/estimate`` answers figures derived from the raster's resolution (or the fixed
+one) and the bbox. Job bodies are recorded in ``requests``, estimate bodies in ``estimates``;
+examples of a class outside the vocabulary are refused, as the backend does.
 Run as a script (``python fake_backend.py PORT TOKEN_FILE``) to serve from another process.
 """
 
@@ -41,8 +45,14 @@ class FakeBackend:
     hold: bool = False  # jobs stay "running" until cancelled
     fail_with: str | None = None  # jobs fail with this error
     model: str = "fake-model"
+    blocks: int = 3  # of a job's "segmenting block k/n" stages
+    geojson_limit: int = 1  # GeoJSON results with more features answer 413 too_large
+    estimate_delay_s: float = 0.0  # how long /v1/estimate takes
+    max_resolution_m: float = 1e5  # coarser resolutions are refused as absurd
     jobs: dict = field(default_factory=dict)
     requests: list = field(default_factory=list)
+    estimates: list = field(default_factory=list)
+    results: list = field(default_factory=list)  # the query string of each result download
     server: ThreadingHTTPServer | None = None
 
     @property
@@ -88,6 +98,8 @@ class FakeBackend:
                                                       "weights_present": True, "loaded": True}]})
         if method == "POST" and parts == ["v1", "jobs"]:
             return self._submit(http)
+        if method == "POST" and parts == ["v1", "estimate"]:
+            return self._estimate(http)
         if len(parts) >= 3 and parts[:2] == ["v1", "jobs"] and parts[2] in self.jobs:
             job = self.jobs[parts[2]]
             if method == "DELETE" and len(parts) == 3:
@@ -98,8 +110,12 @@ class FakeBackend:
             if method == "GET" and parts[3:] == ["result"]:
                 if job.state != "done":
                     return self._error(http, 409, "not_done", "The job is not done.")
+                self.results.append(query)
                 if query == "format=gpkg":
                     return self._send(http, 200, self._gpkg(job), "application/geopackage+sqlite3")
+                if len(job.request["classes"]) > self.geojson_limit:
+                    return self._error(http, 413, "too_large", "The result is too large for GeoJSON: "
+                                                               "ask for ?format=gpkg.")
                 return self._send(http, 200, {"type": "FeatureCollection", "features": []})
         return self._error(http, 404, "not_found", f"No such endpoint {method} {path}.")
 
@@ -127,10 +143,9 @@ class FakeBackend:
         else:
             request = json.loads(body)
         self.requests.append({"json": request, "chip": chip})
-        if not request.get("classes"):
-            return self._error(http, 422, "empty_vocabulary", "The vocabulary is empty.")
-        if chip is None and not Path(request.get("raster") or "").is_file():
-            return self._error(http, 400, "missing_file", f"The raster {request.get('raster')} does not exist.")
+        error = self._invalid(request, chip)
+        if error:
+            return self._error(http, *error)
         names = [query.split(",")[0].strip().lower() for query in request["classes"]]
         for example in (request.get("examples") or {}).get("features", []):
             if example["properties"]["class"].lower() not in names:
@@ -139,6 +154,70 @@ class FakeBackend:
         job = FakeJob(uuid.uuid4().hex[:12], request, chip)
         self.jobs[job.job_id] = job
         self._send(http, 202, {"job_id": job.job_id})
+
+    @staticmethod
+    def _invalid(request: dict, chip: bytes | None) -> tuple[int, str, str] | None:
+        """(status, code, message) of a request the backend refuses, else None."""
+        if not request.get("classes"):
+            return 422, "empty_vocabulary", "The vocabulary is empty."
+        if chip is None and not Path(request.get("raster") or "").is_file():
+            return 400, "missing_file", f"The raster {request.get('raster')} does not exist."
+        mask = request.get("mask")
+        if mask is not None:
+            name = ((mask.get("crs") or {}).get("properties") or {}).get("name")
+            kinds = {(f.get("geometry") or {}).get("type") for f in mask.get("features", [])}
+            if not name or not kinds or not kinds <= {"Polygon", "MultiPolygon"}:
+                return 400, "bad_mask", "The mask must be polygons with a crs member."
+        return None
+
+    @staticmethod
+    def _mask_geometry(request: dict):
+        """The union of the mask's polygons (an OGR geometry), or None without a mask."""
+        mask = request.get("mask")
+        if mask is None:
+            return None
+        union = ogr.Geometry(ogr.wkbMultiPolygon)
+        for feature in mask["features"]:
+            union = union.Union(ogr.CreateGeometryFromJson(json.dumps(feature["geometry"])))
+        return union
+
+    def _bbox(self, request: dict) -> list[float]:
+        if request.get("bbox") is not None:
+            return list(request["bbox"])
+        mask = self._mask_geometry(request)
+        if mask is not None:
+            minx, maxx, miny, maxy = mask.GetEnvelope()
+            return [minx, miny, maxx, maxy]
+        ds = gdal.Open(request["raster"])
+        x0, dx, _, y0, _, dy = ds.GetGeoTransform()
+        return [x0, y0 + dy * ds.RasterYSize, x0 + dx * ds.RasterXSize, y0]
+
+    def _estimate(self, http) -> None:
+        request = json.loads(http.rfile.read(int(http.headers.get("Content-Length", 0))))
+        self.estimates.append(request)
+        if self.estimate_delay_s:
+            threading.Event().wait(self.estimate_delay_s)
+        error = self._invalid(request, None)
+        if error:
+            return self._error(http, *error)
+        options = request.get("options") or {}
+        native = abs(gdal.Open(request["raster"]).GetGeoTransform()[1])
+        resolution = options.get("resolution") or native * 1024 / 448
+        if resolution <= 0 or resolution > self.max_resolution_m:
+            return self._error(http, 400, "bad_resolution", f"The resolution {resolution} m is absurd.")
+        minx, miny, maxx, maxy = self._bbox(request)
+        width, height = max(1, round((maxx - minx) / resolution)), max(1, round((maxy - miny) / resolution))
+
+        def steps(side):  # 224 px windows every 112 px
+            return 1 + max(0, -(-(side - 224) // 112))
+
+        windows = steps(width) * steps(height)
+        self._send(http, 200, {
+            "resolution_m": resolution, "rule": "fixed" if options.get("resolution") else "auto",
+            "working_size": [height, width],
+            "output_size": [max(1, round((maxy - miny) / native)), max(1, round((maxx - minx) / native))],
+            "windows": windows, "windows_cached": 0, "blocks": -(-width // 1024) * -(-height // 1024),
+            "estimated_s": 0.25 * windows})
 
     def _poll(self, job: FakeJob) -> dict:
         if job.state not in ("done", "failed", "cancelled"):
@@ -150,8 +229,9 @@ class FakeBackend:
             else:
                 job.state = "done"
         progress = 1.0 if job.state == "done" else min(0.9, job.polls / max(1, self.polls_until_done))
+        block = min(job.polls, self.blocks)
         return {"job_id": job.job_id, "state": job.state, "progress": progress,
-                "stage": "encoding image" if job.state == "running" else job.state, "message": "",
+                "stage": f"segmenting block {block}/{self.blocks}" if job.state == "running" else job.state, "message": "",
                 "error": self.fail_with if job.state == "failed" else None}
 
     # --- result -----------------------------------------------------------------------------
@@ -164,8 +244,9 @@ class FakeBackend:
             return gdal.Open(str(path)).GetProjection()
 
     def _gpkg(self, job: FakeJob) -> bytes:
-        """One rectangle per class: vertical strips of the bbox, inset by 10 %."""
-        minx, miny, maxx, maxy = job.request["bbox"]
+        """One rectangle per class: vertical strips of the bbox, inset by 10 %, cut to the mask."""
+        minx, miny, maxx, maxy = self._bbox(job.request)
+        mask = self._mask_geometry(job.request)
         srs = osr.SpatialReference()
         srs.ImportFromWkt(self._raster_wkt(job))
         with tempfile.TemporaryDirectory() as folder:
@@ -183,6 +264,10 @@ class FakeBackend:
                 y0, y1 = miny + (maxy - miny) * 0.1, maxy - (maxy - miny) * 0.1
                 geometry = ogr.CreateGeometryFromWkt(
                     f"MULTIPOLYGON((({x0} {y0},{x1} {y0},{x1} {y1},{x0} {y1},{x0} {y0})))")
+                if mask is not None:
+                    geometry = ogr.ForceToMultiPolygon(geometry.Intersection(mask))
+                    if geometry.IsEmpty():
+                        continue
                 feature = ogr.Feature(layer.GetLayerDefn())
                 feature.SetField("class", query.split(",")[0].strip())
                 feature.SetField("class_id", i + 1)

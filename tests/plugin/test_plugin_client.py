@@ -53,7 +53,7 @@ def test_whole_job_by_path_reports_progress(client, fake_backend, oem_raster):
     seen = []
     job_id = client.run_job(_request(oem_raster), on_status=seen.append, poll_s=0.01)
     assert [s.state for s in seen] == ["running", "done"]
-    assert seen[-1].progress == 1.0 and seen[0].stage == "encoding image"
+    assert seen[-1].progress == 1.0 and seen[0].stage == "segmenting block 1/3"
     assert fake_backend.requests[0]["json"]["raster"] == str(oem_raster)
     assert client.result_gpkg(job_id)[:16] == b"SQLite format 3\x00"
 
@@ -132,3 +132,42 @@ def test_urls():
     assert is_loopback_url("http://[::1]:8765") and not is_loopback_url("http://10.0.0.2:8765")
     assert BackendClient("http://127.0.0.1:8765/ ").url == "http://127.0.0.1:8765"
     assert json.loads(json.dumps(SegmentOptions(resolution=0.5).to_json())) == {"threshold": 0.3, "resolution": 0.5}
+
+
+def test_estimate_and_its_errors(client, fake_backend, oem_raster, tmp_path):
+    from rsov_qgis.backend_client import describe_estimate
+
+    request = _request(oem_raster)
+    request.bbox = (346000.0, 5647500.0, 346500.0, 5648000.0)
+    estimate = client.estimate(request)
+    assert estimate["rule"] == "auto" and estimate["resolution_m"] == pytest.approx(0.5 * 1024 / 448)
+    assert fake_backend.estimates == [request.to_json()] and fake_backend.requests == []  # the job's body, no job
+    assert describe_estimate(estimate) == "1.14 m/px (auto), 438 × 438 px, 9 windows, about 2 s"
+    assert describe_estimate({"resolution_m": 0.3, "rule": "long_side", "working_size": [448, 300], "windows": 1,
+                              "windows_cached": 1, "estimated_s": 600}) == (
+        "0.3 m/px (long side), 300 × 448 px, 1 window (1 cached), about 10 min")
+    assert describe_estimate({**estimate, "estimated_s": 0.2}).endswith("9 windows, under 1 s")
+    request.raster = str(tmp_path / "missing.tif")
+    with pytest.raises(BackendError, match="does not exist") as info:
+        client.estimate(request)
+    assert (info.value.code, info.value.status) == ("missing_file", 400)
+    request.raster = None
+    with pytest.raises(BackendError, match="image chip") as info:
+        client.estimate(request)
+    assert info.value.code == "no_estimate"
+
+
+def test_mask_goes_with_the_job_and_large_geojson_results_are_refused(client, fake_backend, oem_raster):
+    mask = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "EPSG:25832"}},
+            "features": [{"type": "Feature", "properties": {}, "geometry": {
+                "type": "Polygon", "coordinates": [[[1.0, 2.0], [3.0, 2.0], [3.0, 4.0], [1.0, 2.0]]]}}]}
+    request = _request(oem_raster)
+    assert "mask" not in request.to_json()
+    request.mask, request.bbox = mask, None
+    assert request.to_json()["mask"] == mask and request.to_json()["bbox"] is None  # the backend takes the mask's bounds
+    job_id = client.run_job(request, poll_s=0.01)
+    assert fake_backend.requests[0]["json"]["mask"] == mask
+    with pytest.raises(BackendError, match="format=gpkg") as info:
+        client.result_geojson(job_id)
+    assert (info.value.code, info.value.status) == ("too_large", 413)
+    assert client.result_gpkg(job_id)[:16] == b"SQLite format 3\x00"

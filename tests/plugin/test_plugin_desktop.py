@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import zipfile
@@ -58,6 +59,8 @@ def test_desktop_dock_segments_and_reviews(plugin_zip, fake_backend, oem_raster,
     assert report["classes"] == sorted(["bareland", "grass", "pavement", "road", "tree", "water", "cropland", "building"])
     assert report["source"].startswith(str(tmp_path / "results"))
     assert report["review_summary"].startswith("7 new, 1 accepted, 0 rejected")
+    assert report["area"] == "Visible extent" and report["segment_button"] == "Segment visible extent"
+    assert report["estimate"].startswith("Estimate: 1.14 m/px (auto), ")  # the fake's figures
     _assert_instances(report)
     assert report["instance_stage"].startswith("Done: 8 objects")  # the fake's: one per class
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -84,6 +87,7 @@ def test_desktop_with_the_real_backend(plugin_zip, use_real_backend, oem_raster,
     assert set(report["classes"]) <= {"bareland", "grass", "pavement", "road", "tree", "water", "cropland", "building"}
     assert report["renderer"] == "categorizedSymbol"
     assert "1 accepted" in report["review_summary"]
+    assert re.match(r"Estimate: [\d.]+ m/px \(auto\), \d+ × \d+ px, \d+ windows?", report["estimate"]), report["estimate"]
     _assert_instances(report)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(report["out"] / "dock.png", SCREENSHOTS / "dock_tiny_random.png")

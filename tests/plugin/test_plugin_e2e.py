@@ -1,6 +1,7 @@
 """End to end with the real backend (`.venv/bin/rsov serve --model tiny-random`): the dock, Processing,
 cancel, a geographic raster under a Web Mercator canvas, a web layer sent as a chip, Start backend,
-and instance mode with examples (dock and Processing).
+instance mode with examples (dock and Processing), and selected polygons as the processing area
+with the estimate line.
 
 tiny-random has random weights (and a tiny random Segment Anything), so the classes and objects it
 finds are arbitrary: the tests check the plumbing (extent, CRS, fields, style, files), with
@@ -14,6 +15,7 @@ from osgeo import gdal
 from qgis.core import (
     Qgis,
     QgsCategorizedSymbolRenderer,
+    QgsGeometry,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsProject,
@@ -60,7 +62,7 @@ def _show(canvas, layer, crs, half_size_fraction=0.3):
 
 
 def _segment(dock, qtbot):
-    task = dock.segment_visible_extent()
+    task = dock.segment()
     assert task is not None
     qtbot.waitUntil(lambda: dock.task is None, timeout=TIMEOUT_MS)
     return task
@@ -121,7 +123,9 @@ def test_web_layer_goes_as_a_chip(dock, qgis_canvas, qgis_iface, qtbot, tmp_path
     QgsProject.instance().addMapLayer(layer)
     dock.raster_combo.setLayer(layer)
     qgis_canvas.setDestinationCrs(layer.crs())
-    qgis_canvas.setExtent(QgsRectangle(-2e6, -1e6, 2e6, 1e6))
+    qgis_canvas.setExtent(QgsRectangle(-2e5, -1e5, 2e5, 1e5))
+    # the chip's own resolution (~1 km/px): random weights give classes there, not only background
+    dock.resolution_spin.setValue(1000.0)
     _segment(dock, qtbot)
     assert _critical(qgis_iface) == []
     _assert_result(_only_result(), dock, qgis_canvas.mapSettings().visibleExtent(), "EPSG:3857")
@@ -130,7 +134,7 @@ def test_web_layer_goes_as_a_chip(dock, qgis_canvas, qgis_iface, qtbot, tmp_path
 def test_cancel_mid_job(dock, oem_layer, qgis_canvas, qgis_iface, qtbot, tmp_path):
     _show(qgis_canvas, oem_layer, oem_layer.crs(), 0.5)
     dock.resolution_spin.setValue(0.23)  # a few seconds of work, and not in the backend's feature cache
-    task = dock.segment_visible_extent()
+    task = dock.segment()
     qtbot.waitUntil(lambda: task.job_id is not None, timeout=TIMEOUT_MS)
     dock.cancel()
     qtbot.waitUntil(lambda: dock.task is None, timeout=TIMEOUT_MS)
@@ -242,3 +246,28 @@ def test_processing_instance_mode_with_examples(use_real_backend, oem_layer, qgi
     assert layer.crs().authid() == "EPSG:25832"
     _assert_objects(layer, parse_vocabulary("building, roof, house\ntree, forest\nwater, river"))
     assert {f["status"] for f in layer.getFeatures()} == {"new"}
+
+
+def test_dock_selected_polygons_and_the_estimate(dock, oem_layer, qgis_canvas, qgis_iface, qtbot):
+    from rsov_qgis.area import MASK
+
+    field = "POLYGON((346120.3 5647620.3, 346260.1 5647620.3, 346260.1 5647700.8, 346120.3 5647620.3))"
+    drawn = polygon_layer([field])
+    QgsProject.instance().addMapLayer(drawn)
+    dock.area_combo.setCurrentIndex(dock.area_combo.findData(MASK))
+    dock.mask_combo.setLayer(drawn)
+    _show(qgis_canvas, oem_layer, oem_layer.crs(), 0.1)  # the view does not matter
+    dock.refresh_estimate()
+    qtbot.waitUntil(lambda: "asking" not in dock.estimate_label.text(), timeout=TIMEOUT_MS)
+    # auto: the raster's 0.5 m × 1024/448
+    assert re.match(r"Estimate: 1\.14 m/px \(auto\), \d+ × \d+ px, \d+ windows?", dock.estimate_label.text()), \
+        dock.estimate_label.text()
+    task = _segment(dock, qtbot)
+    assert _critical(qgis_iface) == []
+    assert task.job.to_json()["mask"]["crs"]["properties"]["name"] == "EPSG:25832"
+    layer = _only_result()
+    features = list(layer.getFeatures())
+    assert features, "tiny-random at threshold 0 should give polygons"
+    inside = QgsGeometry.fromWkt(field).buffer(1.5, 4)  # pixels outside the mask get no class
+    for feature in features:
+        assert inside.contains(feature.geometry()), feature.geometry().boundingBox().toString()

@@ -1,7 +1,16 @@
 """Processing: rsov:segment against the fake backend."""
 
 import pytest
-from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback, QgsRectangle, QgsVectorLayer
+from qgis.core import (
+    QgsApplication,
+    QgsGeometry,
+    QgsProcessingException,
+    QgsProcessingFeatureSourceDefinition,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsRectangle,
+    QgsVectorLayer,
+)
 
 from helpers import polygon_layer
 from rsov_qgis.processing_provider import RsovProvider
@@ -48,7 +57,7 @@ def test_segment_algorithm_writes_features(fake_backend, provider, oem_layer, tm
     assert {"class", "class_id", "score", "area_m2", "status"} <= set(layer.fields().names())
     for feature in layer.getFeatures():
         assert box.contains(feature.geometry().boundingBox())
-    assert "encoding image" in feedback.infos and feedback.progress_values[-1] == 100
+    assert "segmenting block 1/3" in feedback.infos and feedback.progress_values[-1] == 100
 
 
 def test_whole_raster_by_default_and_errors_are_processing_exceptions(fake_backend, provider, oem_layer, tmp_path):
@@ -124,3 +133,69 @@ def test_examples_need_their_class_field(fake_backend, provider, oem_layer):
     processing.run("rsov:segment", {"INPUT": oem_layer, "CLASSES": "water", "EXAMPLES": examples,
                                     "OUTPUT": "TEMPORARY_OUTPUT"})
     assert fake_backend.requests[-1]["json"]["mode"] == "semantic" and "examples" not in fake_backend.requests[-1]["json"]
+
+
+# inside the raster (346000..346500, 5647500..5648000), in EPSG:4326
+FIELD_4326 = "POLYGON((6.8105 50.9605, 6.8115 50.9605, 6.8115 50.9611, 6.8105 50.9611, 6.8105 50.9605))"
+POND_4326 = "POLYGON((6.812 50.962, 6.8125 50.962, 6.8125 50.9623, 6.812 50.962))"
+OFF_4326 = "POLYGON((7.0 50.95, 7.0001 50.95, 7.0001 50.9501, 7.0 50.95))"
+
+
+def _in_raster_crs(wkt, layer):
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform
+
+    geometry = QgsGeometry.fromWkt(wkt)
+    geometry.transform(QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:4326"), layer.crs(),
+                                              QgsProject.instance()))
+    return geometry
+
+
+def test_mask_with_selected_features_only(fake_backend, provider, oem_layer, tmp_path):
+    import processing
+
+    mask = polygon_layer([FIELD_4326, POND_4326, OFF_4326], crs="EPSG:4326", name="fields")
+    QgsProject.instance().addMapLayer(mask)
+    mask.selectByIds([next(mask.getFeatures()).id()])  # the field only
+    feedback = Feedback()
+    result = processing.run("rsov:segment", {
+        "INPUT": oem_layer, "CLASSES": "building; water", "RESOLUTION": 0,
+        "MASK": QgsProcessingFeatureSourceDefinition(mask.id(), True), "OUTPUT": str(tmp_path / "masked.gpkg")},
+        feedback=feedback)
+    sent = fake_backend.requests[0]["json"]
+    assert "resolution" not in sent["options"]  # 0: auto
+    assert sent["mask"]["crs"]["properties"]["name"] == "EPSG:25832" == sent["bbox_crs"]
+    [feature] = sent["mask"]["features"]
+    field = _in_raster_crs(FIELD_4326, oem_layer)
+    ring = feature["geometry"]["coordinates"][0]
+    assert QgsGeometry.fromWkt("POLYGON((" + ",".join(f"{x} {y}" for x, y in ring) + "))").symDifference(
+        field).area() < 0.1
+    box = field.boundingBox()
+    assert QgsRectangle(*sent["bbox"]).contains(box) and QgsRectangle(*sent["bbox"]).width() < box.width() + 1.01
+    layer = QgsVectorLayer(result["OUTPUT"], "out", "ogr")
+    assert layer.featureCount() == 2
+    for out in layer.getFeatures():
+        assert field.buffer(0.01, 4).contains(out.geometry())
+    assert any(info.startswith("Estimate: 1.14 m/px (auto)") for info in feedback.infos)
+    assert "Mask polygons on the raster: 1." in feedback.infos
+    assert fake_backend.results == ["format=gpkg"]
+    # every polygon of the layer (the one off the raster is left out), at a fixed resolution
+    processing.run("rsov:segment", {"INPUT": oem_layer, "CLASSES": "water", "RESOLUTION": 0.5, "MASK": mask,
+                                    "OUTPUT": "TEMPORARY_OUTPUT"})
+    sent = fake_backend.requests[1]["json"]
+    assert len(sent["mask"]["features"]) == 2 and sent["options"]["resolution"] == 0.5
+    assert fake_backend.estimates[-1]["options"]["resolution"] == 0.5
+
+
+def test_mask_off_the_raster_or_outside_the_extent_is_refused(fake_backend, provider, oem_layer):
+    import processing
+
+    off = polygon_layer([OFF_4326], crs="EPSG:4326")
+    with pytest.raises(QgsProcessingException, match="The mask polygons do not overlap the raster oem_koeln_50"):
+        processing.run("rsov:segment", {"INPUT": oem_layer, "CLASSES": "water", "MASK": off,
+                                        "OUTPUT": "TEMPORARY_OUTPUT"})
+    field = polygon_layer([FIELD_4326], crs="EPSG:4326")
+    with pytest.raises(QgsProcessingException, match="within the extent"):
+        processing.run("rsov:segment", {"INPUT": oem_layer, "CLASSES": "water", "MASK": field,
+                                        "EXTENT": "346400,346500,5647900,5648000 [EPSG:25832]",
+                                        "OUTPUT": "TEMPORARY_OUTPUT"})
+    assert fake_backend.requests == []

@@ -88,3 +88,13 @@ def test_instance_results_are_outlines_with_labels_ready_but_off(tmp_path):
     semantic = save_result(result_gpkg_bytes(tmp_path / "semantic.gpkg", ["water"]), tmp_path / "out" / "s.gpkg",
                            vocabulary())
     assert not is_instance_layer(QgsVectorLayer(f"{semantic}|layername=rsov", "s", "ogr"))
+
+
+def test_empty_result_still_gets_the_status_field(tmp_path):
+    """A job that finds nothing (e.g. a mask over bare ground) is a valid, reviewable result."""
+    data = result_gpkg_bytes(tmp_path / "backend.gpkg", [])
+    saved = save_result(data, tmp_path / "out" / "empty.gpkg", vocabulary())
+    layer = QgsVectorLayer(f"{saved}|layername=rsov", "r", "ogr")
+    assert layer.isValid() and layer.featureCount() == 0
+    assert schema.STATUS in layer.fields().names()
+    assert isinstance(layer.renderer(), QgsCategorizedSymbolRenderer)

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..engine import SegmentRequest
+from ..predictor import FeatureOptions
 from ..errors import InputError
 from ..vocabulary import ClassSpec
 from .datasets import (PRESETS, DatasetPreset, LabelSpec, class_index, get_preset, load_classes, load_coco,
@@ -96,7 +97,9 @@ def _command(args: argparse.Namespace) -> str:
 
 def _base_variant(args: argparse.Namespace, classes: tuple[ClassSpec, ...], preset: DatasetPreset | None) -> Variant:
     """Benchmark defaults (no implicit background, the preset's threshold), then the options given."""
-    request = SegmentRequest(raster="", classes=tuple(",".join(c.synonyms) for c in classes), background=())
+    # the paper's per-image rule (long side 448), as the published benchmarks were run
+    request = SegmentRequest(raster="", classes=tuple(",".join(c.synonyms) for c in classes), background=(),
+                             features=FeatureOptions(long_side=448))
     variant = Variant(EngineSpec(), request)
     if preset is not None and preset.threshold is not None:
         variant = apply_option(variant, "threshold", str(preset.threshold))

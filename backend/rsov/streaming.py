@@ -1,0 +1,160 @@
+"""A whole job streamed block by block: bounded memory at any raster size, outputs written atomically.
+
+Blocks come from the engine in this process, from Dask workers (``batch``) or from a block store
+left by an interrupted run, in any order; each is written into the tiled class GeoTIFF and fed to
+the seam-aware polygonizer, then dropped. Outputs appear only when every block is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from .engine import CancelFn, Engine, SegmentRequest, StageFn
+from .errors import InputError
+from .tiled import BlockResult, Plan, WindowStats
+from .vectorize import ClassRasterWriter, SeamPolygonizer, VectorWriter
+from .vocabulary import build_vocabulary
+
+# (request, plan, blocks, cancelled) -> block results, in any order
+BlockRunner = Callable[[SegmentRequest, Plan, list, CancelFn | None], Iterator[BlockResult]]
+
+
+@dataclass
+class Outputs:
+    """Where a streamed job writes (each optional)."""
+
+    vector: Path | None = None  # .gpkg or .geojson
+    class_raster: Path | None = None  # .tif
+    layer_per_class: bool = False
+
+
+@dataclass
+class StreamSummary:
+    plan: Plan
+    class_names: list[str]
+    features: Counter = field(default_factory=Counter)  # class name -> polygons
+    blocks: int = 0
+    blocks_resumed: int = 0
+    windows_encoded: int = 0
+    windows_cached: int = 0
+    seconds: float = 0.0
+
+    @property
+    def polygons(self) -> int:
+        return sum(self.features.values())
+
+
+class BlockStore:
+    """Finished blocks of one job on disk (``.npz``, written atomically), so a rerun resumes."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def for_job(root: Path, engine_name: str, request: SegmentRequest, job_plan: Plan) -> BlockStore:
+        """The store of this exact job (raster version, options, model) under ``root``."""
+        key = hashlib.sha256(repr((engine_name, job_plan.raster_id, request.classes, request.background,
+                                   request.templates, request.features, request.scoring, request.area,
+                                   job_plan.grid.key(), job_plan.out)).encode()).hexdigest()[:16]
+        return BlockStore(root / f"{Path(request.raster).stem}-{key}")
+
+    def _path(self, block: tuple[int, int, int, int]) -> Path:
+        return self.folder / f"block_{block[0]}_{block[1]}.npz"
+
+    def load(self, block: tuple[int, int, int, int]) -> BlockResult | None:
+        try:
+            with np.load(self._path(block)) as data:
+                return BlockResult(block, data["class_map"], data["score_map"], data["valid"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def save(self, result: BlockResult) -> None:
+        with tempfile.NamedTemporaryFile(dir=self.folder, suffix=".tmp", delete=False) as tmp:
+            np.savez_compressed(tmp, class_map=result.class_map, score_map=result.score_map, valid=result.valid)
+        os.replace(tmp.name, self._path(result.block))
+
+    def remove(self) -> None:
+        for path in self.folder.glob("*"):
+            path.unlink(missing_ok=True)
+        self.folder.rmdir()
+
+
+def in_process(engine: Engine, stats: WindowStats, stage: StageFn | None = None) -> BlockRunner:
+    """Blocks computed by ``engine`` here, in order."""
+    def run(request: SegmentRequest, job_plan: Plan, blocks: list, cancelled: CancelFn | None) -> Iterator[BlockResult]:
+        return engine.blocks(request, job_plan, blocks, stage, cancelled, stats)
+
+    return run
+
+
+def segment_streamed(request: SegmentRequest, job_plan: Plan, outputs: Outputs, runner: BlockRunner,
+                     store: BlockStore | None = None, stage: StageFn | None = None, cancelled: CancelFn | None = None,
+                     stats: WindowStats | None = None) -> StreamSummary:
+    """Segment every block of ``job_plan`` and write the outputs; nothing is written unless all succeed."""
+    started = time.perf_counter()
+    report = stage or (lambda name, fraction: None)
+    vocabulary = build_vocabulary(list(request.classes), request.background)
+    summary = StreamSummary(job_plan, vocabulary.names)
+    blocks = job_plan.out.blocks
+    stored = {b: store.load(b) for b in blocks} if store is not None else {}
+    missing = [b for b in blocks if stored.get(b) is None]
+    summary.blocks, summary.blocks_resumed = len(blocks), len(blocks) - len(missing)
+
+    def results() -> Iterable[BlockResult]:
+        yield from (r for r in stored.values() if r is not None)
+        for result in runner(request, job_plan, missing, cancelled):
+            if store is not None:
+                store.save(result)
+            yield result
+
+    size = (job_plan.out.height, job_plan.out.width)
+    names = vocabulary.names
+    with ExitStack() as stack:
+        raster = stack.enter_context(ClassRasterWriter(outputs.class_raster, size, job_plan.transform, job_plan.crs,
+                                                       names)) if outputs.class_raster else None
+        vector = None
+        if outputs.vector:
+            layers = names if outputs.layer_per_class and names else ["rsov"]
+            vector = stack.enter_context(VectorWriter(outputs.vector, job_plan.crs, layers))
+        polygons = SeamPolygonizer(job_plan.transform, job_plan.crs, names, size, request.simplify_px,
+                                   request.min_area_m2)
+        any_valid = False
+        for done, result in enumerate(results(), start=1):
+            any_valid |= bool(result.valid.any())
+            if raster is not None:
+                raster.write(result.block[0], result.block[1], result.class_map)
+            if vector is not None:
+                _add(vector, polygons.add(result.block, result.class_map, result.score_map, result.valid),
+                     outputs.layer_per_class, summary)
+            report(f"segmented block {done}/{len(blocks)}", done / len(blocks))
+        if not any_valid:
+            raise InputError("The requested extent contains only nodata pixels.")
+        if vector is not None:
+            report("vectorizing across block seams", 0.96)
+            _add(vector, polygons.finish(), outputs.layer_per_class, summary)
+        report("writing results", 0.99)
+    report("done", 1.0)
+    if stats is not None:
+        summary.windows_encoded, summary.windows_cached = stats.encoded, stats.cached
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _add(writer: VectorWriter, features: list, per_class: bool, summary: StreamSummary) -> None:
+    if per_class:
+        for name in dict.fromkeys(f.class_name for f in features):
+            writer.add([f for f in features if f.class_name == name], name)
+    else:
+        writer.add(features)
+    summary.features.update(f.class_name for f in features)
