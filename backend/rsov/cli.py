@@ -12,6 +12,7 @@ import warnings
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from .predictor import FeatureOptions, ScoreOptions
 from .grid import BLOCK_SIDE
 from .raster_io import parse_bands
 from .vocabulary import DEFAULT_BACKGROUND, read_classes_file, split_classes
+
+if TYPE_CHECKING:  # the engine imports torch: loaded only when a command needs it
+    from .engine import SegmentRequest
 
 EXIT_INPUT, EXIT_WEIGHTS, EXIT_CANCELLED = 2, 3, 130
 

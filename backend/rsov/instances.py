@@ -19,7 +19,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ from shapely.geometry.base import BaseGeometry
 
 from .errors import CancelledError, InputError
 from .predictor import FeatureOptions, Predictor, ScoreOptions, dec_channels, sliding_windows
-from .raster_io import RasterChip, read_chip
+from .raster_io import RasterChip, read_chip, read_geojson
 from .vectorize import VectorFeature, feature_area_m2, mask_geometry
 from .vocabulary import Vocabulary
 
@@ -474,12 +473,7 @@ def read_examples(source: str | Path | dict) -> tuple[Example, ...]:
     The CRS comes from a ``crs`` member (``{"type": "name", "properties": {"name": "EPSG:..."}}``),
     else EPSG:4326 as RFC 7946 says.
     """
-    if not isinstance(source, dict):
-        try:
-            source = json.loads(Path(source).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"Cannot read the examples file {source}: {exc}.") from exc
-    crs = (source.get("crs") or {}).get("properties", {}).get("name", "EPSG:4326")
+    source, crs = read_geojson(source, "examples")
     examples = []
     for feature in source.get("features", []):
         name = (feature.get("properties") or {}).get("class")

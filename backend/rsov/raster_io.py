@@ -176,18 +176,23 @@ def raster_pixel_size_m(ds: DatasetReader) -> float | None:
     return None if ds.crs is None else _pixel_size_m(ds.transform, ds.crs, ds.width, ds.height)
 
 
-def read_area(source: str | os.PathLike | dict) -> tuple[list[BaseGeometry], str]:
-    """Processing-area polygons from GeoJSON (a FeatureCollection, a Feature or a geometry; file or dict).
-
-    The CRS comes from a ``crs`` member (``{"type": "name", "properties": {"name": "EPSG:..."}}``),
-    else EPSG:4326 as RFC 7946 says.
-    """
+def read_geojson(source: str | os.PathLike | dict, what: str) -> tuple[dict, str]:
+    """A GeoJSON object (from a file, or as given) and its CRS: its ``crs`` member
+    (``{"type": "name", "properties": {"name": "EPSG:..."}}``), else EPSG:4326 as RFC 7946 says."""
     if not isinstance(source, dict):
         try:
             source = json.loads(Path(source).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise InputError(f"Cannot read the area file {source}: {exc}.") from None
-    crs = (source.get("crs") or {}).get("properties", {}).get("name", "EPSG:4326")
+            raise InputError(f"Cannot read the {what} file {source}: {exc}.") from None
+    if not isinstance(source, dict):
+        raise InputError(f"The {what} must be a GeoJSON object.")
+    return source, (source.get("crs") or {}).get("properties", {}).get("name", "EPSG:4326")
+
+
+def read_area(source: str | os.PathLike | dict) -> tuple[list[BaseGeometry], str]:
+    """Processing-area polygons from GeoJSON (a FeatureCollection, a Feature or a geometry; file or dict)
+    and their CRS (see ``read_geojson``)."""
+    source, crs = read_geojson(source, "area")
     items = source.get("features") if source.get("type") == "FeatureCollection" else [source]
     geometries = []
     for item in items or []:

@@ -234,6 +234,16 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
             raise ApiError(400, "bad_request", str(exc)) from None
         return request
 
+    def path_job(raw: bytes, without_raster: str) -> JobRequest:
+        """A JSON job body naming a raster path (422 otherwise)."""
+        try:
+            body = JobRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            raise ApiError(422, "invalid_request", _describe_validation(exc)) from None
+        if body.raster is None:
+            raise ApiError(422, "invalid_request", f"Invalid request: raster: {without_raster}.")
+        return body
+
     def enqueue(body: JobRequest, raster: str, job_id: str, folder: Path) -> JSONResponse:
         try:
             job = jobs.submit(job_id, folder, build_request(body, raster))
@@ -272,12 +282,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
             return await _create_upload_job(request)
         if not content_type.startswith("application/json"):
             raise ApiError(415, "unsupported_media_type", "Send the job as application/json or multipart/form-data.")
-        try:
-            body = JobRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise ApiError(422, "invalid_request", _describe_validation(exc)) from None
-        if body.raster is None:
-            raise ApiError(422, "invalid_request", "Invalid request: raster: give a raster path, or upload a chip.")
+        body = path_job(await request.body(), "give a raster path, or upload a chip")
         raster = check_path(body.raster)
         job_id, folder = jobs.new_folder()
         return enqueue(body, raster, job_id, folder)
@@ -312,12 +317,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         "application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}}, "required": True}})
     async def estimate(request: Request) -> dict:
         """What a job would cost (the body of a path job): resolution, windows, blocks, seconds."""
-        try:
-            body = JobRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise ApiError(422, "invalid_request", _describe_validation(exc)) from None
-        if body.raster is None:
-            raise ApiError(422, "invalid_request", "Invalid request: raster: an estimate needs a raster path.")
+        body = path_job(await request.body(), "an estimate needs a raster path")
         segment_request = build_request(body, check_path(body.raster))
         try:
             return engine.estimate(segment_request)
