@@ -84,6 +84,8 @@ def _add_job_arguments(seg: argparse.ArgumentParser) -> None:
     seg.add_argument("--layer-per-class", action="store_true", help="one GeoPackage layer per class")
     seg.add_argument("--block-size", type=int, default=BLOCK_SIDE,
                      help="output pixels per block side: memory per block, and the unit of resume and Dask tasks")
+    seg.add_argument("--cache-mb", type=int, default=512,
+                     help="memory for window features, so neighbouring blocks reuse them (default: %(default)s)")
     seg.add_argument("--workers", type=int, help="run the blocks on a Dask LocalCluster of this many worker processes")
     seg.add_argument("--scheduler", help="run the blocks on an existing Dask cluster, e.g. tcp://HOST:8786")
     seg.add_argument("--max-windows", type=int, default=10000,
@@ -219,14 +221,15 @@ def _check_size(args: argparse.Namespace, job_plan, name: str) -> None:
 def _runner(args: argparse.Namespace, stage, stats):
     """The block runner the arguments ask for: this process, a LocalCluster or a Dask scheduler."""
     from .batch import EngineSpec, dask_client, dask_runner
-    from .engine import load_engine
+    from .engine import FeatureCache, load_engine
     from .streaming import in_process
 
     if args.workers is None and args.scheduler is None:
-        engine = load_engine(args.model, args.device, args.upsampler, args.upsampler_checkpoint)
+        engine = load_engine(args.model, args.device, args.upsampler, args.upsampler_checkpoint,
+                             cache=FeatureCache(args.cache_mb << 20))
         yield in_process(engine, stats, stage), engine.name, str(engine.device)
         return
-    spec = EngineSpec(args.model, args.device, args.upsampler, args.upsampler_checkpoint)
+    spec = EngineSpec(args.model, args.device, args.upsampler, args.upsampler_checkpoint, args.cache_mb)
     with dask_client(args.workers, args.scheduler) as client:
         threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers else None
         label = args.scheduler or f"{args.workers} local Dask workers"

@@ -30,7 +30,7 @@ from .instances import (Example, Instance, InstanceOptions, Proposer, SamPropose
                         instance_features, prompt_points, propose)
 from .models import DEFAULT_MODEL, DEFAULT_SAM, TINY_MODEL, load_model, load_sam, resolve_sam_spec
 from .predictor import FeatureOptions, Prediction, Predictor, ScoreOptions
-from .raster_io import RasterChip, open_raster, read_chip
+from .raster_io import RasterChip, bounded_gdal_cache, open_raster, read_chip
 from .tiled import DEFAULT_WINDOWS_PER_S, BlockResult, GridPredictor, Plan, WindowStats, estimate, plan
 from .text import ClipTextEmbedder, TextEmbedder, resolve_templates
 from .upsample import build_upsampler
@@ -198,7 +198,7 @@ class Engine:
         grid = self.grid_predictor(request.templates)
         if stats is not None:
             grid.stats = stats
-        with open_raster(request.raster) as ds:
+        with bounded_gdal_cache(), open_raster(request.raster) as ds:
             grid.set_raster(ds, job_plan, request.features)
             for done, block in enumerate(blocks):
                 if cancelled is not None and cancelled():

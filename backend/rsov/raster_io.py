@@ -146,6 +146,15 @@ def read_chip(
         )
 
 
+GDAL_CACHE_MB = 128
+
+
+def bounded_gdal_cache() -> rasterio.Env:
+    """GDAL's block cache bounded: by default it grows to 5% of the machine's memory as a streamed
+    job reads and writes blocks, so a big raster would cost more memory than a small one."""
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+
+
 def read_rgb(ds: DatasetReader, indexes: Sequence[int], window: Window, out_shape: tuple[int, int],
              resampling: Resampling = Resampling.bilinear) -> tuple[np.ndarray, np.ndarray]:
     """A (possibly fractional) window resampled by GDAL to ``out_shape`` (H, W).

@@ -21,6 +21,7 @@ import numpy as np
 
 from .engine import CancelFn, Engine, SegmentRequest, StageFn
 from .errors import InputError
+from .raster_io import bounded_gdal_cache
 from .tiled import BlockResult, Plan, WindowStats
 from .vectorize import ClassRasterWriter, SeamPolygonizer, VectorWriter
 from .vocabulary import build_vocabulary
@@ -121,6 +122,7 @@ def segment_streamed(request: SegmentRequest, job_plan: Plan, outputs: Outputs, 
     size = (job_plan.out.height, job_plan.out.width)
     names = vocabulary.names
     with ExitStack() as stack:
+        stack.enter_context(bounded_gdal_cache())
         raster = stack.enter_context(ClassRasterWriter(outputs.class_raster, size, job_plan.transform, job_plan.crs,
                                                        names)) if outputs.class_raster else None
         vector = None
