@@ -30,7 +30,7 @@ class EngineSpec:
     device: str = "auto"
     upsampler: str = "bilinear"
     upsampler_checkpoint: str | None = None
-    cache_mb: int = 512
+    cache_mb: int = 256
 
 
 class EnginePlugin(WorkerPlugin):

@@ -84,7 +84,7 @@ def _add_job_arguments(seg: argparse.ArgumentParser) -> None:
     seg.add_argument("--layer-per-class", action="store_true", help="one GeoPackage layer per class")
     seg.add_argument("--block-size", type=int, default=BLOCK_SIDE,
                      help="output pixels per block side: memory per block, and the unit of resume and Dask tasks")
-    seg.add_argument("--cache-mb", type=int, default=512,
+    seg.add_argument("--cache-mb", type=int, default=256,
                      help="memory for window features, so neighbouring blocks reuse them (default: %(default)s)")
     seg.add_argument("--workers", type=int, help="run the blocks on a Dask LocalCluster of this many worker processes")
     seg.add_argument("--scheduler", help="run the blocks on an existing Dask cluster, e.g. tcp://HOST:8786")
