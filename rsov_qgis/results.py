@@ -120,7 +120,18 @@ def _prepare(path: Path, classes: list[VocabularyClass]) -> None:
         save_style_to_database(layer)
     except RuntimeError as exc:
         raise ResultError(str(exc)) from None
-    del provider, layer  # closes the GeoPackage (and folds its WAL back) before the rename
+    del provider, layer  # closes the GeoPackage (and folds its WAL back) before the rename...
+    _fold_wal(path)
+
+
+def _fold_wal(path: Path) -> None:
+    """...unless QGIS's connection pool still holds it open: then write the WAL into the file here,
+    or the rename would leave the edits in a side file that is deleted."""
+    try:
+        with closing(sqlite3.connect(str(path))) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.DatabaseError:
+        pass  # not in WAL mode, or nothing to fold
 
 
 def result_group(project: QgsProject) -> QgsLayerTreeGroup:
