@@ -173,6 +173,12 @@ def test_real_sam_path_on_spacenet(shared_data, tiny_checkpoints, tmp_path, monk
     second = engine.segment(SegmentRequest(**{**req.__dict__, "classes": ("house", "tree")}))
     assert engine.proposer.encoded_tiles == 1 and second.features_cached
     assert {f.class_name for f in second.features} <= {"house", "tree"}
+    # a sub-extent lies in the same raster-anchored tile: SAM's embedding and CLIP's windows are reused
+    with rasterio.open(raster) as src:
+        left, bottom, right, top = src.bounds
+    part = engine.segment(SegmentRequest(**{**req.__dict__, "bbox": (left + 33.3, bottom + 51.7, right - 80.1, top - 20.2)}))
+    assert engine.proposer.encoded_tiles == 1 and part.features_cached
+    assert part.chip.image.shape[:2] == part.prediction.class_map.shape != first.chip.image.shape[:2]
 
 
 def test_cli_instance_mode_with_examples_and_oriented_boxes(shared_data, tiny_checkpoints, tmp_path, monkeypatch, capsys):
@@ -219,3 +225,18 @@ def test_cut_out_embedding_sees_the_object():
     embedding = crop_features(OracleEncoder(), image, [mask], torch.device("cpu"))[0]
     # the object is blue; the rest of its square window is the mean colour (grey to the oracle); no red
     assert embedding[2] > 0.5 and embedding[0] == 0
+
+
+def test_objects_do_not_depend_on_the_extent(make_geotiff):
+    """Tiles and windows lie on the raster's grids: a sub-extent that cuts tiles finds the same objects."""
+    path = make_geotiff(paint(OBJECTS), crs="EPSG:25832", transform=TRANSFORM)
+    features = FeatureOptions(resolution_m=0.5)  # the raster grid at its own pixels, not the per-extent rule
+    engine = oracle_instance_engine()
+    whole = engine.segment(request(path, features=features))
+    part_box = world_box(20, 150, 430, 440).bounds  # cuts tiles and windows off-grid; roof_a lies outside
+    part = engine.segment(request(path, features=features, bbox=part_box))
+    assert part.prediction.class_map.shape == (410, 290)
+    key = lambda f: (f.class_name, tuple(round(v, 6) for v in f.geometry.bounds), round(f.score, 5))  # noqa: E731
+    inside = sorted(key(f) for f in whole.features if box(*part_box).intersects(f.geometry))
+    assert sorted(key(f) for f in part.features) == inside and len(inside) == 2
+    assert part.windows_encoded == 0  # the sub-extent reused the whole raster's window features

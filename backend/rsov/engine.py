@@ -8,9 +8,7 @@ service both go through here.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -25,13 +23,14 @@ from torch import nn
 
 from .dense_clip import DenseEncoder, SegEarthCLIP
 from .errors import CancelledError, InputError
-from .grid import BLOCK_SIDE
+from .grid import BLOCK_SIDE, WorkingGrid
 from .instances import (Example, Instance, InstanceOptions, Proposer, SamProposer, build_example_bank, classify,
                         instance_features, prompt_points, propose)
 from .models import DEFAULT_MODEL, DEFAULT_SAM, TINY_MODEL, load_model, load_sam, resolve_sam_spec
 from .predictor import FeatureOptions, Prediction, Predictor, ScoreOptions
 from .raster_io import RasterChip, bounded_gdal_cache, open_raster, read_chip
-from .tiled import DEFAULT_WINDOWS_PER_S, BlockResult, GridPredictor, Plan, WindowStats, estimate, plan
+from .tiled import (DEFAULT_WINDOWS_PER_S, BlockResult, GridPredictor, Plan, WindowStats, estimate, plan,
+                    rasterize_area)
 from .text import ClipTextEmbedder, TextEmbedder, resolve_templates
 from .upsample import build_upsampler
 from .vectorize import VectorFeature, polygonize
@@ -102,7 +101,7 @@ INSTANCE_MAX_SIDE = 2048  # instance mode holds its chip in memory: longer exten
 
 
 class FeatureCache:
-    """Image features (of grid windows, or of instance-mode chips), least recently used dropped first,
+    """Features of grid windows (anything with ``nbytes``), least recently used dropped first,
     bounded in bytes."""
 
     def __init__(self, max_bytes: int = 2 << 30) -> None:
@@ -118,7 +117,7 @@ class FeatureCache:
             return self._items.get(key)
 
     def put(self, key: str, value) -> None:
-        """Keep ``value`` (anything with ``nbytes``: ImageFeatures, WindowFeatures)."""
+        """Keep ``value`` (anything with ``nbytes``)."""
         with self._lock:
             if key in self._items:
                 self._bytes -= self._items.pop(key).nbytes
@@ -230,15 +229,9 @@ class Engine:
             raise InputError(f"The extent is {width}x{height} px, too large to hold in memory: "
                              "segment it with `rsov segment` or `rsov batch`, which stream it block by block.")
         t = time.perf_counter()
-        class_map = np.zeros((height, width), dtype=np.int16)
-        score_map = np.zeros((height, width), dtype=np.float32)
-        valid = np.zeros((height, width), dtype=bool)
         stats = WindowStats()
-        for block in self.blocks(request, job_plan, stage=lambda name, f: report(name, 0.9 * f), cancelled=cancelled,
-                                 stats=stats):
-            r0, c0, r1, c1 = block.block
-            class_map[r0:r1, c0:c1], score_map[r0:r1, c0:c1], valid[r0:r1, c0:c1] = \
-                block.class_map, block.score_map, block.valid
+        class_map, score_map, valid = self._in_memory(request, job_plan, lambda name, f: report(name, 0.9 * f),
+                                                      cancelled, stats)
         if not valid.any():
             raise InputError("The requested extent contains only nodata pixels.")
         timings = {"segment_s": time.perf_counter() - t}
@@ -252,58 +245,98 @@ class Engine:
         return SegmentResult(vocabulary, prediction, features, job_plan.transform, job_plan.crs, job_plan.bounds,
                              job_plan, timings, stats.encoded, stats.cached)
 
+    def _in_memory(self, request: SegmentRequest, job_plan: Plan, stage: StageFn | None, cancelled: CancelFn | None,
+                   stats: WindowStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every block of the plan into whole (H, W) class, score and validity maps."""
+        shape = (job_plan.out.height, job_plan.out.width)
+        class_map, score_map = np.zeros(shape, dtype=np.int16), np.zeros(shape, dtype=np.float32)
+        valid = np.zeros(shape, dtype=bool)
+        for block in self.blocks(request, job_plan, stage=stage, cancelled=cancelled, stats=stats):
+            r0, c0, r1, c1 = block.block
+            class_map[r0:r1, c0:c1], score_map[r0:r1, c0:c1], valid[r0:r1, c0:c1] = \
+                block.class_map, block.score_map, block.valid
+        return class_map, score_map, valid
+
     def _segment_instances(self, request: SegmentRequest, stage: StageFn | None = None,
                            cancelled: CancelFn | None = None) -> SegmentResult:
-        """Instance mode on one in-memory chip: the semantic pass (for prompts and features), then objects."""
+        """Instance mode on the raster's grids: SAM tiles on one tile grid per raster, CLIP features
+        and the semantic pass (prompts) on its window grid, so an object's answer does not depend on
+        the extent. The chip in memory covers the whole tiles that touch the extent; objects that
+        touch the extent are kept whole."""
         report = stage or (lambda name, fraction: None)
         timings: dict[str, float] = {}
         vocabulary = build_vocabulary(list(request.classes), request.background)
-        predictor = self.predictor(request.templates)
-        job_plan = self.plan(request)
-        features_options = request.features
-        if job_plan.grid.rule != "long_side":  # the same working resolution as a semantic job
-            features_options = replace(features_options, resolution_m=job_plan.grid.resolution_m)
-        request = replace(request, features=features_options)
+        self.text_embedder(request.templates)
+        asked = self.plan(replace(request, max_side=request.max_side or INSTANCE_MAX_SIDE))
+        tiles, work = self._sam_tiles(request, asked)
 
         t = time.perf_counter()
         report("reading raster", 0.0)
-        chip = read_chip(request.raster, request.bbox, request.bbox_crs, request.bands,
-                         request.max_side or INSTANCE_MAX_SIDE)
+        decimate = None if tiles is not None else request.max_side or INSTANCE_MAX_SIDE
+        chip = read_chip(request.raster, work.bounds, None, request.bands, decimate)
+        if asked.area is not None:
+            chip.valid &= rasterize_area(asked.area, chip.transform, chip.valid.shape)
+            chip.image[~chip.valid] = 0
         timings["read_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        key = self._cache_key(request, chip)
-        cached = self.cache.get(key)
-        if cached is not None:
-            predictor.set_features(cached)
-        else:
-            predictor.set_image(
-                chip.image, request.features, chip.pixel_size_m,
-                progress=lambda done, total: report("encoding image", 0.05 + 0.85 * done / total),
-                cancelled=cancelled,
-            )
-            self.cache.put(key, predictor.features)
-        timings["encode_s"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        report("scoring vocabulary", 0.9)
-        prediction = predictor.predict(vocabulary, request.scoring, valid=chip.valid)
-        timings["score_s"] = time.perf_counter() - t
-        instances, proposals = self._instances(request, chip, predictor, prediction, vocabulary, timings, report,
-                                               cancelled)
+        stats = WindowStats()
+        class_map, score_map, _ = self._in_memory(request, work, lambda name, f: report(name, 0.85 * f), cancelled,
+                                                  stats)
+        class_map[~chip.valid], score_map[~chip.valid] = 0, 0.0
+        prediction = Prediction(class_map, score_map, vocabulary.names)
+        predictor = self.predictor(request.templates)
+        grid = self.grid_predictor(request.templates)
+        grid.stats = stats
+        with bounded_gdal_cache(), open_raster(request.raster) as ds:
+            grid.set_raster(ds, work, request.features)
+            predictor.set_features(grid.image_features(cancelled))  # from the cache: nothing is encoded again
+        timings["semantic_s"] = time.perf_counter() - t
+        instances, proposals = self._instances(request, chip, predictor, prediction, vocabulary, work, tiles, timings,
+                                               report, cancelled)
+        # back to the extent asked for: its pixels, and the objects that touch it
+        oy, ox = asked.out.row0 - work.out.row0, asked.out.col0 - work.out.col0
+        h, w = asked.out.height, asked.out.width
+        if (oy, ox, h, w) != (0, 0, *class_map.shape):
+            chip = RasterChip(chip.image[oy:oy + h, ox:ox + w], chip.valid[oy:oy + h, ox:ox + w],
+                              chip.transform @ Affine.translation(ox, oy), chip.crs, asked.bounds, chip.pixel_size_m,
+                              chip.source)
+            prediction = Prediction(class_map[oy:oy + h, ox:ox + w], score_map[oy:oy + h, ox:ox + w], vocabulary.names)
+            instances = [replace(i, mask=replace(i.mask, y0=i.mask.y0 - oy, x0=i.mask.x0 - ox), shape=(h, w))
+                         for i in instances]
+            instances = [i for i in instances if i.full_mask.any()]
         t = time.perf_counter()
         report("vectorizing", 0.95)
         features = instance_features(instances, chip, request.simplify_px, request.instance,
                                      request.min_area_m2) if request.vectorize else []
         timings["vectorize_s"] = time.perf_counter() - t
         report("done", 1.0)
-        windows = len(predictor.features.windows)
-        return SegmentResult(vocabulary, prediction, features, chip.transform, chip.crs, chip.bounds, None, timings,
-                             0 if cached is not None else windows, windows if cached is not None else 0,
-                             chip=chip, instances=instances, proposals=proposals)
+        return SegmentResult(vocabulary, prediction, features, chip.transform, chip.crs, chip.bounds, asked, timings,
+                             stats.encoded, stats.cached, chip=chip, instances=instances, proposals=proposals)
+
+    def _sam_tiles(self, request: SegmentRequest,
+                   asked: Plan) -> tuple[list[tuple[int, int, int, int]] | None, Plan]:
+        """SAM's tiles (native raster pixels) that touch the extent, on one slide over the whole raster,
+        and the plan of the area they cover; (None, ``asked``) when the output is decimated (tiles
+        then slide over the chip)."""
+        if asked.out.step_x != 1.0 or asked.out.step_y != 1.0:
+            return None, asked
+        options = request.instance
+        height, width = asked.raster_size
+        slide = WorkingGrid(0.0, 0.0, 1.0, 1.0, width, height, options.tile, options.tile - options.tile_overlap,
+                            asked.pixel_size_m or 1.0, "tiles")
+        e = asked.extent
+        tiles = slide.windows_touching((int(e.row_off), int(e.row_off + e.height)),
+                                       (int(e.col_off), int(e.col_off + e.width)))
+        y0, x0 = min(t[0] for t in tiles), min(t[1] for t in tiles)
+        y1, x1 = max(t[2] for t in tiles), max(t[3] for t in tiles)
+        (ax, ay), (bx, by) = asked.raster_transform @ (x0, y0), asked.raster_transform @ (x1, y1)
+        bounds = (min(ax, bx), min(ay, by), max(ax, bx), max(ay, by))  # plain images are south-up
+        work = plan(request.raster, bounds, None, request.bands, request.features, None, None, request.block_size)
+        return tiles, work
 
     def _instances(self, request: SegmentRequest, chip: RasterChip, predictor: Predictor, prediction: Prediction,
-                   vocabulary: Vocabulary, timings: dict, report: StageFn,
+                   vocabulary: Vocabulary, work: Plan, tiles: list | None, timings: dict, report: StageFn,
                    cancelled: CancelFn | None) -> tuple[list[Instance], int]:
         """Instance mode after the semantic pass: proposals, examples, classification (and the mask count)."""
         options = request.instance
@@ -311,9 +344,12 @@ class Engine:
         t = time.perf_counter()
         points = prompt_points(prediction.class_map, prediction.score_map, options) if options.class_prompts \
             else np.zeros((0, 3))
-        key = self._cache_key(request, chip, image_only=True)
+        origin = (work.out.row0, work.out.col0)
+        local = None if tiles is None else [(y0 - origin[0], x0 - origin[1], y1 - origin[0], x1 - origin[1])
+                                            for y0, x0, y1, x1 in tiles]
+        key = repr((work.raster_id, work.indexes) if tiles is not None else (work.raster_id, work.indexes, work.out))
         masks = []
-        for mask in propose(self.proposer, chip.image, key, points, options, cancelled):
+        for mask in propose(self.proposer, chip.image, key, points, options, cancelled, local, origin):
             y0, x0, y1, x1 = mask.box
             mask.crop = mask.crop & chip.valid[y0:y1, x0:x1]  # nodata is never an object
             if mask.area >= options.min_area_px:
@@ -323,22 +359,12 @@ class Engine:
         t = time.perf_counter()
         bank = None
         if request.examples:
-            scale = chip.image.shape[0] / predictor.features.working_size[0]
             helper = Predictor(self.encoder, predictor.text, self.upsampler, self.device)  # keeps ours intact
             bank = build_example_bank(helper, request.raster, request.examples, vocabulary, request.bands,
-                                      request.features, chip.pixel_size_m * scale)
+                                      request.features, work.grid.resolution_m)
         instances = classify(predictor, chip.image, masks, vocabulary, request.scoring, options, bank)
         timings["classify_s"] = time.perf_counter() - t
         return instances, len(masks)
-
-    def _cache_key(self, request: SegmentRequest, chip: RasterChip, image_only: bool = False) -> str:
-        """Identifies the chip's pixels (and, unless ``image_only``, the options that shape its features)."""
-        stat = os.stat(request.raster)
-        parts = (os.path.abspath(request.raster), stat.st_size, stat.st_mtime_ns, chip.bounds, chip.image.shape,
-                 request.bands)
-        if not image_only:
-            parts += (self.name, request.features, id(self.upsampler))
-        return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -347,10 +347,16 @@ def prompt_points(class_map: np.ndarray, score_map: np.ndarray, options: Instanc
 
 
 def propose(proposer: Proposer, image: np.ndarray, key: str, points: np.ndarray, options: InstanceOptions,
-            cancelled=None) -> list[Mask]:
-    """Tile the chip, propose masks per tile (prompts go to the tile whose centre they are nearest), merge seams."""
+            cancelled=None, tiles: list[tuple[int, int, int, int]] | None = None,
+            origin: tuple[int, int] = (0, 0)) -> list[Mask]:
+    """Tile the chip, propose masks per tile (prompts go to the tile whose centre they are nearest), merge seams.
+
+    ``tiles`` (y0, x0, y1, x1) in chip pixels default to a slide over the chip; ``origin`` is the
+    chip's place on the raster, so a tile's cache key names the same pixels whatever the chip.
+    """
     height, width = image.shape[:2]
-    tiles = sliding_windows(height, width, options.tile, options.tile - options.tile_overlap)
+    if tiles is None:
+        tiles = sliding_windows(height, width, options.tile, options.tile - options.tile_overlap)
     masks: list[Mask] = []
     centres = np.array([((y0 + y1) / 2, (x0 + x1) / 2) for y0, x0, y1, x1 in tiles])
     owner = (np.abs(points[:, None, 1] - centres[None, :, 0]) + np.abs(points[:, None, 0] - centres[None, :, 1])).argmin(1) \
@@ -359,27 +365,38 @@ def propose(proposer: Proposer, image: np.ndarray, key: str, points: np.ndarray,
         if cancelled is not None and cancelled():
             raise CancelledError("The job was cancelled.")
         mine = points[owner == index] - np.array([x0, y0, 0]) if len(points) else points
-        for m in proposer.propose(image[y0:y1, x0:x1], f"{key}|{y0},{x0},{y1},{x1}", mine, options):
+        where = f"{y0 + origin[0]},{x0 + origin[1]},{y1 + origin[0]},{x1 + origin[1]}"
+        for m in proposer.propose(image[y0:y1, x0:x1], f"{key}|{where}", mine, options):
             masks.append(Mask(m.crop, m.y0 + y0, m.x0 + x0, m.quality, index, m.hint))
     masks = [c for c in (clean_mask(m, options.min_area_px) for m in masks) if c is not None]
     return merge_across_seams(masks, tiles) if len(tiles) > 1 else masks
 
 
-def _working_masks(masks: list[Mask], shape: tuple[int, int], working: tuple[int, int]) -> torch.Tensor:
-    """(M, Hw, Ww) float cover of each mask on the working grid (area-averaged)."""
+def _working_masks(masks: list[Mask], shape: tuple[int, int], working: tuple[int, int],
+                   box: tuple[float, float, float, float] | None = None) -> torch.Tensor:
+    """(M, Hw, Ww) float cover of each mask on the working grid (area-averaged); ``box`` is where the
+    image lies on it (default: it spans the grid), placed to the nearest working pixel."""
     full = torch.from_numpy(np.stack([m.paste(shape) for m in masks])).float()[None]
-    if full.shape[-2:] == working:
+    y0, x0, y1, x1 = (round(v) for v in box) if box is not None else (0, 0, *working)
+    size = (max(1, y1 - y0), max(1, x1 - x0))
+    if full.shape[-2:] != size:
+        full = F.interpolate(full, size=size, mode="bilinear", antialias=True, align_corners=False)
+    if (y0, x0, *size) == (0, 0, *working):
         return full[0]
-    return F.interpolate(full, size=working, mode="bilinear", antialias=True, align_corners=False)[0]
+    out = torch.zeros(len(masks), *working)
+    ty0, tx0, ty1, tx1 = max(y0, 0), max(x0, 0), min(y0 + size[0], working[0]), min(x0 + size[1], working[1])
+    out[:, ty0:ty1, tx0:tx1] = full[0, :, ty0 - y0:ty1 - y0, tx0 - x0:tx1 - x0]
+    return out
 
 
 def pooled_features(predictor: Predictor, masks: list[Mask], shape: tuple[int, int], options: InstanceOptions,
                     batch: int = 8) -> torch.Tensor:
     """Mask-pooled dense features (M, C), fused with the regional context when asked (SCORE)."""
-    working = predictor._require_features().working_size
+    features = predictor._require_features()
+    working = features.working_size
     out = []
     for start in range(0, len(masks), batch):
-        cover = _working_masks(masks[start:start + batch], shape, working)
+        cover = _working_masks(masks[start:start + batch], shape, working, features.input_box)
         f = predictor.pool(cover)
         if options.context_weight > 0:
             k = 3 + options.context_dilation

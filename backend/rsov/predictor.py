@@ -87,6 +87,9 @@ class ImageFeatures:
     cls: torch.Tensor  # (N, C) unit-norm [CLS] features
     patch_size: int
     options: FeatureOptions
+    # where the image lies on the working pixels, (y0, x0, y1, x1); None: it spans them exactly
+    # (set_image). Features gathered from a raster's grid cover a little more than the image.
+    input_box: tuple[float, float, float, float] | None = None
 
     @property
     def nbytes(self) -> int:

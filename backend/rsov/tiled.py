@@ -25,7 +25,7 @@ from rasterio.windows import Window
 
 from .errors import CancelledError, InputError
 from .grid import BLOCK_SIDE, OutputGrid, WorkingGrid, interpolation, output_grid, working_grid, working_positions
-from .predictor import FeatureOptions, Predictor, ScoreOptions, classify_logits, scoring_vectors, window_logits
+from .predictor import FeatureOptions, ImageFeatures, Predictor, ScoreOptions, classify_logits, scoring_vectors, window_logits
 from .raster_io import (area_in_raster_crs, extent_window, open_raster, raster_pixel_size_m, read_area, read_rgb,
                         read_valid, select_bands)
 from .vocabulary import Vocabulary
@@ -43,6 +43,7 @@ class Plan:
     raster_id: tuple  # (path, size, mtime): a changed file is a new raster
     crs: CRS | None
     raster_transform: Affine
+    raster_size: tuple[int, int]  # (H, W) native pixels
     indexes: tuple[int, ...]
     extent: Window  # native pixels requested (bbox and area, snapped, clipped)
     grid: WorkingGrid
@@ -103,8 +104,8 @@ def plan(raster: str, bbox, bbox_crs: str | None, bands, features: FeatureOption
             raise InputError(f"A block must be at least 64 px on a side, got {block}.")
         out = output_grid(extent, max_side, block)
         stat = os.stat(raster)
-        return Plan(raster, (os.path.abspath(raster), stat.st_size, stat.st_mtime_ns), ds.crs, ds.transform, indexes,
-                    extent, grid, out, shapes, pixel)
+        return Plan(raster, (os.path.abspath(raster), stat.st_size, stat.st_mtime_ns), ds.crs, ds.transform,
+                    (ds.height, ds.width), indexes, extent, grid, out, shapes, pixel)
 
 
 def _shapes_window(ds: DatasetReader, shapes: tuple[dict, ...]) -> Window:
@@ -265,10 +266,31 @@ class GridPredictor:
         shape = (r1 - r0, c1 - c0)
         valid = read_valid(self._ds, plan.indexes, plan.out.native_window((r0, r1), (c0, c1)), shape)
         if plan.area is not None:
-            transform = plan.transform @ Affine.translation(c0, r0)
-            valid &= rasterio.features.rasterize([(g, 1) for g in plan.area], out_shape=shape, transform=transform,
-                                                 dtype="uint8").astype(bool)
+            valid &= rasterize_area(plan.area, plan.transform @ Affine.translation(c0, r0), shape)
         return valid
+
+    def image_features(self, cancelled: CancelFn | None = None) -> ImageFeatures:
+        """The grid windows over the planned extent as ``ImageFeatures`` of its output image, for mask
+        pooling (instance mode): the windows' box on the working grid, and where the image lies in it."""
+        plan = self._plan
+        boxes = plan.windows()
+        feats = self.features(boxes, cancelled)
+        y0, x0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+        y1, x1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
+        top = (plan.out.row0 - plan.grid.row0) * plan.grid.sy - y0  # the image's edges, in working pixels
+        left = (plan.out.col0 - plan.grid.col0) * plan.grid.sx - x0
+        box = (top, left, top + plan.out.height * plan.out.step_y * plan.grid.sy,
+               left + plan.out.width * plan.out.step_x * plan.grid.sx)
+        return ImageFeatures(input_size=(plan.out.height, plan.out.width), working_size=(y1 - y0, x1 - x0),
+                             windows=[(b[0] - y0, b[1] - x0, b[2] - y0, b[3] - x0) for b in boxes],
+                             patches=[f.patches for f in feats], cls=torch.stack([f.cls for f in feats]),
+                             patch_size=self.predictor.encoder.patch_size, options=self._options, input_box=box)
+
+
+def rasterize_area(shapes: tuple[dict, ...], transform: Affine, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: the pixels of a grid (``transform``, ``shape``) inside the area polygons."""
+    return rasterio.features.rasterize([(g, 1) for g in shapes], out_shape=shape, transform=transform,
+                                       dtype="uint8").astype(bool)
 
 
 def estimate(plan: Plan, cached: int, windows_per_s: float) -> dict:
