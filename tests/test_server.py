@@ -13,8 +13,11 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pyogrio
 import pytest
+import rasterio
+import rasterio.transform
 from shapely.geometry import box, shape
 
 from rsov.client import Client, ClientError
@@ -84,6 +87,13 @@ def oem(shared_data) -> str:
 def slow_options() -> dict:
     # ~1000 windows of the tiny model: long enough to cancel or to occupy the worker
     return {"long_side": 3600, "max_side": 4096}
+
+
+def test_docs_are_off_and_the_schema_needs_the_token(server):
+    assert server.http("GET", "/openapi.json", token=None).status_code == 401
+    assert server.http("GET", "/openapi.json").json()["info"]["title"] == "rsov backend"
+    for path in ("/docs", "/redoc"):
+        assert server.http("GET", path).status_code == 404
 
 
 def test_health_needs_no_token(server):
@@ -180,7 +190,14 @@ def bad_requests(oem, tmp: Path, token_file: Path):
         ({"json": {"raster": "/nowhere/x.tif", "classes": ["a"]}}, 400, "not found"),
         ({"json": {"raster": "relative/x.tif", "classes": ["a"]}}, 400, "absolute"),
         ({"json": {"raster": "/vsicurl/http://example.com/x.tif", "classes": ["a"]}}, 400, "local file"),
-        ({"json": {"raster": str(text), "classes": ["a"]}}, 400, "GDAL"),
+        ({"json": {"raster": str(text), "classes": ["a"]}}, 400, "reads GeoTIFF"),
+        ({"json": {"raster": oem + "\x00.tif", "classes": ["a"]}}, 400, "control characters"),
+        ({"json": {"raster": oem, "classes": ["a"], "bbox": [1e300, 1e300, 1e308, 1e308]}}, 400, "does not overlap"),
+        ({"content": b'{"raster": "%s", "classes": ["a"], "bbox": [0, 0, Infinity, 1]}' % oem.encode(),
+          "headers": {"content-type": "application/json"}}, 422, "bbox"),
+        ({"json": {"raster": oem, "classes": ["a"], "bbox": [1, 2, 3, 4],
+                   "bbox_crs": "+proj=pipeline +step +proj=unitconvert +xy_in=deg +xy_out=rad"}}, 400, "not recognised"),
+        ({"json": {"raster": oem, "classes": ["a"], "options": {"resolution": 1e-9}}}, 400, "finer"),
         ({"json": {"raster": str(token_file), "classes": ["a"]}}, 403, "does not read"),
         ({"json": {"raster": oem, "classes": ["a"], "bbox": [0, 0, 1, 1]}}, 400, "does not overlap"),
         ({"json": {"raster": oem, "classes": [" , "]}}, 400, "is empty"),
@@ -212,7 +229,7 @@ def test_failing_job_is_reported_and_server_keeps_serving(server, oem, tmp_path)
     copy.write_bytes(b"garbage" * 100)  # the file breaks while the job waits
     server.client.cancel(blocker)
     final = server.client.wait(victim, timeout=120)
-    assert final["state"] == "failed" and "GDAL" in final["error"]
+    assert final["state"] == "failed" and "not a raster this backend reads" in final["error"]
     after = server.client.submit(oem, ["tree"])
     assert server.client.wait(after)["state"] == "done"
 
@@ -250,7 +267,6 @@ def test_refuses_non_loopback_without_flag(tmp_path):
 
 
 def test_openapi_fuzz_finds_no_server_errors(server):
-    assert server.http("GET", "/openapi.json", token=None).status_code == 200
     proc = subprocess.run(
         [BIN / "st", "run", f"{server.url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "25",
          "--header", f"Authorization: Bearer {server.token}", "--generation-deterministic", "--request-timeout", "30"],
@@ -349,5 +365,75 @@ def test_large_results_are_served_as_geopackage_only(tmp_path, oem):
         assert response.status_code == 413 and "?format=gpkg" in response.json()["error"]["message"]
         gpkg = srv.http("GET", f"/v1/jobs/{job}/result?format=gpkg")
         assert gpkg.status_code == 200 and gpkg.content[:16] == b"SQLite format 3\x00"
+    finally:
+        srv.close()
+
+
+def test_a_vrt_is_refused_wherever_it_points(server, oem, tmp_path):
+    """A VRT can name any file, archive or URL as its source: the backend reads no VRT, by path or upload."""
+    vrt = tmp_path / "inside.tif"  # a VRT under a GeoTIFF's name
+    with rasterio.open(oem) as src:
+        vrt.write_text(f"""<VRTDataset rasterXSize="{src.width}" rasterYSize="{src.height}">
+  <VRTRasterBand dataType="Byte" band="1"><SimpleSource><SourceFilename>{oem}</SourceFilename>
+  <SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>""")
+    with rasterio.open(vrt) as ds:  # GDAL itself reads it, whatever its name
+        assert ds.driver == "VRT"
+    response = server.http("POST", "/v1/jobs", json={"raster": str(vrt), "classes": ["a"]})
+    assert response.status_code == 400 and "no VRT" in response.json()["error"]["message"]
+    upload = server.http("POST", "/v1/jobs", files={"request": (None, '{"classes": ["a"]}'),
+                                                     "chip": ("chip.tif", vrt.read_bytes(), "image/tiff")})
+    assert upload.status_code == 400 and "no VRT" in upload.json()["error"]["message"]
+
+
+def test_a_fifo_is_refused_before_anything_reads_it(server, tmp_path):
+    fifo = tmp_path / "pipe.tif"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    response = server.http("POST", "/v1/jobs", json={"raster": str(fifo), "classes": ["a"]})
+    assert response.status_code == 400 and "not a regular file" in response.json()["error"]["message"]
+    assert time.monotonic() - started < 2 and server.http("GET", "/v1/health", token=None).status_code == 200
+
+
+def test_a_huge_header_is_refused_from_the_header(server, tmp_path):
+    huge = tmp_path / "huge.tif"  # 200000 x 200000 px declared, a few kB on disk
+    with rasterio.open(huge, "w", driver="GTiff", width=200_000, height=200_000, count=3, dtype="uint8",
+                       tiled=True, sparse_ok=True, crs="EPSG:25832",
+                       transform=rasterio.transform.from_origin(346000, 5648000, 0.5, 0.5)):
+        pass  # nothing written: the tiles stay sparse
+    assert huge.stat().st_size < 10 << 20
+    started = time.monotonic()
+    response = server.http("POST", "/v1/jobs", json={"raster": str(huge), "classes": ["a"]})
+    assert time.monotonic() - started < 2
+    assert response.status_code == 400 and "over this backend's limits" in response.json()["error"]["message"]
+
+
+def test_complex_data_is_a_client_error(server, tmp_path):
+    path = tmp_path / "complex.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=1, dtype="complex64", crs="EPSG:25832",
+                       transform=rasterio.transform.from_origin(346000, 5648000, 0.5, 0.5)) as ds:
+        ds.write(np.ones((1, 64, 64), dtype=np.complex64))
+    response = server.http("POST", "/v1/jobs", json={"raster": str(path), "classes": ["a"]})
+    assert response.status_code == 400 and "complex" in response.json()["error"]["message"]
+
+
+def test_bodies_are_capped_while_they_are_read(tmp_path, oem):
+    srv = Server(tmp_path, "--max-upload-mb", "1", "--max-json-mb", "0.01")
+    try:
+        big_json = {"raster": oem, "classes": ["a"], "mask": {"type": "FeatureCollection", "features": [],
+                                                             "padding": "x" * 20_000}}
+        response = srv.http("POST", "/v1/jobs", json=big_json)
+        assert response.status_code == 413 and "request body" in response.json()["error"]["message"]
+
+        def chunks():  # chunked: no Content-Length to refuse it by
+            yield b"--B\r\nContent-Disposition: form-data; name=\"chip\"; filename=\"c.tif\"\r\n\r\n"
+            for _ in range(300):
+                yield b"\0" * (1 << 20)
+
+        response = srv.http("POST", "/v1/jobs", content=chunks(),
+                            headers={"content-type": "multipart/form-data; boundary=B"})
+        assert response.status_code == 413 and "upload" in response.json()["error"]["message"]
+        assert srv.http("GET", "/v1/health", token=None).status_code == 200
+        leftovers = [p for p in (tmp_path / "results").rglob("*") if p.is_file()]
+        assert sum(p.stat().st_size for p in leftovers) <= 2 << 20  # nothing above the cap reached disk
     finally:
         srv.close()

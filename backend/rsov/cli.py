@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int, default=8, help="jobs allowed to wait; more get HTTP 429")
     serve.add_argument("--max-upload-mb", type=int, default=512)
     serve.add_argument("--cache-mb", type=int, default=2048, help="memory for image features of recent extents")
+    serve.add_argument("--max-pixels", type=float, default=1e10, help="refuse rasters with more pixels (from the header)")
+    serve.add_argument("--max-bands", type=int, default=64, help="refuse rasters with more bands")
+    serve.add_argument("--max-json-mb", type=float, default=16, help="largest job body (with its mask and examples)")
     serve.add_argument("--max-geojson-features", type=int, default=100_000,
                        help="larger results are served as GeoPackage only (default: %(default)s)")
 
@@ -340,6 +343,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .engine import FeatureCache, load_engine
+    from .raster_io import SELF_CONTAINED_DRIVERS, restrict_drivers
     from .server import LOCAL_HOSTS, ServerConfig, create_app, default_results_dir, default_token_file, load_or_create_token
 
     if args.host not in LOCAL_HOSTS and not args.allow_remote:
@@ -356,7 +360,9 @@ def _serve(args: argparse.Namespace) -> int:
         allowed_hosts=LOCAL_HOSTS | {h.lower() for h in args.allowed_host},
         max_upload_bytes=args.max_upload_mb << 20, max_queued=args.max_queue, results_ttl_s=args.results_ttl,
         model_name=args.model, max_geojson_features=args.max_geojson_features,
+        max_json_bytes=int(args.max_json_mb * 2**20), max_pixels=int(args.max_pixels), max_bands=args.max_bands,
     )
+    restrict_drivers(SELF_CONTAINED_DRIVERS)  # no VRT: its sources could name any file, archive or URL
     print(f"rsov {__version__}: model {args.model} on {engine.device}; token in {token_file}; "
           f"listening on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     uvicorn.run(create_app(engine, config), host=args.host, port=args.port, log_level="warning")

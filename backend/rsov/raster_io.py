@@ -243,6 +243,31 @@ def _crs_label(crs: CRS) -> str:
     return f"EPSG:{epsg}" if epsg else pyproj.CRS.from_user_input(crs).name
 
 
+# Formats that cannot point at other files (a VRT can name any path, archive or URL as a source).
+SELF_CONTAINED_DRIVERS = {"GTiff": "GeoTIFF", "JP2OpenJPEG": "JPEG 2000", "PNG": "PNG", "JPEG": "JPEG"}
+_allowed_drivers: tuple[str, ...] | None = None  # None: any format GDAL reads
+
+
+def restrict_drivers(drivers: Sequence[str] | None) -> None:
+    """Open rasters with these GDAL drivers only, in this process (the server: SELF_CONTAINED_DRIVERS)."""
+    global _allowed_drivers
+    _allowed_drivers = tuple(drivers) if drivers is not None else None
+
+
+def _open_dataset(path: str | os.PathLike) -> DatasetReader:
+    if _allowed_drivers is None:
+        return rasterio.open(path)
+    if str(path).startswith("/vsi") or not Path(path).is_file():  # no virtual paths, FIFOs or devices
+        raise InputError(f"{path} is not a regular local file.")
+    for driver in _allowed_drivers:  # each driver alone: a VRT renamed to .tif is not read as one
+        try:
+            return rasterio.open(path, driver=driver)
+        except RasterioIOError:
+            continue
+    names = ", ".join(SELF_CONTAINED_DRIVERS.get(d, d) for d in _allowed_drivers)
+    raise InputError(f"{path} is not a raster this backend reads: it reads {names} files only (no VRT).")
+
+
 @contextmanager
 def open_raster(path: str | os.PathLike) -> Iterator[DatasetReader]:
     """Open a raster, turning "missing", "not a raster" and "unreadable" into InputError."""
@@ -253,7 +278,7 @@ def open_raster(path: str | os.PathLike) -> Iterator[DatasetReader]:
         with warnings.catch_warnings():
             # Plain images are expected: they get an identity transform.
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            ds = rasterio.open(path)
+            ds = _open_dataset(path)
     except RasterioIOError as error:
         raise InputError(f"{path} is not a raster file that GDAL can read ({error}).") from None
     with ds:
@@ -265,6 +290,20 @@ def open_raster(path: str | os.PathLike) -> Iterator[DatasetReader]:
             raise InputError(
                 f"{path} is not a raster file that GDAL can read: it may be truncated or corrupt ({detail})."
             ) from None
+
+
+def check_header(ds: DatasetReader, max_pixels: int, max_bands: int) -> None:
+    """Refuse, from the header alone, rasters larger than the limits or of complex data."""
+    if ds.width * ds.height > max_pixels or ds.count > max_bands:
+        raise InputError(f"{ds.name} is {ds.width} x {ds.height} px with {ds.count} bands, over this backend's limits "
+                         f"of {max_pixels:.3g} px and {max_bands} bands.")
+    check_real(ds)
+
+
+def check_real(ds: DatasetReader) -> None:
+    """Refuse complex data, which no stretch to 8-bit RGB can show."""
+    if any(np.dtype(d).kind == "c" for d in ds.dtypes):
+        raise InputError(f"{ds.name} holds complex numbers ({ds.dtypes[0]}): give a raster of real values.")
 
 
 def select_bands(bands: Sequence[int] | None, count: int, path: str | os.PathLike) -> list[int]:
@@ -289,6 +328,8 @@ def extent_window(ds: DatasetReader, bbox: Bounds | None, bbox_crs: str | None) 
     if bbox is None:
         return Window(0, 0, ds.width, ds.height)
     minx, miny, maxx, maxy = bbox
+    if not all(math.isfinite(v) for v in bbox):
+        raise InputError(f"Extent {_fmt(bbox)} holds a number that is not finite: give four finite coordinates.")
     if not (minx < maxx and miny < maxy):
         raise InputError(
             f"Extent {_fmt(bbox)} is empty or inverted: give it as minx, miny, maxx, maxy with min < max."
@@ -297,7 +338,9 @@ def extent_window(ds: DatasetReader, bbox: Bounds | None, bbox_crs: str | None) 
     # Map all four corners through the inverse transform rather than use
     # windows.from_bounds, which rejects south-up grids such as plain images.
     corners = [~ds.transform @ (x, y) for x in bounds[::2] for y in bounds[1::2]]
-    cols, rows = zip(*corners)
+    # clamped just outside the raster: extents far larger than it must not overflow the pixel maths
+    cols = [min(max(c, -1.0), ds.width + 1.0) for c, _ in corners]
+    rows = [min(max(r, -1.0), ds.height + 1.0) for _, r in corners]
     col0 = max(math.floor(min(cols) + _SNAP_EPS), 0)
     row0 = max(math.floor(min(rows) + _SNAP_EPS), 0)
     col1 = min(math.ceil(max(cols) - _SNAP_EPS), ds.width)
@@ -343,8 +386,9 @@ def _contains(outer: Bounds, inner: Bounds) -> bool:
 
 def _parse_crs(text: str) -> CRS:
     try:
+        pyproj.CRS.from_user_input(text)  # PROJ also takes pipelines and operations, which are not CRSs
         return CRS.from_user_input(text)
-    except CRSError:
+    except (CRSError, pyproj.exceptions.CRSError):
         raise InputError(
             f"CRS {text!r} is not recognised: give an EPSG code such as \"EPSG:4326\" or a WKT definition."
         ) from None

@@ -9,12 +9,14 @@ README and served as OpenAPI at ``/openapi.json``.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,7 +28,9 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from . import __version__
 from .engine import Engine, SegmentRequest
@@ -36,7 +40,8 @@ from .instances import InstanceOptions, read_examples
 from .jobs import DONE, FINAL, GEOJSON_MAX_FEATURES, JobManager, QueueFullError
 from .models import list_models
 from .predictor import FeatureOptions, ScoreOptions
-from .raster_io import read_chip
+from .raster_io import check_header, open_raster
+from .tiled import plan
 from .vocabulary import DEFAULT_BACKGROUND, MAX_CLASSES, build_vocabulary
 
 log = logging.getLogger(__name__)
@@ -116,6 +121,10 @@ class ServerConfig:
     results_ttl_s: float = 3600.0
     model_name: str = "custom"
     max_geojson_features: int = GEOJSON_MAX_FEATURES  # larger results: GeoPackage only
+    max_json_bytes: int = 16 << 20  # a job body (with its mask and examples)
+    max_pixels: int = 10_000_000_000  # per raster, checked from its header
+    max_bands: int = 64
+    validation_timeout_s: float = 10.0
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -137,7 +146,9 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         yield
         jobs.stop()
 
-    app = FastAPI(title="rsov backend", version=__version__, lifespan=lifespan,
+    # No /docs or /redoc; the schema is served below, behind the token like everything but health.
+    app = FastAPI(title="rsov backend", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None,
                   description="Open-vocabulary segmentation of remote-sensing rasters (see the README for the contract).")
     app.state.jobs = jobs
     private = {config.token_file.resolve()}
@@ -181,6 +192,8 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         return job
 
     def check_path(raw: str) -> str:
+        if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+            raise ApiError(400, "bad_path", "The raster path holds control characters (such as NUL): give a plain path.")
         if raw.startswith("/vsi") or not os.path.isabs(raw):
             raise ApiError(400, "bad_path", f"Raster path '{raw}' must be an absolute path to a local file.")
         path = Path(raw).resolve()
@@ -189,8 +202,12 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         if config.allowed_dirs and not any(d == path or d in path.parents for d in config.allowed_dirs):
             allowed = ", ".join(str(d) for d in config.allowed_dirs)
             raise ApiError(403, "forbidden_path", f"{raw} is outside the directories this backend may read ({allowed}).")
-        if not path.is_file():
-            raise ApiError(400, "bad_path", f"Raster file not found: {raw}.")
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            raise ApiError(400, "bad_path", f"Raster file not found: {raw}.") from None
+        if not stat.S_ISREG(mode):  # a FIFO or a device would block the reader
+            raise ApiError(400, "bad_path", f"{raw} is not a regular file.")
         return str(path)
 
     def build_request(body: JobRequest, raster: str) -> SegmentRequest:
@@ -225,11 +242,11 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                 if example.class_name.lower() not in names:
                     raise InputError(f"Example class '{example.class_name}' is not in the vocabulary "
                                      f"({', '.join(vocabulary.names)}).")
-                # cheap: says "does not overlap" for an example off the raster
-                read_chip(raster, example.geometry.bounds, example.crs, request.bands, max_side=16)
-            # The plan checks extent, area and resolution from the header; a small decimated read, nodata.
-            engine.plan(request)
-            read_chip(raster, request.bbox, request.bbox_crs, request.bands, max_side=64)
+            with open_raster(raster) as ds:  # limits from the header, before any pixel is read
+                check_header(ds, config.max_pixels, config.max_bands)
+            for example in request.examples:  # says "does not overlap" for an example off the raster
+                plan(raster, example.geometry.bounds, example.crs, request.bands, request.features, None)
+            engine.plan(request)  # extent, area and resolution, from the header
         except InputError as exc:
             raise ApiError(400, "bad_request", str(exc)) from None
         return request
@@ -244,9 +261,26 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
             raise ApiError(422, "invalid_request", f"Invalid request: raster: {without_raster}.")
         return body
 
-    def enqueue(body: JobRequest, raster: str, job_id: str, folder: Path) -> JSONResponse:
+    async def validated(body: JobRequest, raster: str) -> SegmentRequest:
+        """``build_request`` in a worker thread, with a time limit: GDAL never blocks the event loop."""
         try:
-            job = jobs.submit(job_id, folder, build_request(body, raster))
+            return await asyncio.wait_for(run_in_threadpool(build_request, body, raster), config.validation_timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(400, "bad_request", f"Checking the raster took over {config.validation_timeout_s:g} s: "
+                                               "is it on a slow or hung file system?") from None
+
+    async def body_of(request: Request, cap: int, what: str):
+        """The request body, chunk by chunk, refused (413) as soon as it passes ``cap`` bytes."""
+        total = 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > cap:
+                raise ApiError(413, "too_large", f"The {what} is larger than the limit of {cap / 2**20:g} MiB.")
+            yield chunk
+
+    async def enqueue(body: JobRequest, raster: str, job_id: str, folder: Path) -> JSONResponse:
+        try:
+            job = jobs.submit(job_id, folder, await validated(body, raster))
         except QueueFullError as exc:
             raise ApiError(429, "queue_full", str(exc)) from None
         except ApiError:
@@ -282,16 +316,23 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
             return await _create_upload_job(request)
         if not content_type.startswith("application/json"):
             raise ApiError(415, "unsupported_media_type", "Send the job as application/json or multipart/form-data.")
-        body = path_job(await request.body(), "give a raster path, or upload a chip")
+        raw = b"".join([chunk async for chunk in body_of(request, config.max_json_bytes, "request body")])
+        body = path_job(raw, "give a raster path, or upload a chip")
         raster = check_path(body.raster)
         job_id, folder = jobs.new_folder()
-        return enqueue(body, raster, job_id, folder)
+        return await enqueue(body, raster, job_id, folder)
 
     async def _create_upload_job(request: Request) -> JSONResponse:
         declared = int(request.headers.get("content-length") or 0)
         if declared > config.max_upload_bytes:
             raise ApiError(413, "too_large", f"The upload is larger than the limit of {config.max_upload_bytes >> 20} MiB.")
-        form = await request.form(max_part_size=config.max_upload_bytes)
+        # parsed from a capped stream: past the limit, reading stops and the spooled part is dropped
+        parser = MultiPartParser(request.headers, body_of(request, config.max_upload_bytes, "upload"),
+                                 max_part_size=config.max_upload_bytes)
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            raise ApiError(400, "bad_multipart", f"The multipart body cannot be read: {exc.message}.") from None
         chip, raw = form.get("chip"), form.get("request")
         if chip is None or isinstance(chip, str) or not isinstance(raw, str):
             raise ApiError(422, "invalid_request", "Invalid request: a multipart job needs a 'request' JSON part and a 'chip' file.")
@@ -311,16 +352,17 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                     shutil.rmtree(folder, ignore_errors=True)
                     raise ApiError(413, "too_large", f"The upload is larger than the limit of {config.max_upload_bytes >> 20} MiB.")
                 out.write(block)
-        return enqueue(body, str(target), job_id, folder)
+        return await enqueue(body, str(target), job_id, folder)
 
     @app.post("/v1/estimate", dependencies=[Depends(authorised)], openapi_extra={"requestBody": {"content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}}, "required": True}})
     async def estimate(request: Request) -> dict:
         """What a job would cost (the body of a path job): resolution, windows, blocks, seconds."""
-        body = path_job(await request.body(), "an estimate needs a raster path")
-        segment_request = build_request(body, check_path(body.raster))
+        raw = b"".join([chunk async for chunk in body_of(request, config.max_json_bytes, "request body")])
+        body = path_job(raw, "an estimate needs a raster path")
+        segment_request = await validated(body, check_path(body.raster))
         try:
-            return engine.estimate(segment_request)
+            return await run_in_threadpool(engine.estimate, segment_request)
         except InputError as exc:
             raise ApiError(400, "bad_request", str(exc)) from None
 
@@ -347,6 +389,10 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
             return {"job_id": job.id, "state": job.state}
         jobs.cancel(job)  # a running job stops at its next window
         return {"job_id": job.id, "state": "cancelled"}
+
+    @app.get("/openapi.json", dependencies=[Depends(authorised)], include_in_schema=False)
+    def schema() -> JSONResponse:
+        return JSONResponse(app.openapi())
 
     def openapi() -> dict:
         # The job body is parsed by hand (JSON or multipart), so its schemas are registered here.

@@ -26,7 +26,7 @@ from rasterio.windows import Window
 from .errors import CancelledError, InputError
 from .grid import BLOCK_SIDE, OutputGrid, WorkingGrid, interpolation, output_grid, working_grid, working_positions
 from .predictor import FeatureOptions, ImageFeatures, Predictor, ScoreOptions, classify_logits, scoring_vectors, window_logits
-from .raster_io import (area_in_raster_crs, extent_window, open_raster, raster_pixel_size_m, read_area, read_rgb,
+from .raster_io import (area_in_raster_crs, check_real, extent_window, open_raster, raster_pixel_size_m, read_area, read_rgb,
                         read_valid, select_bands)
 from .vocabulary import Vocabulary
 
@@ -90,6 +90,7 @@ def plan(raster: str, bbox, bbox_crs: str | None, bands, features: FeatureOption
          area: dict | str | None = None, block: int = BLOCK_SIDE) -> Plan:
     """Plan a request from the raster header (no pixel is read). Bad input raises InputError."""
     with open_raster(raster) as ds:
+        check_real(ds)
         indexes = tuple(select_bands(bands, ds.count, raster))
         extent = extent_window(ds, bbox, bbox_crs)
         shapes = None
