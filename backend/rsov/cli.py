@@ -352,6 +352,9 @@ def _serve(args: argparse.Namespace) -> int:
     token = load_or_create_token(token_file)
     results_dir = (args.results_dir or default_results_dir()).expanduser()
     results_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if results_dir.stat().st_mode & 0o002:
+        raise InputError(f"The results folder {results_dir} is writable by everyone: give a private one "
+                         "(--results-dir, or chmod 700 it).")
     engine = load_engine(args.model, args.device, args.upsampler, args.upsampler_checkpoint,
                          cache=FeatureCache(args.cache_mb << 20), sam=args.sam)
     config = ServerConfig(

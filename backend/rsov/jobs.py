@@ -2,7 +2,10 @@
 
 Jobs move queued -> running -> done | failed | cancelled. Results are written to
 disk (atomically) before a job is marked done, kept for ``ttl_s`` seconds, then
-deleted with the job.
+deleted with the job. Each job's record lives beside its results (``job.json``, written
+atomically at every change of state), so a restarted backend still serves finished
+results and reports interrupted jobs as failed; folders without a record are leftovers
+of a crash and are removed at start.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from .vectorize import features_to_geojson, read_vector, write_vector
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+RECORD = "job.json"
+RESTARTED = "The backend restarted while this job was queued or running; submit it again."
 FINAL = (DONE, FAILED, CANCELLED)
 # Larger results are served as GeoPackage only: a GeoJSON of millions of polygons helps no client.
 GEOJSON_MAX_FEATURES = 100_000
@@ -44,7 +49,7 @@ class Job:
     """One segmentation job and what a client may see of it."""
 
     id: str
-    request: SegmentRequest
+    request: SegmentRequest | None  # None for jobs restored from their record (never run again)
     folder: Path  # results (and an uploaded chip) live here
     state: str = QUEUED
     progress: float = 0.0
@@ -68,6 +73,26 @@ class Job:
         return {"job_id": self.id, "state": self.state, "progress": round(self.progress, 4), "stage": self.stage,
                 "message": self.message, "error": self.error}
 
+    def save(self) -> None:
+        """Write the job's record beside its results (atomically)."""
+        record = {**self.status(), "created": self.created, "finished": self.finished, "features": self.features}
+        with atomic_output(self.folder / RECORD) as tmp:
+            tmp.write_text(json.dumps(record), encoding="utf-8")
+
+    @classmethod
+    def restore(cls, folder: Path) -> Job | None:
+        """The job recorded in ``folder``; a job that was queued or running is now failed. None: no record."""
+        try:
+            record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
+            job = cls(record["job_id"], None, folder, record["state"], record["progress"], record["stage"],
+                      record["message"], record["error"], record["created"], record["finished"], features=record["features"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if job.state not in FINAL:
+            job.state, job.stage, job.error, job.finished = FAILED, "failed", RESTARTED, time.time()
+            job.save()
+        return job
+
 
 class JobManager:
     """Owns the jobs, the queue and the single worker thread."""
@@ -83,8 +108,22 @@ class JobManager:
         self._queue: queue.Queue[Job] = queue.Queue()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._restore()
         self._worker = threading.Thread(target=self._work, name="rsov-worker", daemon=True)
         self._worker.start()
+
+    def _restore(self) -> None:
+        """Load the recorded jobs; remove what a crash left: folders without a record, temporary files."""
+        for entry in self.results_dir.iterdir():
+            job = Job.restore(entry) if entry.is_dir() and not entry.is_symlink() else None
+            if job is None or (job.state == DONE and not job.gpkg_path.is_file()):
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() \
+                    else entry.unlink(missing_ok=True)
+                continue
+            for leftover in entry.glob(".*"):  # atomic_output's temporary folders
+                shutil.rmtree(leftover, ignore_errors=True)
+            self.jobs[job.id] = job
+        self.cleanup()
 
     def new_folder(self) -> tuple[str, Path]:
         """A fresh job id and its private results folder."""
@@ -101,6 +140,7 @@ class JobManager:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise QueueFullError(f"{waiting} jobs are already waiting (the limit is {self.max_queued}); try again later.")
             job = Job(job_id, request, folder)
+            job.save()
             self.jobs[job_id] = job
         self._queue.put(job)
         return job
@@ -141,6 +181,7 @@ class JobManager:
                 continue
             with self._lock:
                 job.state, job.stage = RUNNING, "starting"
+                job.save()
             try:
                 count = self._run(job)
                 if job.cancel.is_set():  # cancelled after the last window: honour it anyway
@@ -201,3 +242,7 @@ class JobManager:
         if job.state in FINAL:
             return
         job.state, job.stage, job.finished = state, stage, time.time()
+        try:
+            job.save()
+        except RsovError:  # the folder is gone or full: the state in memory still says what happened
+            log.warning("cannot record job %s", job.id)

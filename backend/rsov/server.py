@@ -386,9 +386,9 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     def cancel_job(job_id: str) -> dict:
         job = job_or_404(job_id)
         if job.state in FINAL:
-            return {"job_id": job.id, "state": job.state}
-        jobs.cancel(job)  # a running job stops at its next window
-        return {"job_id": job.id, "state": "cancelled"}
+            return job.status()
+        jobs.cancel(job)  # a running job stops at its next window: until then it says "running", "cancelling"
+        return job.status()
 
     @app.get("/openapi.json", dependencies=[Depends(authorised)], include_in_schema=False)
     def schema() -> JSONResponse:
