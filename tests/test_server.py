@@ -68,8 +68,13 @@ class Server:
 
     def close(self) -> None:
         self.proc.terminate()
-        self.proc.wait(timeout=30)
-        self.log.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a stuck server must not outlive its test (and eat the CPU)
+            self.proc.kill()
+            raise
+        finally:
+            self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -476,3 +481,75 @@ def test_a_world_writable_results_folder_is_refused(tmp_path):
                            "--token-file", tmp_path / "token", "--results-dir", results],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "writable by everyone" in proc.stderr
+
+
+def test_a_folder_swapped_for_a_link_after_submit_is_not_read(tmp_path, oem):
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (allowed / "dir").mkdir(parents=True)
+    outside.mkdir()
+    shutil.copy(oem, allowed / "dir" / "x.tif")
+    shutil.copy(oem, outside / "x.tif")
+    srv = Server(tmp_path, "--allow-dir", str(allowed))
+    try:
+        blocker = srv.client.submit(str(allowed / "dir" / "x.tif"), ["building"], **slow_options())
+        job = srv.client.submit(str(allowed / "dir" / "x.tif"), ["tree"])  # accepted: the path is allowed now
+        shutil.rmtree(allowed / "dir")
+        (allowed / "dir").symlink_to(outside)  # ...and then it leads elsewhere
+        srv.client.cancel(blocker)
+        final = srv.client.wait(job)
+        assert final["state"] == "failed" and "outside the directories" in final["error"], final
+    finally:
+        srv.close()
+
+
+def hostile_jobs(oem: str, token_file: Path, seed: int = 0, count: int = 60) -> list[dict]:
+    """Job bodies on a real, allowed raster, past the path checks, with hostile numbers, CRSs and options."""
+    import random
+
+    rng = random.Random(seed)
+    numbers = [0, -0.0, 1e-300, 1e300, -1e300, 1.7e308, 346250.0, 5647750.0, 2**63, -(2**63), 1e-9, 1e9]
+    crss = [None, "EPSG:25832", "EPSG:4326", "EPSG:999999", "+proj=pipeline +step +proj=axisswap +order=2,1",
+            "+proj=longlat +datum=WGS84", "GEOGCS[", "urn:ogc:def:crs:EPSG::3857", "", "\x00", "EPSG:4326" * 500]
+    options = [{"resolution": rng.choice([1e-12, 1e12, 0.5, 3.3])}, {"long_side": 16}, {"max_side": 16},
+               {"block_size": 64}, {"bands": [1, 1, 1]}, {"bands": [0]}, {"templates": str(token_file)},
+               {"templates": "/dev/zero"}, {"rotations": [90, 270]}, {"dec_keep": 1e-9}, {"threshold": 1.0},
+               {"simplify": 100}, {"min_area": 1e300}, {"tile": 64, "tile_overlap": 31}]
+    masks = [None, {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [0, 0]]]},
+             {"type": "FeatureCollection", "features": []}, {"type": "Point", "coordinates": [0, 0]},
+             {"type": "Polygon", "coordinates": [[[346100, 5647600], [346300, 5647600], [346300, 5647900],
+                                                  [346100, 5647600]]], "crs": {"type": "name",
+                                                                               "properties": {"name": "EPSG:25832"}}},
+             {"crs": {"type": "name", "properties": {"name": "+proj=pipeline"}}, "type": "Polygon",
+              "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}]
+    jobs = []
+    for _ in range(count):
+        body = {"raster": oem, "classes": ["building", "tree"], "options": rng.choice(options)}
+        if rng.random() < 0.7:
+            body["bbox"] = sorted(rng.choice(numbers) for _ in range(2)) + sorted(rng.choice(numbers) for _ in range(2))
+            body["bbox"] = [body["bbox"][0], body["bbox"][2], body["bbox"][1], body["bbox"][3]]
+            body["bbox_crs"] = rng.choice(crss)
+        if rng.random() < 0.4:
+            body["mask"] = rng.choice(masks)
+        if rng.random() < 0.2:
+            body["mode"] = "instance"
+        jobs.append(body)
+    return jobs
+
+
+def test_hostile_options_on_a_real_raster_never_get_a_server_error(tmp_path, oem):
+    srv = Server(tmp_path, "--max-queue", "64")
+    try:
+        statuses = []
+        for body in hostile_jobs(oem, srv.token_file):
+            for path in ("/v1/estimate", "/v1/jobs"):
+                response = srv.http("POST", path, json=body)
+                assert response.status_code < 500, (path, body, response.text)
+                if response.status_code >= 400:
+                    assert response.json()["error"]["message"].endswith((".", ")")), response.text
+                elif path == "/v1/jobs":
+                    srv.client.cancel(response.json()["job_id"])
+                statuses.append(response.status_code)
+        assert {400, 422} & set(statuses) and {200, 202} & set(statuses)  # some refused, some accepted
+        assert srv.http("GET", "/v1/health", token=None).status_code == 200
+    finally:
+        srv.close()

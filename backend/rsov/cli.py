@@ -343,7 +343,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .engine import FeatureCache, load_engine
-    from .raster_io import SELF_CONTAINED_DRIVERS, restrict_drivers
+    from .raster_io import SELF_CONTAINED_DRIVERS, disable_network, restrict_drivers
     from .server import LOCAL_HOSTS, ServerConfig, create_app, default_results_dir, default_token_file, load_or_create_token
 
     if args.host not in LOCAL_HOSTS and not args.allow_remote:
@@ -366,6 +366,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_json_bytes=int(args.max_json_mb * 2**20), max_pixels=int(args.max_pixels), max_bands=args.max_bands,
     )
     restrict_drivers(SELF_CONTAINED_DRIVERS)  # no VRT: its sources could name any file, archive or URL
+    disable_network()
     print(f"rsov {__version__}: model {args.model} on {engine.device}; token in {token_file}; "
           f"listening on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     uvicorn.run(create_app(engine, config), host=args.host, port=args.port, log_level="warning")

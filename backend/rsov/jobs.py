@@ -13,19 +13,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import queue
 import shutil
+import stat
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from .atomic import atomic_output
 from .engine import Engine, SegmentRequest
-from .errors import CancelledError, RsovError
+from .errors import CancelledError, InputError, RsovError
 from .streaming import Outputs, in_process, segment_streamed
 from .tiled import WindowStats
 from .vectorize import features_to_geojson, read_vector, write_vector
@@ -98,8 +102,10 @@ class JobManager:
     """Owns the jobs, the queue and the single worker thread."""
 
     def __init__(self, engine: Engine, results_dir: Path, max_queued: int = 8, ttl_s: float = 3600.0,
-                 max_geojson_features: int = GEOJSON_MAX_FEATURES) -> None:
+                 max_geojson_features: int = GEOJSON_MAX_FEATURES,
+                 check_path: Callable[[str], str] = lambda path: path) -> None:
         self.engine = engine
+        self.check_path = check_path  # the path policy, applied again to the file a job opens
         self.max_geojson_features = max_geojson_features
         self.results_dir = results_dir
         self.max_queued = max_queued
@@ -212,14 +218,37 @@ class JobManager:
         def stage(name: str, fraction: float) -> None:
             job.stage, job.progress = name, max(job.progress, min(fraction, 0.99))
 
+        with self._pinned(job) as request:
+            return self._run_pinned(job, request, stage)
+
+    @contextmanager
+    def _pinned(self, job: Job):
+        """The request reading one open file: opened once, its real path checked against the policy again
+        (a folder swapped for a link since the job was accepted is caught), then read through its
+        descriptor, so no later swap can redirect the job. An uploaded chip is the job's own file."""
+        request = job.request
         try:
-            count = self._segment(job.request, job, stage)
+            fd = os.open(request.raster, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            raise InputError(f"The raster {request.raster} cannot be opened any more ({exc.strerror}).") from None
+        try:
+            opened = os.readlink(f"/proc/self/fd/{fd}")
+            own = Path(opened).parent == job.folder.resolve()
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or not (own or self.check_path(opened) == opened):
+                raise InputError(f"The raster {request.raster} now leads to another file ({opened}): it is not read.")
+            yield dataclasses.replace(request, raster=f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+
+    def _run_pinned(self, job: Job, request: SegmentRequest, stage) -> int:
+        try:
+            count = self._segment(request, job, stage)
         except torch.cuda.OutOfMemoryError:
             # One retry, one window at a time, before giving up.
             torch.cuda.empty_cache()
             job.message = "GPU out of memory: retrying one window at a time"
-            features = dataclasses.replace(job.request.features, batch_size=1)
-            count = self._segment(dataclasses.replace(job.request, features=features), job, stage)
+            features = dataclasses.replace(request.features, batch_size=1)
+            count = self._segment(dataclasses.replace(request, features=features), job, stage)
         job.stage = "writing results"
         if count <= self.max_geojson_features:
             crs, features = read_vector(job.gpkg_path)

@@ -38,6 +38,7 @@ Bounds = tuple[float, float, float, float]
 # Long side of the whole-raster sample that the percentile stretch is computed on.
 STATS_SIDE = 1024
 STRETCH_PERCENTILES = (2.0, 98.0)
+COORDINATE_LIMIT = 1e9
 # Slack for window edges that land on pixel edges up to floating-point error.
 _SNAP_EPS = 1e-6
 
@@ -248,6 +249,14 @@ SELF_CONTAINED_DRIVERS = {"GTiff": "GeoTIFF", "JP2OpenJPEG": "JPEG 2000", "PNG":
 _allowed_drivers: tuple[str, ...] | None = None  # None: any format GDAL reads
 
 
+def disable_network() -> None:
+    """GDAL reaches no network in this process (none of /vsicurl/ and friends), with short timeouts
+    should a path ever get that far."""
+    os.environ.update({"CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".rsov-no-network", "GDAL_HTTP_TIMEOUT": "5",
+                       "GDAL_HTTP_CONNECTTIMEOUT": "5", "GDAL_HTTP_MAX_RETRY": "0",
+                       "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"})
+
+
 def restrict_drivers(drivers: Sequence[str] | None) -> None:
     """Open rasters with these GDAL drivers only, in this process (the server: SELF_CONTAINED_DRIVERS)."""
     global _allowed_drivers
@@ -355,6 +364,8 @@ def _to_raster_crs(ds: DatasetReader, bbox: Bounds, bbox_crs: str | None) -> Bou
     if bbox_crs is None:
         return bbox
     src_crs = _parse_crs(bbox_crs)
+    # no CRS has coordinates beyond a billion units; PROJ can loop for ages on 1e300
+    bbox = tuple(min(max(v, -COORDINATE_LIMIT), COORDINATE_LIMIT) for v in bbox)
     if ds.crs is None:
         raise InputError(
             f"{ds.name} has no CRS, so an extent in {bbox_crs} cannot be placed on it: "

@@ -41,6 +41,7 @@ from .jobs import DONE, FINAL, GEOJSON_MAX_FEATURES, JobManager, QueueFullError
 from .models import list_models
 from .predictor import FeatureOptions, ScoreOptions
 from .raster_io import check_header, open_raster
+from .text import TEMPLATE_SETS
 from .tiled import plan
 from .vocabulary import DEFAULT_BACKGROUND, MAX_CLASSES, build_vocabulary
 
@@ -66,7 +67,7 @@ class JobOptions(BaseModel):
     long_side: int | None = Field(None, ge=16, le=4096, description="the paper's per-extent rule instead: "
                                                                     "resize the extent to this long side")
     bands: list[int] | None = Field(None, min_length=1, max_length=3)
-    templates: str = "openai"
+    templates: str = Field("openai", description="a template set name (openai, remote-sensing, plain)")
     background: list[str] | None = Field(None, max_length=64)
     simplify: float = Field(1.0, ge=0, le=100)
     min_area: float = Field(0.0, ge=0)
@@ -139,7 +140,8 @@ def _describe_validation(exc: ValidationError | RequestValidationError) -> str:
 
 def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     """The FastAPI application around one engine and one job manager."""
-    jobs = JobManager(engine, config.results_dir, config.max_queued, config.results_ttl_s, config.max_geojson_features)
+    jobs = JobManager(engine, config.results_dir, config.max_queued, config.results_ttl_s, config.max_geojson_features,
+                      check_path=lambda path: policy(path))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -210,10 +212,20 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
             raise ApiError(400, "bad_path", f"{raw} is not a regular file.")
         return str(path)
 
+    def policy(path: str) -> str:
+        """``check_path`` for the worker, whose errors are InputErrors."""
+        try:
+            return check_path(path)
+        except ApiError as exc:
+            raise InputError(exc.message) from None
+
     def build_request(body: JobRequest, raster: str) -> SegmentRequest:
         if body.model is not None and body.model != config.model_name:
             raise ApiError(400, "unknown_model", f"Model '{body.model}' is not loaded; this backend runs '{config.model_name}'.")
         o = body.options
+        if o.templates not in TEMPLATE_SETS:  # a file name would make the server read that file
+            raise ApiError(400, "bad_request", f"Unknown template set '{o.templates}': use one of "
+                                               f"{', '.join(TEMPLATE_SETS)} (template files are for the command line).")
         try:
             request = SegmentRequest(
                 raster=raster, classes=tuple(body.classes), bbox=body.bbox, bbox_crs=body.bbox_crs,
@@ -250,6 +262,12 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         except InputError as exc:
             raise ApiError(400, "bad_request", str(exc)) from None
         return request
+
+    def new_folder() -> tuple[str, Path]:
+        try:
+            return jobs.new_folder()
+        except OSError as exc:
+            raise ApiError(507, "insufficient_storage", f"The backend cannot store a new job ({exc.strerror}).") from None
 
     def path_job(raw: bytes, without_raster: str) -> JobRequest:
         """A JSON job body naming a raster path (422 otherwise)."""
@@ -319,7 +337,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         raw = b"".join([chunk async for chunk in body_of(request, config.max_json_bytes, "request body")])
         body = path_job(raw, "give a raster path, or upload a chip")
         raster = check_path(body.raster)
-        job_id, folder = jobs.new_folder()
+        job_id, folder = new_folder()
         return await enqueue(body, raster, job_id, folder)
 
     async def _create_upload_job(request: Request) -> JSONResponse:
@@ -342,16 +360,15 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
             raise ApiError(422, "invalid_request", _describe_validation(exc)) from None
         if body.raster is not None:
             raise ApiError(422, "invalid_request", "Invalid request: raster: leave it out when uploading a chip.")
-        job_id, folder = jobs.new_folder()
+        job_id, folder = new_folder()
         target = folder / "chip.tif"
-        size = 0
-        with open(target, "wb") as out:
-            while block := await chip.read(1 << 20):
-                size += len(block)
-                if size > config.max_upload_bytes:
-                    shutil.rmtree(folder, ignore_errors=True)
-                    raise ApiError(413, "too_large", f"The upload is larger than the limit of {config.max_upload_bytes >> 20} MiB.")
-                out.write(block)
+        try:
+            with open(target, "wb") as out:
+                while block := await chip.read(1 << 20):
+                    out.write(block)
+        except OSError as exc:  # a full disk, typically: nothing is left behind
+            shutil.rmtree(folder, ignore_errors=True)
+            raise ApiError(507, "insufficient_storage", f"The backend cannot store the upload ({exc.strerror}).") from None
         return await enqueue(body, str(target), job_id, folder)
 
     @app.post("/v1/estimate", dependencies=[Depends(authorised)], openapi_extra={"requestBody": {"content": {

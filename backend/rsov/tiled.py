@@ -40,7 +40,7 @@ class Plan:
     """Everything a request will do, known from the raster header: grids, blocks, area, counts."""
 
     raster: str
-    raster_id: tuple  # (path, size, mtime): a changed file is a new raster
+    raster_id: tuple  # (device, inode, size, mtime): the file, whatever path names it; a changed file is new
     crs: CRS | None
     raster_transform: Affine
     raster_size: tuple[int, int]  # (H, W) native pixels
@@ -105,7 +105,7 @@ def plan(raster: str, bbox, bbox_crs: str | None, bands, features: FeatureOption
             raise InputError(f"A block must be at least 64 px on a side, got {block}.")
         out = output_grid(extent, max_side, block)
         stat = os.stat(raster)
-        return Plan(raster, (os.path.abspath(raster), stat.st_size, stat.st_mtime_ns), ds.crs, ds.transform,
+        return Plan(raster, (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns), ds.crs, ds.transform,
                     (ds.height, ds.width), indexes, extent, grid, out, shapes, pixel)
 
 
