@@ -24,7 +24,7 @@ import open_clip
 import rasterio
 import torch
 
-from rsov.client import Client
+from rsov.client import Client, ClientError
 from rsov.engine import FeatureCache, SegmentRequest, load_engine, resolve_device
 from rsov.instances import InstanceOptions, Mask, classify
 from rsov.models import DEFAULT_MODEL, find_weights, resolve_sam_spec, resolve_spec
@@ -188,6 +188,81 @@ def bench_server(args: argparse.Namespace, model: str, device: torch.device, ras
     line("HTTP path overhead", f"{http_s - direct_s:8.2f} s ({100 * (http_s / direct_s - 1):+.1f} %)")
 
 
+def health_p99(client: Client, seconds: float) -> tuple[float, int]:
+    """p99 latency (ms) of GET /v1/health, polled for ``seconds``, and the number of polls."""
+    latencies = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        client.health()
+        latencies.append(time.perf_counter() - t)
+    return 1000 * float(np.percentile(latencies, 99)), len(latencies)
+
+
+def bench_responsiveness(args: argparse.Namespace, model: str, device: torch.device, raster: Path,
+                         folder: Path) -> None:
+    """Health latency while hostile requests are validated and while a job runs; 4 concurrent clients."""
+    import threading
+
+    hostile = folder / "hostile"
+    hostile.mkdir()
+    with rasterio.open(hostile / "huge.tif", "w", driver="GTiff", width=200_000, height=200_000, count=3,
+                       dtype="uint8", tiled=True, sparse_ok=True):
+        pass
+    os.mkfifo(hostile / "fifo.tif")
+    (hostile / "vrt.tif").write_text(f'<VRTDataset rasterXSize="10" rasterYSize="10"><VRTRasterBand dataType="Byte" '
+                                     f'band="1"><SimpleSource><SourceFilename>{raster}</SourceFilename></SimpleSource>'
+                                     f'</VRTRasterBand></VRTDataset>')
+    proc, client = start_server(model, device, folder, port=18766)
+    try:
+        idle, _ = health_p99(client, 2.0)
+        stop = threading.Event()
+
+        def attack() -> None:
+            paths = [hostile / "huge.tif", hostile / "fifo.tif", hostile / "vrt.tif"]
+            i = 0
+            while not stop.is_set():
+                try:
+                    client.submit(str(paths[i % 3]), ["a"], bbox=(-1e300, -1e300, 1e300, 1e300), bbox_crs="EPSG:3857")
+                except (ClientError, OSError):
+                    pass  # refused, as it should be
+                i += 1
+
+        attacker = threading.Thread(target=attack)
+        attacker.start()
+        under_attack, polls = health_p99(client, 5.0)
+        stop.set()
+        attacker.join()
+        job = client.submit(str(raster), list(CLASSES), bbox=extent(raster, 24), long_side=args.long_side)
+        while client.status(job)["state"] == "queued":
+            time.sleep(0.01)
+        during_job, job_polls = health_p99(client, 2.0)
+        client.wait(job)
+        results = []
+
+        def one_client(k: int) -> None:
+            for j in range(3):
+                job_id = client.submit(str(raster), list(CLASSES), bbox=extent(raster, 40 + 8 * (3 * k + j)),
+                                       long_side=args.long_side)
+                results.append(client.wait(job_id)["state"])
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=one_client, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        total = time.perf_counter() - started
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    print("responsiveness: GET /v1/health p99 latency (goal under 100 ms), and 4 concurrent clients")
+    line("idle", f"{idle:8.1f} ms")
+    line("while hostile requests are validated", f"{under_attack:8.1f} ms ({polls} polls)")
+    line("while a job runs", f"{during_job:8.1f} ms ({job_polls} polls)")
+    line("4 clients x 3 jobs", f"{60 * len(results) / total:8.1f} jobs/min ({results.count('done')} done)")
+
+
 def bench_instances(args: argparse.Namespace, model: str, device: torch.device, raster: Path, folder: Path) -> None:
     """Instance mode on one 1024 x 1024 window: SAM encoder, proposals, classification; then a new vocabulary."""
     from segment_anything import sam_model_registry
@@ -251,6 +326,7 @@ def main() -> int:
             bench_engine(args, model, device, raster)
         if args.only in (None, "server"):
             bench_server(args, model, device, raster, folder)
+            bench_responsiveness(args, model, device, raster, folder)
         if args.only in (None, "instances"):
             bench_instances(args, model, device, raster, folder)
         if args.only in (None, "scale"):

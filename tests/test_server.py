@@ -60,11 +60,11 @@ class Server:
         self.token = self.token_file.read_text().strip()
         self.client = Client(self.url, self.token, timeout=60)
 
-    def http(self, method: str, path: str, token: str | None = "default", **kw) -> httpx.Response:
+    def http(self, method: str, path: str, token: str | None = "default", timeout: float = 60, **kw) -> httpx.Response:
         headers = kw.pop("headers", {})
         if token is not None:
             headers["Authorization"] = f"Bearer {self.token if token == 'default' else token}"
-        return httpx.request(method, self.url + path, headers=headers, timeout=60, **kw)
+        return httpx.request(method, self.url + path, headers=headers, timeout=timeout, **kw)
 
     def close(self) -> None:
         self.proc.terminate()
@@ -391,6 +391,22 @@ def test_a_vrt_is_refused_wherever_it_points(server, oem, tmp_path):
     upload = server.http("POST", "/v1/jobs", files={"request": (None, '{"classes": ["a"]}'),
                                                      "chip": ("chip.tif", vrt.read_bytes(), "image/tiff")})
     assert upload.status_code == 400 and "no VRT" in upload.json()["error"]["message"]
+
+
+def test_a_vrt_over_a_fifo_is_refused_and_the_server_keeps_answering(server, tmp_path):
+    fifo = tmp_path / "source"
+    os.mkfifo(fifo)
+    vrt = tmp_path / "pipe_source.tif"
+    vrt.write_text(f"""<VRTDataset rasterXSize="10" rasterYSize="10"><VRTRasterBand dataType="Byte" band="1">
+  <SimpleSource><SourceFilename>{fifo}</SourceFilename><SourceBand>1</SourceBand></SimpleSource>
+  </VRTRasterBand></VRTDataset>""")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        attempt = pool.submit(server.http, "POST", "/v1/jobs", json={"raster": str(vrt), "classes": ["a"]})
+        started = time.monotonic()
+        assert server.http("GET", "/v1/health", token=None, timeout=1).status_code == 200
+        assert time.monotonic() - started < 1
+        response = attempt.result(timeout=10)
+    assert response.status_code == 400 and "no VRT" in response.json()["error"]["message"]
 
 
 def test_a_fifo_is_refused_before_anything_reads_it(server, tmp_path):
