@@ -34,7 +34,7 @@ BLOCK_SIDE = 2048  # output pixels per block side
 WindowBox = tuple[int, int, int, int]  # (y0, x0, y1, x1) in working pixels of the domain
 
 
-def _window_starts(n: int, window: int, stride: int) -> list[int]:
+def window_starts(n: int, window: int, stride: int) -> list[int]:
     """mmseg-style starts along one axis of ``n`` px: every ``stride``, the last clamped to the edge."""
     count = max(n - window + stride - 1, 0) // stride + 1
     return sorted({max(min(i * stride + window, n) - window, 0) for i in range(count)})
@@ -58,11 +58,11 @@ class WorkingGrid:
 
     @cached_property
     def _row_starts(self) -> list[int]:
-        return _window_starts(self.height, self.window, self.stride)
+        return window_starts(self.height, self.window, self.stride)
 
     @cached_property
     def _col_starts(self) -> list[int]:
-        return _window_starts(self.width, self.window, self.stride)
+        return window_starts(self.width, self.window, self.stride)
 
     def _touching(self, starts: list[int], n: int, lo: int, hi: int) -> list[int]:
         size = min(self.window, n)

@@ -26,6 +26,7 @@ from torch import nn
 
 from .dense_clip import DenseEncoder
 from .errors import CancelledError, InputError
+from .grid import window_starts
 from .text import TextEmbedder
 from .vocabulary import Vocabulary
 
@@ -125,11 +126,8 @@ def working_size(size: tuple[int, int], options: FeatureOptions, pixel_size_m: f
 
 def sliding_windows(height: int, width: int, window: int, stride: int) -> list[tuple[int, int, int, int]]:
     """mmseg-style slide: a grid of windows, the last one in each direction clamped to the edge."""
-    def starts(n: int) -> list[int]:
-        count = max(n - window + stride - 1, 0) // stride + 1
-        return sorted({max(min(i * stride + window, n) - window, 0) for i in range(count)})
-
-    return [(y, x, min(y + window, height), min(x + window, width)) for y in starts(height) for x in starts(width)]
+    return [(y, x, min(y + window, height), min(x + window, width))
+            for y in window_starts(height, window, stride) for x in window_starts(width, window, stride)]
 
 
 def bilinear_matrix(out_n: int, in_n: int) -> torch.Tensor:
