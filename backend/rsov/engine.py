@@ -210,11 +210,11 @@ class Engine:
 
                 if stage is not None:
                     stage(name, done / len(blocks))
-                t = time.perf_counter()
-                encoded = grid.stats.encoded
-                yield grid.predict_block(vocabulary, request.scoring, block, cancelled, progress)
+                t, encoded = time.perf_counter(), grid.stats.encoded
+                result = grid.predict_block(vocabulary, request.scoring, block, cancelled, progress)
                 if grid.stats.encoded > encoded:  # keep the measured speed for estimates
                     self.windows_per_s = (grid.stats.encoded - encoded) / max(time.perf_counter() - t, 1e-6)
+                yield result
 
     def segment(self, request: SegmentRequest, stage: StageFn | None = None, cancelled: CancelFn | None = None) -> SegmentResult:
         """Run one request end to end, in memory; vocabulary errors surface before any pixel is read."""

@@ -73,6 +73,9 @@ class BlockStore:
     def _path(self, block: tuple[int, int, int, int]) -> Path:
         return self.folder / f"block_{block[0]}_{block[1]}.npz"
 
+    def has(self, block: tuple[int, int, int, int]) -> bool:
+        return self._path(block).is_file()
+
     def load(self, block: tuple[int, int, int, int]) -> BlockResult | None:
         try:
             with np.load(self._path(block)) as data:
@@ -108,12 +111,18 @@ def segment_streamed(request: SegmentRequest, job_plan: Plan, outputs: Outputs, 
     vocabulary = build_vocabulary(list(request.classes), request.background)
     summary = StreamSummary(job_plan, vocabulary.names)
     blocks = job_plan.out.blocks
-    stored = {b: store.load(b) for b in blocks} if store is not None else {}
-    missing = [b for b in blocks if stored.get(b) is None]
-    summary.blocks, summary.blocks_resumed = len(blocks), len(blocks) - len(missing)
+    stored = [b for b in blocks if store is not None and store.has(b)]
+    summary.blocks, summary.blocks_resumed = len(blocks), len(stored)
 
     def results() -> Iterable[BlockResult]:
-        yield from (r for r in stored.values() if r is not None)
+        done = set(stored)
+        missing = [b for b in blocks if b not in done]
+        for block in stored:  # one at a time: memory stays bounded when resuming too
+            result = store.load(block)
+            if result is None:  # unreadable after all: compute it again
+                missing.append(block)
+            else:
+                yield result
         for result in runner(request, job_plan, missing, cancelled):
             if store is not None:
                 store.save(result)
