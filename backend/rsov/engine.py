@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.windows import Window
 from torch import nn
 
 from .dense_clip import DenseEncoder, SegEarthCLIP
@@ -28,7 +29,7 @@ from .instances import (Example, Instance, InstanceOptions, Proposer, SamPropose
                         instance_features, prompt_points, propose)
 from .models import DEFAULT_MODEL, DEFAULT_SAM, TINY_MODEL, load_model, load_sam, resolve_sam_spec
 from .predictor import FeatureOptions, Prediction, Predictor, ScoreOptions
-from .raster_io import RasterChip, bounded_gdal_cache, open_raster, read_chip
+from .raster_io import RasterChip, bounded_gdal_cache, open_raster, read_chip, window_bounds
 from .tiled import (DEFAULT_WINDOWS_PER_S, BlockResult, GridPredictor, Plan, WindowStats, estimate, plan,
                     rasterize_area)
 from .text import ClipTextEmbedder, TextEmbedder, resolve_templates
@@ -330,8 +331,7 @@ class Engine:
                                        (int(e.col_off), int(e.col_off + e.width)))
         y0, x0 = min(t[0] for t in tiles), min(t[1] for t in tiles)
         y1, x1 = max(t[2] for t in tiles), max(t[3] for t in tiles)
-        (ax, ay), (bx, by) = asked.raster_transform @ (x0, y0), asked.raster_transform @ (x1, y1)
-        bounds = (min(ax, bx), min(ay, by), max(ax, bx), max(ay, by))  # plain images are south-up
+        bounds = window_bounds(Window(x0, y0, x1 - x0, y1 - y0), asked.raster_transform)
         work = plan(request.raster, bounds, None, request.bands, request.features, None, None, request.block_size)
         return tiles, work
 

@@ -114,9 +114,6 @@ class OutputGrid:
         return [(r, c, min(r + self.block, self.height), min(c + self.block, self.width))
                 for r in range(0, self.height, self.block) for c in range(0, self.width, self.block)]
 
-    def block_shape(self) -> tuple[int, int]:
-        return -(-self.height // self.block), -(-self.width // self.block)
-
 
 def working_grid(raster_size: tuple[int, int], extent: Window, pixel_size_m: float | None,
                  resolution_m: float | None, long_side: int | None, window: int, stride: int) -> WorkingGrid:

@@ -90,7 +90,7 @@ def describe_raster(path: str | os.PathLike) -> RasterInfo:
             dtypes=tuple(ds.dtypes),
             crs=ds.crs,
             transform=ds.transform,
-            bounds=_window_bounds(Window(0, 0, ds.width, ds.height), ds.transform),
+            bounds=window_bounds(Window(0, 0, ds.width, ds.height), ds.transform),
             nodata=ds.nodata,
         )
 
@@ -141,7 +141,7 @@ def read_chip(
             valid=valid,
             transform=transform,
             crs=ds.crs,
-            bounds=_window_bounds(window, ds.transform),
+            bounds=window_bounds(window, ds.transform),
             pixel_size_m=_pixel_size_m(transform, ds.crs, out_w, out_h),
             source=str(path),
         )
@@ -229,7 +229,7 @@ def area_in_raster_crs(ds: DatasetReader, geometries: Sequence[BaseGeometry], cr
         except (CRSError, ValueError) as exc:
             raise InputError(f"The processing area cannot be transformed into the raster's CRS ({exc}).") from None
     union = shapely.union_all([shape(g) for g in shapes])
-    raster = box(*_window_bounds(Window(0, 0, ds.width, ds.height), ds.transform))
+    raster = box(*window_bounds(Window(0, 0, ds.width, ds.height), ds.transform))
     if union.is_empty or not union.intersects(raster) or union.intersection(raster).area <= 0:
         raise InputError(
             f"The processing area {_fmt(union.bounds) if not union.is_empty else '()'} does not overlap the raster "
@@ -373,7 +373,7 @@ def _to_raster_crs(ds: DatasetReader, bbox: Bounds, bbox_crs: str | None) -> Bou
         )
     # Compare in lon/lat first: an extent much larger than the raster (a zoomed-out
     # map canvas) cannot be projected into a local projection such as UTM.
-    raster_bounds = _window_bounds(Window(0, 0, ds.width, ds.height), ds.transform)
+    raster_bounds = window_bounds(Window(0, 0, ds.width, ds.height), ds.transform)
     raster_ll = transform_bounds(ds.crs, _WGS84, *raster_bounds, densify_pts=21)
     bbox_ll = transform_bounds(src_crs, _WGS84, *bbox, densify_pts=21)
     if raster_ll[0] < raster_ll[2] and bbox_ll[0] < bbox_ll[2]:  # neither crosses the antimeridian
@@ -408,7 +408,7 @@ def _parse_crs(text: str) -> CRS:
 def _outside_error(ds: DatasetReader, bbox: Bounds, bbox_crs: str | None) -> InputError:
     raster_crs = _crs_label(ds.crs) if ds.crs else "pixel coordinates"
     bbox_label = bbox_crs or raster_crs
-    raster_bounds = _window_bounds(Window(0, 0, ds.width, ds.height), ds.transform)
+    raster_bounds = window_bounds(Window(0, 0, ds.width, ds.height), ds.transform)
     return InputError(
         f"The requested extent {_fmt(bbox)} ({bbox_label}) does not overlap the raster {ds.name}, "
         f"whose bounds are {_fmt(raster_bounds)} ({raster_crs})."
@@ -419,7 +419,7 @@ def _fmt(bounds: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.10g}" for v in bounds) + ")"
 
 
-def _window_bounds(window: Window, transform: Affine) -> Bounds:
+def window_bounds(window: Window, transform: Affine) -> Bounds:
     """(minx, miny, maxx, maxy) of ``window``, whatever the sign of the pixel size."""
     x0, y0 = transform @ (window.col_off, window.row_off)
     x1, y1 = transform @ (window.col_off + window.width, window.row_off + window.height)

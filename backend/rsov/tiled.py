@@ -27,7 +27,7 @@ from .errors import CancelledError, InputError
 from .grid import BLOCK_SIDE, OutputGrid, WorkingGrid, interpolation, output_grid, working_grid, working_positions
 from .predictor import FeatureOptions, ImageFeatures, Predictor, ScoreOptions, classify_logits, scoring_vectors, window_logits
 from .raster_io import (area_in_raster_crs, check_real, extent_window, open_raster, raster_pixel_size_m, read_area, read_rgb,
-                        read_valid, select_bands)
+                        read_valid, select_bands, window_bounds)
 from .vocabulary import Vocabulary
 
 CancelFn = Callable[[], bool]
@@ -58,9 +58,7 @@ class Plan:
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        x0, y0 = self.transform @ (0, 0)
-        x1, y1 = self.transform @ (self.out.width, self.out.height)
-        return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+        return window_bounds(Window(0, 0, self.out.width, self.out.height), self.transform)
 
     def working_span(self, rows: tuple[int, int], cols: tuple[int, int]) -> tuple[tuple, tuple]:
         """For output rows/cols: the bilinear interpolation (matrix, lo, hi) from working pixels, per axis."""
