@@ -73,26 +73,10 @@ def polygonize(
     Features smaller than ``min_area_m2`` are dropped; the rest are ordered by
     class id, then by decreasing area.
     """
-    keep = class_map > 0 if valid is None else (class_map > 0) & valid
-    _check_class_ids(class_map[keep], class_names)
-    labels, region_class = _label_regions(class_map, keep)
-    scores = ndimage.mean(score_map, labels, index=np.arange(1, len(region_class) + 1))
-    tolerance = simplify_px * math.sqrt(abs(transform.determinant))
-    crs = None if crs is None else CRS.from_user_input(crs)
-    features = []
-    shapes = rasterio.features.shapes(labels, mask=keep, connectivity=4, transform=transform)
-    # With 4-connectivity on 4-connected labels, GDAL yields exactly one polygon per label.
-    for geojson, label in shapes:
-        geometry = _clean(shape(geojson), tolerance)
-        if geometry is None:
-            continue
-        area = _area_m2(geometry, crs)
-        if area < min_area_m2:
-            continue
-        class_id = int(region_class[int(label) - 1])
-        features.append(
-            VectorFeature(geometry, class_names[class_id - 1], class_id, float(scores[int(label) - 1]), area)
-        )
+    valid = np.ones(class_map.shape, dtype=bool) if valid is None else valid
+    # the whole map is one block with no seams: every region is finished at once
+    features = SeamPolygonizer(transform, crs, class_names, class_map.shape, simplify_px, min_area_m2).add(
+        (0, 0, *class_map.shape), class_map, score_map, valid)
     return sorted(features, key=lambda f: (f.class_id, -f.area_m2))
 
 
