@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 import uuid
-from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
 from qgis.core import QgsField, QgsLayerTreeGroup, QgsProject, QgsVectorLayer
+from osgeo import gdal, ogr
 from qgis.PyQt.QtCore import QMetaType, QVariant
+from qgis.PyQt.QtXml import QDomDocument
 
 from . import schema
 from .compat import enum_value
-from .styling import apply_result_style, save_style_to_database
+from .styling import STYLE_DESCRIPTION, STYLE_NAME, apply_result_style
 from .vocabulary import VocabularyClass
 
 GROUP = "rsov results"
@@ -82,56 +82,90 @@ def save_result(data: bytes, path: Path, classes: list[VocabularyClass]) -> Path
     return path
 
 
-ADD_STATUS = 'ALTER TABLE "rsov" ADD COLUMN "status" TEXT(10)'  # schema.LAYER, schema.STATUS
-
-
-def _add_status_field(path: Path) -> None:
-    """Add the ``status`` column with SQLite (a GeoPackage is an SQLite file; OGR adds fields the
-    same way): QGIS 3.22's provider reports success but keeps no field added to an empty
-    GeoPackage layer (a result without polygons)."""
-    unreadable = f"The backend's result is not a readable GeoPackage with a layer '{schema.LAYER}'."
-    try:
-        with closing(sqlite3.connect(str(path))) as db:
-            columns = [row[1] for row in db.execute(f'PRAGMA table_info("{schema.LAYER}")')]
-            if not columns:
-                raise ResultError(unreadable)
-            if schema.STATUS not in columns:
-                db.execute(ADD_STATUS)
-                db.commit()
-    except sqlite3.DatabaseError:
-        raise ResultError(unreadable) from None
+SET_ALL_NEW = 'UPDATE "rsov" SET "status" = \'new\''  # schema.LAYER, schema.STATUS, schema.NEW
 
 
 def _prepare(path: Path, classes: list[VocabularyClass]) -> None:
-    _add_status_field(path)
-    layer = QgsVectorLayer(layer_uri(path), "rsov", "ogr")
-    if not layer.isValid():
-        raise ResultError("The backend's result is not a readable GeoPackage with a layer 'rsov'.")
-    missing = [f for f in (schema.CLASS, schema.SCORE, schema.STATUS) if layer.fields().indexOf(f) < 0]
-    if missing:
-        raise ResultError(f"The backend's result lacks the field(s) {', '.join(missing)}.")
-    provider = layer.dataProvider()
-    index = layer.fields().indexOf(schema.STATUS)
-    changes = {feature.id(): {index: schema.NEW} for feature in layer.getFeatures()}
-    if changes and not provider.changeAttributeValues(changes):
-        raise ResultError(f"Setting the review status in {path.name} failed.")
-    apply_result_style(layer, classes)
+    """Add the ``status`` field (all ``new``) and the class style to the GeoPackage at ``path``.
+
+    Written with OGR and closed explicitly, never through a QGIS layer: QGIS's connection pool
+    would keep the file open past the rename, in WAL mode against side files that are then
+    deleted, and a layer opened on the final path could read an empty snapshot."""
+    unreadable = f"The backend's result is not a readable GeoPackage with a layer '{schema.LAYER}'."
+    try:  # GDAL raises or returns None, as gdal.UseExceptions() was called in this QGIS or not
+        dataset = gdal.OpenEx(str(path), gdal.OF_VECTOR | gdal.OF_UPDATE, allowed_drivers=["GPKG"])
+    except RuntimeError:
+        dataset = None
+    if dataset is None:
+        raise ResultError(unreadable)
     try:
-        save_style_to_database(layer)
+        layer = dataset.GetLayerByName(schema.LAYER)
+        if layer is None:
+            raise ResultError(unreadable)
+        definition = layer.GetLayerDefn()
+        names = [definition.GetFieldDefn(i).GetName() for i in range(definition.GetFieldCount())]
+        missing = [f for f in (schema.CLASS, schema.SCORE) if f not in names]
+        if missing:
+            raise ResultError(f"The backend's result lacks the field(s) {', '.join(missing)}.")
+        if schema.STATUS not in names:
+            status = ogr.FieldDefn(schema.STATUS, ogr.OFTString)
+            status.SetWidth(10)
+            _check(layer.CreateField(status), path)
+        dataset.ExecuteSQL(SET_ALL_NEW)
+        qml, sld = _style_documents(names, classes)
+        _write_style(dataset, layer.GetGeometryColumn(), qml, sld, path)
+        dataset.FlushCache()
     except RuntimeError as exc:
-        raise ResultError(str(exc)) from None
-    del provider, layer  # closes the GeoPackage (and folds its WAL back) before the rename...
-    _fold_wal(path)
+        raise ResultError(f"Writing the review status and style into {path.name} failed: {exc}") from None
+    finally:
+        layer = dataset = None  # noqa: F841 (closes the file before the rename)
 
 
-def _fold_wal(path: Path) -> None:
-    """...unless QGIS's connection pool still holds it open: then write the WAL into the file here,
-    or the rename would leave the edits in a side file that is deleted."""
-    try:
-        with closing(sqlite3.connect(str(path))) as db:
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    except sqlite3.DatabaseError:
-        pass  # not in WAL mode, or nothing to fold
+def _check(error: int, path: Path) -> None:
+    if error != ogr.OGRERR_NONE:
+        raise ResultError(f"Writing the review status and style into {path.name} failed: {gdal.GetLastErrorMsg()}")
+
+
+def _style_documents(field_names: list[str], classes: list[VocabularyClass]) -> tuple[str, str]:
+    """The QML and SLD of the class style, made on a memory layer with the result's fields."""
+    fields = "&".join(f"field={name}:string" for name in field_names)
+    layer = QgsVectorLayer(f"MultiPolygon?{fields}", schema.LAYER, "memory")
+    apply_result_style(layer, classes)
+    qml, sld = QDomDocument(), QDomDocument()
+    layer.exportNamedStyle(qml)
+    layer.exportSldStyle(sld, "")
+    return qml.toString(), sld.toString()
+
+
+STYLE_FIELDS = (  # QGIS's own layer_styles table (what QgsVectorLayer.saveStyleToDatabase makes)
+    ("f_table_catalog", ogr.OFTString, 256), ("f_table_schema", ogr.OFTString, 256),
+    ("f_table_name", ogr.OFTString, 256), ("f_geometry_column", ogr.OFTString, 256),
+    ("styleName", ogr.OFTString, 30), ("styleQML", ogr.OFTString, 0), ("styleSLD", ogr.OFTString, 0),
+    ("useAsDefault", ogr.OFTInteger, 0), ("description", ogr.OFTString, 0), ("owner", ogr.OFTString, 30),
+    ("ui", ogr.OFTString, 30), ("update_time", ogr.OFTDateTime, 0),
+)
+
+
+def _write_style(dataset, geometry_column: str, qml: str, sld: str, path: Path) -> None:
+    """Store the style as the layer's default in ``layer_styles``, which QGIS reads on load."""
+    styles = dataset.GetLayerByName("layer_styles")
+    if styles is None:
+        styles = dataset.CreateLayer("layer_styles", geom_type=ogr.wkbNone, options=["FID=id"])
+        for name, kind, width in STYLE_FIELDS:
+            field = ogr.FieldDefn(name, kind)
+            field.SetWidth(width)
+            if name == "useAsDefault":
+                field.SetSubType(ogr.OFSTBoolean)
+            if name == "update_time":
+                field.SetDefault("CURRENT_TIMESTAMP")
+            _check(styles.CreateField(field), path)
+    feature = ogr.Feature(styles.GetLayerDefn())
+    values = {"f_table_catalog": "", "f_table_schema": "", "f_table_name": schema.LAYER,
+              "f_geometry_column": geometry_column, "styleName": STYLE_NAME, "styleQML": qml,
+              "styleSLD": sld, "useAsDefault": 1, "description": STYLE_DESCRIPTION, "owner": ""}
+    for name, value in values.items():
+        feature.SetField(name, value)
+    _check(styles.CreateFeature(feature), path)
 
 
 def result_group(project: QgsProject) -> QgsLayerTreeGroup:

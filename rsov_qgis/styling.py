@@ -8,7 +8,6 @@ from __future__ import annotations
 from qgis.core import (
     QgsCategorizedSymbolRenderer,
     QgsFillSymbol,
-    QgsMapLayer,
     QgsPalLayerSettings,
     QgsProperty,
     QgsRendererCategory,
@@ -24,7 +23,8 @@ from .vocabulary import VocabularyClass, assign_colors
 
 FILL_ALPHA = 150  # of 255: the image stays visible under the polygons
 OUTLINE_FILL_ALPHA = 40  # instance results: a light fill inside the outline, to click on
-STYLE_NAME = "rsov"
+STYLE_NAME = "rsov"  # the default style stored in each result GeoPackage
+STYLE_DESCRIPTION = "rsov classes and review status"
 
 
 def _when_status(**values: str) -> QgsProperty:
@@ -99,17 +99,3 @@ def apply_result_style(layer: QgsVectorLayer, classes: list[VocabularyClass]) ->
     if outlined:
         layer.setLabeling(class_labeling())
         layer.setLabelsEnabled(False)
-
-
-def save_style_to_database(layer: QgsVectorLayer) -> None:
-    """Store the layer's style in its GeoPackage as the default style (RuntimeError on failure)."""
-    description = "rsov classes and review status"
-    if hasattr(layer, "saveStyleToDatabaseV2"):  # QGIS >= 3.40; an SLD that cannot be made is no failure
-        results, message = layer.saveStyleToDatabaseV2(STYLE_NAME, description, True, "")
-        result = QgsMapLayer.SaveStyleResult
-        failed = bool(results & (result.QmlGenerationFailed | result.DatabaseWriteFailed))
-    else:
-        message = layer.saveStyleToDatabase(STYLE_NAME, description, True, "")
-        failed = bool(message)
-    if failed:
-        raise RuntimeError(f"Saving the style into {layer.source()} failed: {message}")

@@ -1,6 +1,8 @@
 """Result GeoPackages (atomic save, status field, style inside) and their categorized style (filled
 for semantic results, outlines for instance results)."""
 
+import sqlite3
+from contextlib import closing
 from datetime import datetime
 
 import pytest
@@ -44,6 +46,9 @@ def test_saved_result_has_status_field_and_style(saved):
         (c.name, c.color) for c in vocabulary()]
     count, ids, names, _, error = layer.listStylesInDatabase()
     assert count == 1 and names == ["rsov"] and not error
+    with closing(sqlite3.connect(saved)) as db:  # written and closed by OGR: nothing left in a WAL
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    assert layer.startEditing() and layer.featureCount() == 6 and len(list(layer.getFeatures())) == 6
 
 
 def test_broken_result_leaves_nothing_behind(tmp_path):
