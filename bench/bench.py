@@ -27,7 +27,8 @@ import torch
 from rsov.client import Client, ClientError
 from rsov.engine import FeatureCache, SegmentRequest, load_engine, resolve_device
 from rsov.instances import InstanceOptions, Mask, classify
-from rsov.models import DEFAULT_MODEL, find_weights, resolve_sam_spec, resolve_spec
+from rsov.models import DEFAULT_MODEL, cache_dir, find_weights, resolve_sam_spec, resolve_spec
+from rsov.precision import Calibration, calibration_key, cpu_capability, resolve_precision, save_calibration
 from rsov.predictor import FeatureOptions
 from rsov.vocabulary import build_vocabulary
 from scale import bench_scale
@@ -64,8 +65,9 @@ def bench_model(folder: Path) -> tuple[str, str]:
         return DEFAULT_MODEL, f"{DEFAULT_MODEL} (real weights)"
     torch.manual_seed(0)
     path = folder / "vit_b16_random.pt"
-    torch.save(open_clip.create_model(spec.arch, pretrained=None).state_dict(), path)
-    return f"{spec.arch}@{path}", f"{spec.arch} (random weights: timing only)"
+    arch = f"{spec.arch}-quickgelu"  # what OpenAI's weights run on
+    torch.save(open_clip.create_model(arch, pretrained=None).state_dict(), path)
+    return f"{arch}@{path}", f"{arch} (random weights: timing only)"
 
 
 def timed(fn):
@@ -94,8 +96,7 @@ def best_query(engine, request: SegmentRequest) -> torch.Tensor:
 
 
 def bench_engine(args: argparse.Namespace, model: str, device: torch.device, raster: Path) -> None:
-    """In-process engine: cold, warm, edited vocabulary, fast precision, JBU upsampler."""
-    fast = "fp16" if device.type == "cuda" else "bf16"
+    """In-process engine: cold, warm, edited vocabulary, JBU upsampler."""
     engine = load_engine(model, str(device))
     options = FeatureOptions(long_side=args.long_side)
     request = SegmentRequest(str(raster), CLASSES, bbox=extent(raster, 0), features=options)
@@ -107,14 +108,7 @@ def bench_engine(args: argparse.Namespace, model: str, device: torch.device, ras
     edited = replace(request, classes=CLASSES[:-1] + ("solar panel",))
     rescored, t_edit = timed(lambda: engine.segment(edited))  # one new class; image features from the cache
     assert rescored.features_cached
-    reference = best_query(engine, request)  # the warm run's fp32 features, from the cache
     fp32_bytes = engine.cache.nbytes
-    engine.cache = FeatureCache()
-    fast_request = replace(request, features=replace(options, precision=fast))
-    fast_res, t_fast = timed(lambda: engine.segment(fast_request))
-    # per-pixel best query, before thresholds: a stricter test than class maps that one class may fill
-    agree = float((best_query(engine, fast_request) == reference).float().mean())
-    present = len(reference.unique())
 
     h, w = cold.prediction.class_map.shape
     print(f"engine: {w}x{h} px extent, working long side {options.long_side} px, {n_windows} windows 224/112, "
@@ -123,8 +117,6 @@ def bench_engine(args: argparse.Namespace, model: str, device: torch.device, ras
     line("warm run (image encode + scoring)", f"{t_warm:8.2f} s  ({n_windows / warm.timings['segment_s']:.2f} windows/s; "
          f"vectorize {warm.timings['vectorize_s']:.2f} s)")
     line("re-run after editing one class", f"{t_edit:8.2f} s  (x{t_warm / t_edit:.1f} faster than the warm run)")
-    line(f"{fast} run (image encode + scoring)", f"{t_fast:8.2f} s  (x{t_warm / t_fast:.2f} vs fp32; "
-         f"best-query agreement with fp32 {agree * 100:.2f} %, {present} queries present)")
     if not args.no_jbu and JBU.is_file():
         engine_jbu = load_engine(model, str(device), "jbu", str(JBU))
         _, t_jbu = timed(lambda: engine_jbu.segment(request))
@@ -133,6 +125,33 @@ def bench_engine(args: argparse.Namespace, model: str, device: torch.device, ras
     line("peak memory (process RSS)", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:8.0f} MiB")
     if device.type == "cuda":
         line("peak GPU memory", f"{torch.cuda.max_memory_allocated() / 2**20:8.0f} MiB")
+
+
+def bench_precision(args: argparse.Namespace, model: str, device: torch.device, raster: Path, cache: Path) -> None:
+    """fp32 against every low precision this device runs, with label agreement; saves the int8
+    calibration that lets ``--precision fast`` choose int8 on CPUs without native bf16."""
+    engine = load_engine(model, str(device))
+    options = FeatureOptions(long_side=args.long_side)
+    request = SegmentRequest(str(raster), CLASSES, bbox=extent(raster, 0), features=options)
+    engine.segment(request)  # text embeddings, so that every timed run is image encode + scoring
+    precisions = ("fp32", "fp16") if device.type == "cuda" else ("fp32", "bf16", "int8")
+    seconds, labels = {}, {}
+    for precision in precisions:
+        engine.cache = FeatureCache()
+        timed_request = replace(request, features=replace(options, precision=precision))
+        _, seconds[precision] = timed(lambda: engine.segment(timed_request))
+        # per-pixel best query, before thresholds: a stricter test than class maps that one class may fill
+        labels[precision] = best_query(engine, timed_request)
+    print(f"precision: {SIZE}x{SIZE} px extent, working long side {options.long_side} px; CPU "
+          f"{cpu_capability().describe()}" if device.type == "cpu" else f"precision on {device}")
+    for precision in precisions:
+        agree = float((labels[precision] == labels["fp32"]).float().mean())
+        line(f"{precision} run (image encode + scoring)", f"{seconds[precision]:8.2f} s  "
+             f"(x{seconds['fp32'] / seconds[precision]:.2f} the speed of fp32; label agreement {agree * 100:.2f} %)")
+        if precision == "int8":
+            save_calibration(cache, Calibration(calibration_key(cpu_capability()), seconds["fp32"], seconds["int8"], agree))
+    choice = resolve_precision("fast", device, cache)
+    line("--precision fast on this machine", f"{choice.precision}: {choice.reason}")
 
 
 def start_server(model: str, device: torch.device, folder: Path, port: int = 18765) -> tuple[subprocess.Popen, Client]:
@@ -308,12 +327,13 @@ def main() -> int:
     parser.add_argument("--long-side", type=int, default=448, help="working size (448 = paper default)")
     parser.add_argument("--no-jbu", action="store_true", help="skip the FeatUp JBU run")
     parser.add_argument("--jobs", type=int, default=5, help="back-to-back jobs for the server figures")
-    parser.add_argument("--only", choices=["engine", "server", "instances", "scale"], help="run one part")
+    parser.add_argument("--only", choices=["engine", "precision", "server", "instances", "scale"], help="run one part")
     parser.add_argument("--full", action="store_true", help="scale: whole rasters at 1 m and 0.5 m (hours on a CPU)")
     parser.add_argument("--coarse", default="8.0", help="scale: resolution (m) of the whole-raster runs without --full")
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.set_grad_enabled(False)
+    user_cache = cache_dir()  # where the int8 calibration is kept for later runs
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         os.environ["RSOV_CACHE_DIR"] = str(folder / "cache")  # cold text cache, for us and the server
@@ -324,6 +344,8 @@ def main() -> int:
               f"{torch.get_num_threads()} threads")
         if args.only in (None, "engine"):
             bench_engine(args, model, device, raster)
+        if args.only in (None, "precision"):
+            bench_precision(args, model, device, raster, user_cache)
         if args.only in (None, "server"):
             bench_server(args, model, device, raster, folder)
             bench_responsiveness(args, model, device, raster, folder)

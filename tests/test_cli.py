@@ -167,3 +167,15 @@ def test_jbu_upsampler_and_method_options_end_to_end(capsys, tmp_path, shared_da
     code, _, stderr = run(capsys, "segment", shared_data / "openearthmap" / "oem_koeln_50.tif", "--classes", "tree",
                           "--model", tiny_checkpoint, "--upsampler", "jbu", "--quiet")
     assert code == 2 and "--upsampler-checkpoint" in stderr
+
+
+def test_precision_fast_says_what_it_chose_and_why(capsys, tmp_path, shared_data, tiny_checkpoint):
+    from rsov.precision import cpu_capability
+
+    capability = cpu_capability()
+    code, _, stderr = run(capsys, "segment", shared_data / "openearthmap" / "oem_koeln_50.tif", "--classes", "tree",
+                          "--model", tiny_checkpoint, "--precision", "fast", "--long-side", "224",
+                          "--out", tmp_path / "o.gpkg")
+    assert code == 0, stderr
+    expected = "bf16" if capability.native_bf16 or capability.amx else "fp32"
+    assert f"precision fast is {expected} here: " in stderr and capability.describe() in stderr

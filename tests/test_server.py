@@ -104,12 +104,13 @@ def test_docs_are_off_and_the_schema_needs_the_token(server):
 def test_health_needs_no_token(server):
     body = server.http("GET", "/v1/health", token=None).json()
     assert body["status"] == "ok" and body["model"] == "tiny-random" and body["device"] == "cpu"
-    assert body["gpu_name"] is None and body["version"]
+    assert body["gpu_name"] is None and body["version"] and body["api_version"] == 1
+    assert body["fast_precision"] in ("bf16", "fp32", "int8") and body["fast_precision_reason"]
 
 
 def test_token_file_is_private_and_required(server, oem):
     assert stat.S_IMODE(server.token_file.stat().st_mode) == 0o600
-    for method, path in [("GET", "/v1/models"), ("POST", "/v1/jobs"), ("GET", "/v1/jobs/x"), ("DELETE", "/v1/jobs/x"),
+    for method, path in [("GET", "/v1/models"), ("POST", "/v1/models/sam-vit-b/download"), ("POST", "/v1/jobs"), ("GET", "/v1/jobs/x"), ("DELETE", "/v1/jobs/x"),
                          ("GET", "/v1/jobs/x/result"), ("POST", "/v1/estimate")]:
         for token in (None, "wrong-token"):
             response = server.http(method, path, token=token, json={"raster": oem, "classes": ["a"]})
@@ -127,6 +128,31 @@ def test_models_lists_the_loaded_one(server):
     loaded = [r for r in rows if r["loaded"]]
     assert [r["name"] for r in loaded] == ["tiny-random"]
     assert any(r["name"] == "ViT-B-16-openai" and not r["weights_present"] for r in rows)
+
+
+def _transfer_when_finished(server, name: str) -> dict:
+    deadline = time.monotonic() + 60
+    while True:
+        row = {r["name"]: r for r in server.http("GET", "/v1/models").json()["models"]}[name]
+        if row["transfer"]["state"] != "running" or time.monotonic() > deadline:
+            return row["transfer"]
+        time.sleep(0.2)
+
+
+def test_weights_import_is_verified_and_downloads_say_why_they_fail(server, tmp_path):
+    wrong = tmp_path / "sam_vit_b_01ec64.pth"
+    wrong.write_bytes(b"not the real SAM" * 1000)
+    response = server.http("POST", "/v1/models/sam-vit-b/import", json={"path": str(wrong)})
+    assert response.status_code == 202 and response.json()["transfer"]["kind"] == "import"
+    transfer = _transfer_when_finished(server, "sam-vit-b")
+    assert transfer["state"] == "failed" and "ec2df62732614e57" in transfer["error"]
+    assert transfer["done_bytes"] == transfer["total_bytes"] == 16000  # hashed with progress
+    assert server.http("POST", "/v1/models/sam-vit-b/import", json={"path": "relative.pth"}).status_code == 400
+    assert server.http("POST", "/v1/models/no-such-model/download").json()["error"]["code"] == "no_such_model"
+    assert server.http("POST", "/v1/models/tiny-random/download").status_code == 404
+    assert server.http("POST", "/v1/models/sam-vit-l/download").status_code == 202  # no internet here
+    transfer = _transfer_when_finished(server, "sam-vit-l")
+    assert transfer["state"] == "failed" and "sam_vit_l_0b3195.pth" in transfer["error"]
 
 
 def test_job_runs_to_done_with_growing_progress(server, oem):

@@ -19,7 +19,8 @@ import numpy as np
 from . import __version__
 from .evaluation.cli import add_eval_parser, run_eval
 from .errors import CancelledError, InputError, RsovError, WeightsMissingError
-from .models import DEFAULT_MODEL, MODELS, download_weights, list_models, resolve_sam_spec, resolve_spec
+from .models import DEFAULT_MODEL, MODELS, cache_dir, download_weights, import_weights, list_models, resolve_any
+from .precision import resolve_precision
 from .predictor import FeatureOptions, ScoreOptions
 from .grid import BLOCK_SIDE
 from .raster_io import parse_bands
@@ -62,8 +63,9 @@ def _add_job_arguments(seg: argparse.ArgumentParser) -> None:
     seg.add_argument("--bands", help="1-based bands used as R,G,B, e.g. 4,3,2 (default: first three, or band 1 as grey)")
     seg.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (see `rsov models`) or ARCH@/path/to/ckpt (default: {DEFAULT_MODEL})")
     seg.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    seg.add_argument("--precision", default="fp32", choices=["fp32", "fast", "bf16", "fp16"],
-                     help="fp32 reproduces the paper; fast = bf16 on CPU, fp16 on GPU")
+    seg.add_argument("--precision", default="fp32", choices=["fp32", "fast", "bf16", "fp16", "int8"],
+                     help="fp32 reproduces the paper; fast = what is fast on this hardware: fp16 on CUDA, bf16 on "
+                          "CPUs with native bf16, else fp32 (or int8 where `make bench` measured it faster)")
     seg.add_argument("--threshold", type=float, default=0.3, help="minimum class probability, else background (default: 0.3)")
     seg.add_argument("--resolution", type=float,
                      help="working ground resolution in metres per pixel (default: the raster's own x 1024/448, "
@@ -157,7 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
 
     models = sub.add_parser("models", help="list known models and whether their weights are on this machine")
-    models.add_argument("--download", metavar="NAME", help="download a model's weights into the cache")
+    what = models.add_mutually_exclusive_group()
+    what.add_argument("--download", metavar="NAME", help="download a model's weights into the cache, verified")
+    what.add_argument("--import", dest="import_file", metavar="FILE",
+                      help="copy a weights file downloaded elsewhere into the cache, after checking its digest")
+    models.add_argument("--name", help="with --import: the model the file is for (default: found by its digest)")
+    models.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -166,9 +173,9 @@ def _request(args: argparse.Namespace, raster: str) -> SegmentRequest:
     from .instances import InstanceOptions, read_examples
 
     classes = read_classes_file(args.classes_file) if args.classes_file else split_classes(args.classes)
-    precision = args.precision
-    if precision == "fast":
-        precision = "fp16" if resolve_device(args.device).type == "cuda" else "bf16"
+    choice = resolve_precision(args.precision, resolve_device(args.device), cache_dir())
+    if args.precision == "fast" and not args.quiet:
+        print(f"rsov: precision fast is {choice.precision} here: {choice.reason}", file=sys.stderr)
     instance = InstanceOptions()
     if getattr(args, "mode", "semantic") == "instance":
         instance = InstanceOptions(
@@ -183,7 +190,7 @@ def _request(args: argparse.Namespace, raster: str) -> SegmentRequest:
         bands=parse_bands(args.bands), background=tuple(w for w in args.background.split(",") if w.strip()),
         templates=args.templates,
         features=FeatureOptions(window=args.window, stride=args.stride, long_side=args.long_side,
-                                resolution_m=args.resolution, rotations=args.rotations, precision=precision),
+                                resolution_m=args.resolution, rotations=args.rotations, precision=choice.precision),
         scoring=ScoreOptions(threshold=args.threshold, cls_lambda=args.cls_lambda, dec_keep=args.dec_keep),
         max_side=args.max_side, simplify_px=args.simplify, min_area_m2=args.min_area,
         mode=getattr(args, "mode", "semantic"), instance=instance,
@@ -374,15 +381,35 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    if args.download:
-        spec = resolve_sam_spec(args.download) if args.download.startswith("sam-") else resolve_spec(args.download)
-        print(f"{spec.name}: {download_weights(spec)}")
+    if args.download or args.import_file:
+        with _bytes_bar(args) as bar:
+            if args.download:
+                spec = resolve_any(args.download)
+                path = download_weights(spec, bar.update_to)
+            else:
+                spec, path = import_weights(args.import_file, args.name, bar.update_to)
+        print(f"{spec.name}: {path}")
         return 0
     for row in list_models():
         mark = "present" if row["weights_present"] else "missing"
-        print(f"{row['kind']:<5} {row['name']:<22} {row['arch']:<10} weights {mark:<8} {row['description']}")
-    print(f"(aliases: {', '.join(n for n, s in MODELS.items() if n != s.name)}; any ARCH@/path/to/checkpoint also works)")
+        size = f"{row['size_bytes'] / 1e6:,.0f} MB" if row["size_bytes"] else "?"
+        print(f"{row['kind']:<5} {row['name']:<22} {row['arch']:<10} weights {mark:<8} {size:>9}  {row['description']}")
+    print(f"(aliases: {', '.join(n for n, s in MODELS.items() if n != s.name)}; any ARCH@/path/to/checkpoint also works; "
+          f"cache: {cache_dir()})")
     return 0
+
+
+def _bytes_bar(args: argparse.Namespace):
+    """A tqdm bar in bytes whose total becomes known with the first update."""
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        def update_to(self, done: int, total: int | None) -> None:
+            if total and self.total != total:
+                self.total = total
+            self.update(done - self.n)
+
+    return Bar(disable=args.quiet, file=sys.stderr, unit="B", unit_scale=True, unit_divisor=1024)
 
 
 def main(argv: list[str] | None = None) -> int:

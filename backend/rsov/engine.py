@@ -27,7 +27,8 @@ from .errors import CancelledError, InputError
 from .grid import BLOCK_SIDE, WorkingGrid
 from .instances import (Example, Instance, InstanceOptions, Proposer, SamProposer, build_example_bank, classify,
                         instance_features, prompt_points, propose)
-from .models import DEFAULT_MODEL, DEFAULT_SAM, TINY_MODEL, load_model, load_sam, resolve_sam_spec
+from .models import DEFAULT_MODEL, DEFAULT_SAM, TINY_MODEL, cache_dir, load_model, load_sam, resolve_sam_spec
+from .precision import resolve_precision
 from .predictor import FeatureOptions, Prediction, Predictor, ScoreOptions
 from .raster_io import RasterChip, bounded_gdal_cache, open_raster, read_chip, window_bounds
 from .tiled import (DEFAULT_WINDOWS_PER_S, BlockResult, GridPredictor, Plan, WindowStats, estimate, plan,
@@ -151,6 +152,7 @@ class Engine:
         self._proposer_factory = proposer_factory
         self._proposer: Proposer | None = None
         self.windows_per_s = DEFAULT_WINDOWS_PER_S.get(self.device.type, 4.0)  # updated as windows are encoded
+        self.fast = resolve_precision("fast", self.device, cache_dir())  # what --precision fast means here
 
     @property
     def proposer(self) -> Proposer:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -32,7 +33,7 @@ from .vocabulary import Vocabulary
 
 ProgressFn = Callable[[int, int], None]  # (windows done, windows in all)
 CancelFn = Callable[[], bool]
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # "fast" is resolved per machine (precision.py)
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,16 @@ def dec_channels(text: torch.Tensor, keep: float, lam: float = 0.7) -> torch.Ten
     return torch.topk(-lam * s + (1 - lam) * v, k).indices.sort().values
 
 
+def _quantized(encoder: nn.Module, device: torch.device) -> nn.Module:
+    """A copy of ``encoder`` with int8 dynamic quantization of its Linear layers (CPU only)."""
+    if device.type != "cpu":
+        raise InputError("int8 runs on the CPU only; on a GPU use fp16 (or fast).")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao.quantization, superseded by torchao
+        warnings.simplefilter("ignore", UserWarning)  # ...and its quantized tensors, said as a UserWarning
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(encoder), {nn.Linear}, dtype=torch.qint8)
+
+
 class Predictor:
     """Keeps the features of one image (``set_image``) and scores vocabularies against them."""
 
@@ -179,9 +190,12 @@ class Predictor:
         if precision == "fp32" or not isinstance(self.encoder, nn.Module):
             return self.encoder, self.upsampler
         if precision not in self._cast:
-            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-            up = copy.deepcopy(self.upsampler).to(dtype) if self.upsampler is not None else None
-            self._cast[precision] = (copy.deepcopy(self.encoder).to(dtype), up)
+            if precision == "int8":
+                self._cast[precision] = (_quantized(self.encoder, self.device), self.upsampler)
+            else:
+                dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+                up = copy.deepcopy(self.upsampler).to(dtype) if self.upsampler is not None else None
+                self._cast[precision] = (copy.deepcopy(self.encoder).to(dtype), up)
         return self._cast[precision]
 
     # ---- image side -------------------------------------------------------------------------

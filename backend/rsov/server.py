@@ -32,13 +32,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from . import __version__
+from . import API_VERSION, __version__
 from .engine import Engine, SegmentRequest
 from .errors import InputError
 from .grid import BLOCK_SIDE
 from .instances import InstanceOptions, read_examples
 from .jobs import DONE, FINAL, GEOJSON_MAX_FEATURES, JobManager, QueueFullError
-from .models import list_models
+from .downloads import Transfers
+from .models import ModelSpec, list_models, resolve_any
 from .predictor import FeatureOptions, ScoreOptions
 from .raster_io import check_header, open_raster
 from .text import TEMPLATE_SETS
@@ -74,7 +75,8 @@ class JobOptions(BaseModel):
     rotations: list[int] = Field([0], min_length=1, max_length=4)
     cls_lambda: float = Field(0.3, ge=0, le=2)
     dec_keep: float | None = Field(None, gt=0, le=1)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "fast", "bf16", "fp16", "int8"] = Field(
+        "fp32", description="fp32 reproduces the paper; fast is what is fast on this backend's hardware (see health)")
     max_side: int | None = Field(None, ge=16, description="explicitly coarser output: long side in pixels")
     block_size: int = Field(BLOCK_SIDE, ge=64, le=8192, description="output pixels per block side")
     # instance mode
@@ -91,6 +93,13 @@ class JobOptions(BaseModel):
     crop_weight: float = Field(0.0, ge=0, le=1)
     exemplar_alpha: float = Field(0.5, ge=0, le=10)
     fill_holes: bool = False
+
+
+class ImportRequest(BaseModel):
+    """A weights file on the backend's machine to verify and copy into its cache."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(..., max_length=4096, description="absolute path of the file, under the allowed folders")
 
 
 class JobRequest(BaseModel):
@@ -153,6 +162,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                   openapi_url=None,
                   description="Open-vocabulary segmentation of remote-sensing rasters (see the README for the contract).")
     app.state.jobs = jobs
+    transfers = Transfers()
     private = {config.token_file.resolve()}
 
     @app.middleware("http")
@@ -233,7 +243,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                 background=tuple(o.background) if o.background is not None else DEFAULT_BACKGROUND,
                 templates=o.templates,
                 features=FeatureOptions(long_side=o.long_side, resolution_m=o.resolution, rotations=tuple(o.rotations),
-                                        precision=o.precision),
+                                        precision=engine.fast.precision if o.precision == "fast" else o.precision),
                 scoring=ScoreOptions(threshold=o.threshold, cls_lambda=o.cls_lambda, dec_keep=o.dec_keep),
                 max_side=o.max_side, simplify_px=o.simplify, min_area_m2=o.min_area, mode=body.mode,
                 block_size=o.block_size,
@@ -310,16 +320,43 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     def health() -> dict:
         device = engine.device
         gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-        return {"status": "ok", "version": __version__, "model": config.model_name, "models": [config.model_name],
-                "device": device.type, "gpu_name": gpu}
+        return {"status": "ok", "version": __version__, "api_version": API_VERSION, "model": config.model_name,
+                "models": [config.model_name], "device": device.type, "gpu_name": gpu,
+                "fast_precision": engine.fast.precision, "fast_precision_reason": engine.fast.reason}
 
     @app.get("/v1/models", dependencies=[Depends(authorised)])
     def models() -> dict:
-        rows = [dict(row, loaded=row["kind"] == "clip" and row["name"] == config.model_name) for row in list_models()]
+        rows = []
+        for row in list_models():
+            transfer = transfers.get(row["name"])
+            rows.append(dict(row, loaded=row["kind"] == "clip" and row["name"] == config.model_name,
+                             transfer=transfer.as_dict() if transfer else None))
         if not any(r["loaded"] for r in rows):
             rows.append({"name": config.model_name, "kind": "clip", "arch": "", "description": "loaded model",
-                         "weights_present": True, "loaded": True})
+                         "weights_present": True, "loaded": True, "path": None, "size_bytes": None, "sha256": None,
+                         "downloadable": False, "transfer": None})
         return {"models": rows}
+
+    def model_or_404(name: str) -> ModelSpec:
+        try:
+            spec = resolve_any(name)
+        except InputError:
+            spec = None
+        if spec is None or spec.random or "@" in name:
+            raise ApiError(404, "no_such_model", f"No model '{name}' with a weights file (see GET /v1/models).")
+        return spec
+
+    @app.post("/v1/models/{name}/download", status_code=202, dependencies=[Depends(authorised)])
+    def download_model(name: str) -> dict:
+        """Download a model's weights into the cache, verified; progress in GET /v1/models."""
+        spec = model_or_404(name)
+        return {"name": spec.name, "transfer": transfers.download(spec).as_dict()}
+
+    @app.post("/v1/models/{name}/import", status_code=202, dependencies=[Depends(authorised)])
+    def import_model(name: str, body: ImportRequest) -> dict:
+        """Verify a weights file on this machine against the model's digest and copy it into the cache."""
+        spec = model_or_404(name)
+        return {"name": spec.name, "transfer": transfers.import_file(spec, check_path(body.path)).as_dict()}
 
     @app.post("/v1/jobs", status_code=202, dependencies=[Depends(authorised)],
               openapi_extra={"requestBody": {"content": {

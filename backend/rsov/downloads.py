@@ -1,0 +1,69 @@
+"""Weights downloads and imports that run beside the server's jobs, with their progress.
+
+One background thread per model at a time; ``GET /v1/models`` reports each one's bytes,
+so the dock can draw a progress bar while the backend downloads.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+
+from .errors import RsovError
+from .models import ModelSpec, download_weights, import_weights
+
+
+@dataclass
+class Transfer:
+    """A download or import of one model's weights, as ``/v1/models`` shows it."""
+
+    kind: str  # "download" or "import"
+    state: str = "running"  # running, done or failed
+    done_bytes: int = 0
+    total_bytes: int | None = None
+    path: str | None = None  # the weights file in the cache, when done
+    error: str | None = None
+
+    def progress(self, done: int, total: int | None) -> None:
+        self.done_bytes, self.total_bytes = done, total
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Transfers:
+    """The weights transfers of one server, by model name."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_name: dict[str, Transfer] = {}
+
+    def get(self, name: str) -> Transfer | None:
+        return self._by_name.get(name)
+
+    def download(self, spec: ModelSpec) -> Transfer:
+        """Start downloading ``spec``'s weights unless a transfer for it is running."""
+        return self._start(spec.name, "download", lambda t: download_weights(spec, t.progress))
+
+    def import_file(self, spec: ModelSpec, path: str) -> Transfer:
+        """Start importing the file at ``path`` as ``spec``'s weights (verified, then copied)."""
+        return self._start(spec.name, "import", lambda t: import_weights(path, spec.name, t.progress)[1])
+
+    def _start(self, name: str, kind: str, work) -> Transfer:
+        with self._lock:
+            running = self._by_name.get(name)
+            if running is not None and running.state == "running":
+                return running
+            transfer = self._by_name[name] = Transfer(kind)
+        threading.Thread(target=self._run, args=(transfer, work), name=f"rsov-{kind}-{name}", daemon=True).start()
+        return transfer
+
+    @staticmethod
+    def _run(transfer: Transfer, work) -> None:
+        try:
+            transfer.path = str(work(transfer))
+            transfer.state = "done"
+        except RsovError as exc:
+            transfer.error, transfer.state = str(exc), "failed"
+        except OSError as exc:  # a full disk, a folder that cannot be written
+            transfer.error, transfer.state = f"The weights could not be stored: {exc}", "failed"

@@ -1,0 +1,102 @@
+"""Weights files on disk: digests, verified downloads with progress, and imports.
+
+A weights file enters the cache only whole and verified: it is written under a
+temporary name beside its target, its sha256 is compared with the known digest
+(from the model registry, or the Hugging Face hub's own digest of the file), and
+only then renamed into place. A file whose digest does not match is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .errors import RsovError, WeightsMissingError
+
+Progress = Callable[[int, "int | None"], None]  # (bytes done, bytes in all or None)
+CHUNK = 1 << 20
+TIMEOUT_S = 30.0
+
+
+class DigestMismatchError(RsovError):
+    """A weights file is not the one it claims to be (damaged, truncated or another file)."""
+
+
+def sha256_file(path: str | os.PathLike, progress: Progress | None = None) -> str:
+    """The hex sha256 of the file at ``path``, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    total = os.path.getsize(path)
+    done = 0
+    with open(path, "rb") as file:
+        while chunk := file.read(CHUNK):
+            digest.update(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+    return digest.hexdigest()
+
+
+def check_digest(actual: str, expected: str | None, what: str) -> None:
+    """Refuse ``what`` unless its sha256 is ``expected`` (no known digest: accepted)."""
+    if expected and actual.lower() != expected.lower():
+        raise DigestMismatchError(
+            f"{what} has sha256 {actual}, not the {expected} of the real file: it is damaged, "
+            "truncated or another file, and was not used.")
+
+
+@contextmanager
+def _partial(target: Path) -> Iterator[Path]:
+    """A temporary file beside ``target``, renamed onto it when the block succeeds, else removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    os.close(fd)
+    partial = Path(name)
+    try:
+        yield partial
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def install_copy(source: str | os.PathLike, target: Path) -> None:
+    """Copy ``source`` onto ``target`` whole or not at all."""
+    with _partial(target) as partial:
+        shutil.copyfile(source, partial)
+
+
+def _hub_digest(response) -> str | None:
+    """The Hugging Face hub sends the sha256 of a large (LFS) file as its linked ETag."""
+    etag = response.headers.get("X-Linked-Etag") or ""
+    etag = etag.strip('"').removeprefix("W/").strip('"')
+    return etag if len(etag) == 64 else None
+
+
+def download(url: str, target: Path, sha256: str | None = None, progress: Progress | None = None) -> str:
+    """Download ``url`` to ``target``, verified against ``sha256`` (or the hub's digest); returns the digest."""
+    try:
+        response = urllib.request.urlopen(url, timeout=TIMEOUT_S)  # nosec B310 (https URLs from the registry)
+    except (urllib.error.URLError, OSError) as exc:
+        raise WeightsMissingError(f"Downloading {url} failed ({getattr(exc, 'reason', exc)}); "
+                                  f"download it elsewhere and import it with `rsov models --import FILE`.") from None
+    expected = sha256 or _hub_digest(response)
+    total = int(response.headers.get("Content-Length") or 0) or None
+    digest, done = hashlib.sha256(), 0
+    with response, _partial(target) as partial:
+        with open(partial, "wb") as out:
+            while chunk := response.read(CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+        if total is not None and done != total:
+            raise WeightsMissingError(f"Downloading {url} stopped after {done} of {total} bytes; run it again.")
+        check_digest(digest.hexdigest(), expected, f"The download of {url}")
+    return digest.hexdigest()
