@@ -57,13 +57,20 @@ $(QVENV)/.installed:
 test-plugin: $(VENV)/.installed setup-qgis package
 	$(QBIN)/python -m pytest -q tests/plugin
 
-# dist/rsov_qgis.zip: one folder rsov_qgis/ with the code, metadata.txt, LICENSE and resources.
+# dist/rsov_qgis.zip: one folder rsov_qgis/ with the code, metadata.txt, LICENSE, resources and
+# the backend's source (rsov_qgis/backend/, what the installer installs): source and package data
+# only, no build outputs or binaries (plugins.qgis.org rejects those).
+PACKAGE_BACKEND := build/plugin/rsov_qgis/backend
 package:
 	rm -rf build/plugin $(PLUGIN_ZIP)
 	mkdir -p build/plugin dist
 	cp -r rsov_qgis build/plugin/rsov_qgis
 	cp -r resources metadata.txt LICENSE build/plugin/rsov_qgis/
+	mkdir $(PACKAGE_BACKEND)
+	cp backend/pyproject.toml backend/README.md $(PACKAGE_BACKEND)/
+	cp -r backend/rsov $(PACKAGE_BACKEND)/rsov
 	find build/plugin -name __pycache__ -prune -exec rm -rf {} +
+	find $(PACKAGE_BACKEND)/rsov -type f ! -name "*.py" ! -name "*.json" ! -name "*.txt" -delete
 	find build/plugin -name "*.pyc" -delete
 	cd build/plugin && $(PYTHON) -m zipfile -c ../../$(PLUGIN_ZIP) rsov_qgis
 	@echo "$(PLUGIN_ZIP): install it with Plugins > Manage and Install Plugins > Install from ZIP"

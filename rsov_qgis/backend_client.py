@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 DEFAULT_URL = "http://127.0.0.1:8765"
+API_VERSION = 1  # the version of the backend's HTTP API this plugin speaks (health's api_version)
 # Where `rsov serve` keeps its token by default.
 DEFAULT_TOKEN_FILE = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "rsov" / "token"
 FINISHED_STATES = ("done", "failed", "cancelled")
@@ -49,11 +50,18 @@ class Health:
     models: list[str]
     device: str
     gpu_name: str | None
+    api_version: int = 0  # backends before the handshake do not report it
 
     def describe(self) -> str:
         """E.g. ``"rsov 0.1.0, model ViT-B-16-openai on CUDA (NVIDIA H100)"``."""
         device = self.device.upper() + (f" ({self.gpu_name})" if self.gpu_name else "")
         return f"rsov {self.version}, model {self.model} on {device}"
+
+    def incompatibility(self) -> str:
+        """Why the plugin cannot work with this backend (a sentence without its full stop); "" when it can."""
+        if self.api_version == API_VERSION:
+            return ""
+        return f"This backend speaks API v{self.api_version}, the plugin needs v{API_VERSION}: reinstall the backend"
 
 
 @dataclass(frozen=True)
@@ -273,9 +281,16 @@ class BackendClient:
         data = self._json("GET", "/v1/health", auth=False, timeout=timeout)
         try:
             return Health(str(data["version"]), str(data["model"]), list(data.get("models") or []),
-                          str(data["device"]), data.get("gpu_name"))
-        except (KeyError, TypeError):
+                          str(data["device"]), data.get("gpu_name"), int(data.get("api_version") or 0))
+        except (KeyError, TypeError, ValueError):
             raise BackendError("bad_response", f"The server at {self.url} is not an rsov backend.") from None
+
+    def compatible_health(self, timeout: float | None = None) -> Health:
+        """``GET /v1/health``, refusing (BackendError ``incompatible``) a backend of another API version."""
+        health = self.health(timeout)
+        if health.incompatibility():
+            raise BackendError("incompatible", health.incompatibility() + ".")
+        return health
 
     def models(self) -> list[dict[str, Any]]:
         """``GET /v1/models``: also proves that the token is accepted."""
@@ -327,7 +342,9 @@ class BackendClient:
                 on_status: Callable[[JobStatus], None] = lambda status: None,
                 is_canceled: Callable[[], bool] = lambda: False, poll_s: float = 0.5) -> str:
         """Submit and poll until done; returns the job id. Cancels the backend job when
-        ``is_canceled()`` turns true (raising JobCancelled); a failed job raises BackendError."""
+        ``is_canceled()`` turns true (raising JobCancelled); a failed job raises BackendError, and so
+        does a backend of another API version (before anything is sent)."""
+        self.compatible_health()
         job_id = self.submit(request, chip)
         while True:
             if is_canceled():

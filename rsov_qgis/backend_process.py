@@ -42,10 +42,11 @@ def serve_command(executable: str, url: str, token_file: str, model: str = "") -
 
 
 class BackendProcess(QObject):
-    """One backend process started by the plugin; emits ``ready(Health)`` or ``failed(str)``."""
+    """One backend process started by the plugin; emits ``ready(Health)`` or ``failed(message,
+    missing)``, ``missing`` telling that no backend is installed (the installer is the cure)."""
 
     ready = pyqtSignal(object)
-    failed = pyqtSignal(str)
+    failed = pyqtSignal(str, bool)
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
@@ -70,8 +71,8 @@ class BackendProcess(QObject):
         if not found:
             where = f"'{executable}' does not exist" if executable else "no `rsov` is on PATH"
             self.failed.emit(
-                f"The rsov backend is not installed here ({where}): install it (see the README, `make setup`) "
-                "and set the rsov executable or the Python of its environment in the rsov settings.")
+                f"The rsov backend is not installed here ({where}): install it with Install backend… on the "
+                "Backend tab, or set the rsov executable of an existing environment in the rsov settings.", True)
             return
         self.client = BackendClient(url, token_file, timeout=2.0)
         program, args = serve_command(found, url, token_file, model)
@@ -116,7 +117,8 @@ class BackendProcess(QObject):
         except BackendError:
             if time.monotonic() > self._deadline:
                 self._timer.stop()
-                self.failed.emit(f"The backend did not answer within {START_TIMEOUT_S:.0f} s. {self.output_tail()}")
+                self.failed.emit(f"The backend did not answer within {START_TIMEOUT_S:.0f} s. {self.output_tail()}",
+                                 False)
             return
         self._timer.stop()
         self.ready.emit(health)
@@ -126,10 +128,11 @@ class BackendProcess(QObject):
             self._timer.stop()
             program = self.process.program() if self.process is not None else ""
             self.process = None
-            self.failed.emit(f"The rsov backend could not be started ({program}): check the rsov executable in the settings.")
+            self.failed.emit(f"The rsov backend could not be started ({program}): check the rsov executable in the "
+                             "settings.", False)
 
     def _on_finished(self, exit_code: int, *_status) -> None:
         self._timer.stop()
         self._read_output()
         self.process = None
-        self.failed.emit(f"The rsov backend exited (code {exit_code}): {self.output_tail() or 'no output'}")
+        self.failed.emit(f"The rsov backend exited (code {exit_code}): {self.output_tail() or 'no output'}", False)

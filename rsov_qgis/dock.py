@@ -42,10 +42,11 @@ from qgis.PyQt.QtWidgets import (
 from . import review, schema
 from .area import AREAS, MASK, VISIBLE, area_request
 from .backend_client import BackendClient, BackendError, JobRequest, SegmentOptions, describe_estimate
-from .backend_process import BackendProcess
+from .backend_process import BackendProcess, find_executable
 from .compat import QAction, enum_value
 from .examples import ExampleError
 from .extent import ExtentError, RasterRequest, chip_pipe
+from .install_panel import InstallPanel
 from .instance_panel import InstancePanel
 from .paths import PRESETS
 from .results import is_result_layer, output_folder, result_path
@@ -135,12 +136,19 @@ class RsovDock(QDockWidget):
         self.tabs = QTabWidget()
         self.tabs.addTab(self._segment_tab(), "Segment")
         self.tabs.addTab(self._review_tab(), "Review")
-        self.tabs.addTab(self._backend_tab(), "Backend")
+        self.backend_page = self._backend_tab()
+        self.tabs.addTab(self.backend_page, "Backend")
         self.status_label = QLabel()
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # shown where installing the backend is the cure (none installed, or one of another API version)
+        self.install_offer = QPushButton("Install backend…")
+        self.install_offer.setToolTip("Install the backend into its own environment (Backend tab)")
+        self.install_offer.clicked.connect(self.show_installer)
+        self.install_offer.setVisible(False)
         status_row = QHBoxLayout()
         status_row.addWidget(self.status_label, 1)
+        status_row.addWidget(self.install_offer)
         status_row.addWidget(theme_button("/mActionRefresh.svg", "Check the backend connection", self.check_backend))
         body = QWidget()
         layout = QVBoxLayout(body)
@@ -396,9 +404,17 @@ class RsovDock(QDockWidget):
         self.stop_button.clicked.connect(self.stop_backend)
         check_button = QPushButton("Check connection")
         check_button.clicked.connect(self.check_backend)
+        install_button = QPushButton("Install backend…")
+        install_button.setToolTip("Install the backend (torch and rsov) into its own Python environment")
+        install_button.clicked.connect(self.show_installer)
         buttons = QHBoxLayout()
-        for button in (self.start_button, self.stop_button, check_button):
+        for button in (self.start_button, self.stop_button, check_button, install_button):
             buttons.addWidget(button)
+        self.install_panel = InstallPanel(self.settings)
+        self.install_panel.setVisible(False)
+        self.install_panel.installed.connect(self._on_backend_installed)
+        self.install_panel.failed.connect(
+            lambda text: self.message(f"The backend was not installed: {text}", "Critical"))
 
         page = QWidget()
         form = QFormLayout()
@@ -410,6 +426,7 @@ class RsovDock(QDockWidget):
         layout = QVBoxLayout(page)
         layout.addLayout(form)
         layout.addLayout(buttons)
+        layout.addWidget(self.install_panel, 1)
         layout.addStretch(1)
         return page
 
@@ -585,6 +602,11 @@ class RsovDock(QDockWidget):
             health = client.health()
         except BackendError as exc:
             self._set_status(f"Not connected: {exc}", BAD_COLOUR)
+            self.install_offer.setVisible(not find_executable(self.settings.backend_executable))
+            return False
+        self.install_offer.setVisible(bool(health.incompatibility()))
+        if health.incompatibility():
+            self._set_status(f"{health.incompatibility()} (found {health.describe()}).", BAD_COLOUR)
             return False
         try:
             client.models()
@@ -629,11 +651,26 @@ class RsovDock(QDockWidget):
         else:
             self.message(self.status_text, "Critical")
 
-    def _on_backend_failed(self, text: str) -> None:
+    def _on_backend_failed(self, text: str, missing: bool) -> None:
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
         self._set_status(text, BAD_COLOUR)
+        self.install_offer.setVisible(missing)
         self.message(text, "Critical")
+
+    def show_installer(self) -> None:
+        """Show the backend installer (Backend tab)."""
+        self.tabs.setCurrentWidget(self.backend_page)
+        self.install_panel.setVisible(True)
+        self.install_panel.install_button.setFocus()
+
+    def _on_backend_installed(self, rsov: str) -> None:
+        """Point the settings at the new environment (Start backend then runs it)."""
+        self.executable_widget.setFilePath(rsov)
+        self._remember_backend()
+        self.install_offer.setVisible(False)
+        self._set_status("Backend installed: press Start backend.", IDLE_COLOUR)
+        self.message(f"The rsov backend is installed ({rsov}): press Start backend on the Backend tab.", "Success")
 
     # --- segmentation ---------------------------------------------------------------------------
     def _select_active_raster(self, layer) -> None:
@@ -873,6 +910,7 @@ class RsovDock(QDockWidget):
         self.estimate_timer.stop()
         self._estimate_generation += 1  # an estimate still on its way is not shown
         self.backend.stop()
+        self.install_panel.shutdown()
         self.instance_panel.shutdown()
         self._follow_mask_layer(None)
         for signal, slot in ((self.iface.currentLayerChanged, self._select_active_raster),

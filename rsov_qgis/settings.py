@@ -15,6 +15,7 @@ from pathlib import Path
 from qgis.core import QgsApplication, QgsSettings
 
 from .backend_client import DEFAULT_TOKEN_FILE, DEFAULT_URL, BackendClient, InstanceOptions
+from .install_backend import Request, default_prefix
 
 PREFIX = "rsov/"
 # setting -> environment variable that overrides it
@@ -56,6 +57,12 @@ class Settings:
     pred_iou: float = InstanceOptions.pred_iou
     stability: float = InstanceOptions.stability
     class_prompts: bool = InstanceOptions.class_prompts
+    # the backend installer (install_backend's options)
+    install_prefix: str = ""  # empty: install_backend.default_prefix()
+    install_python: str = ""  # empty: a Python 3.10+ found on PATH
+    install_torch: str = "auto"  # or "cpu", "cuda"
+    install_wheelhouse: str = ""  # a folder of wheels for pip (--find-links)
+    install_offline: bool = False  # the wheelhouse only
 
     @classmethod
     def load(cls) -> Settings:
@@ -87,6 +94,12 @@ class Settings:
     def instance_options(self) -> InstanceOptions:
         """The remembered instance options."""
         return InstanceOptions(**{f.name: getattr(self, f.name) for f in fields(InstanceOptions)})
+
+    def install_request(self) -> Request:
+        """What the backend installer is asked to do."""
+        offline = self.install_offline and bool(self.install_wheelhouse)  # without a wheelhouse there is no offline
+        return Request(Path(self.install_prefix or default_prefix()), self.install_torch, self.install_python,
+                       self.install_wheelhouse, offline)
 
     def results_dir(self) -> Path:
         """The output folder for results of an unsaved project."""

@@ -39,7 +39,8 @@ class Client:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # nosec B310: our own http URL
+            # the backend's own http URL, given by the user
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # nosec B310
                 payload = resp.read()
         except urllib.error.HTTPError as exc:
             try:

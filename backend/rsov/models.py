@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
+# only for pickle.UnpicklingError: checkpoints are read by torch.load(weights_only=True), never unpickled here
+import pickle  # nosec B403
 import socket
 import warnings
 import zipfile

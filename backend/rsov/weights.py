@@ -80,8 +80,8 @@ def _hub_digest(response) -> str | None:
 
 def download(url: str, target: Path, sha256: str | None = None, progress: Progress | None = None) -> str:
     """Download ``url`` to ``target``, verified against ``sha256`` (or the hub's digest); returns the digest."""
-    try:
-        response = urllib.request.urlopen(url, timeout=TIMEOUT_S)  # nosec B310 (https URLs from the registry)
+    try:  # the URL comes from the model registry, never from a request
+        response = urllib.request.urlopen(url, timeout=TIMEOUT_S)  # nosec B310
     except (urllib.error.URLError, OSError) as exc:
         raise WeightsMissingError(f"Downloading {url} failed ({getattr(exc, 'reason', exc)}); "
                                   f"download it elsewhere and import it with `rsov models --import FILE`.") from None

@@ -45,6 +45,7 @@ class FakeBackend:
     hold: bool = False  # jobs stay "running" until cancelled
     fail_with: str | None = None  # jobs fail with this error
     model: str = "fake-model"
+    api_version: int = 1  # of health (the handshake); 0 plays a backend from before it
     blocks: int = 3  # of a job's "segmenting block k/n" stages
     geojson_limit: int = 1  # GeoJSON results with more features answer 413 too_large
     estimate_delay_s: float = 0.0  # how long /v1/estimate takes
@@ -89,8 +90,9 @@ class FakeBackend:
         path, _, query = http.path.partition("?")
         parts = [p for p in path.split("/") if p]
         if method == "GET" and parts == ["v1", "health"]:
-            return self._send(http, 200, {"status": "ok", "version": "0.1.0", "model": self.model,
-                                          "models": [self.model], "device": "cpu", "gpu_name": None})
+            return self._send(http, 200, {"status": "ok", "version": "0.1.0", "api_version": self.api_version,
+                                          "model": self.model, "models": [self.model], "device": "cpu",
+                                          "gpu_name": None})
         if http.headers.get("Authorization") != f"Bearer {self.token}":
             return self._error(http, 401, "unauthorized", "Missing or wrong bearer token.")
         if method == "GET" and parts == ["v1", "models"]:

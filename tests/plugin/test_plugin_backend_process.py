@@ -57,6 +57,7 @@ def test_not_installed(process, qtbot, tmp_path, monkeypatch):
     with qtbot.waitSignal(process.failed) as failed:
         process.start(str(tmp_path / "nowhere" / "rsov"), "http://127.0.0.1:1", "/t")
     assert "not installed" in failed.args[0] and "does not exist" in failed.args[0]
+    assert "Install backend…" in failed.args[0] and failed.args[1]  # the installer is the cure
     monkeypatch.setenv("PATH", str(tmp_path))
     with qtbot.waitSignal(process.failed) as failed:
         process.start("", "http://127.0.0.1:1", "/t")
@@ -68,6 +69,7 @@ def test_backend_that_exits_is_reported_with_its_output(process, qtbot, tmp_path
     with qtbot.waitSignal(process.failed, timeout=10000) as failed:
         process.start(str(broken), f"http://127.0.0.1:{free_port()}", str(tmp_path / "token"))
     assert "exited (code 3)" in failed.args[0] and "weights for ViT-B-16-openai are missing" in failed.args[0]
+    assert not failed.args[1]
 
 
 def test_dock_starts_and_stops_the_backend(qgis_iface, qtbot, qgis_new_project, fake_rsov, tmp_path, monkeypatch):

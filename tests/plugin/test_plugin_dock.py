@@ -100,6 +100,33 @@ def test_backend_status_line(fake_backend, dock, tmp_path, monkeypatch):
     assert "No rsov backend answers" in dock.status_label.text()
 
 
+def test_a_backend_of_another_api_version_is_refused(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot,
+                                                     tmp_path):
+    sentence = "This backend speaks API v0, the plugin needs v1: reinstall the backend"
+    fake_backend.api_version = 0
+    assert not dock.check_backend()
+    assert f"{sentence} (found rsov 0.1.0, model fake-model on CPU)." in dock.status_label.text()
+    assert not dock.install_offer.isHidden()
+    _show_central_half(qgis_canvas, oem_layer)
+    _run(dock, qtbot)
+    assert _messages(qgis_iface, "Critical") == [sentence + "."] and fake_backend.requests == []  # nothing sent
+    _assert_nothing_written(tmp_path)
+    dock.install_offer.click()
+    assert dock.tabs.currentWidget() is dock.backend_page and not dock.install_panel.isHidden()
+    fake_backend.api_version = 1
+    assert dock.check_backend() and dock.install_offer.isHidden()
+
+
+def test_no_backend_installed_offers_the_installer(dock, qgis_iface, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no rsov anywhere
+    monkeypatch.setenv("RSOV_BACKEND_URL", f"http://127.0.0.1:{free_port()}")
+    dock.settings = Settings.load()
+    assert not dock.check_backend() and not dock.install_offer.isHidden()
+    dock.start_backend()
+    [message] = _messages(qgis_iface, "Critical")
+    assert "not installed" in message and "Install backend…" in message and not dock.install_offer.isHidden()
+
+
 def test_environment_sets_and_locks_backend_fields(fake_backend, dock):
     assert dock.url_edit.text() == fake_backend.url and not dock.url_edit.isEnabled()
     assert "RSOV_BACKEND_URL" in dock.url_edit.toolTip()
@@ -187,7 +214,9 @@ def test_cancel_mid_job(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, 
     dock.segment()
     assert dock.cancel_button.isEnabled() and not dock.segment_button.isEnabled()
     qtbot.waitUntil(lambda: any(job.polls >= 2 for job in fake_backend.jobs.values()), timeout=TIMEOUT_MS)
-    assert re.fullmatch(r"segmenting block [23]/3", dock.stage_label.text())  # the backend's stage as it reads
+    # the backend's stage as it reads (the poll's answer reaches the label a moment after the fake counts it)
+    qtbot.waitUntil(lambda: bool(re.fullmatch(r"segmenting block [23]/3", dock.stage_label.text())),
+                    timeout=TIMEOUT_MS)
     assert dock.progress.value() > 0
     dock.cancel()
     qtbot.waitUntil(lambda: dock.task is None, timeout=TIMEOUT_MS)

@@ -93,7 +93,8 @@ class ResultCache:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def _path(self, key: str) -> Path:
-        assert self.folder is not None
+        if self.folder is None:  # load and save return before asking a folder-less cache
+            raise ValueError("a ResultCache without a folder has no files")
         return self.folder / key[:2] / f"{key}.json"
 
     def load(self, key: str) -> dict | None:
