@@ -1,4 +1,5 @@
-"""`make bench`: speed and memory of the engine, the server and instance mode on 1024 x 1024 extents, 10 classes.
+"""`make bench`: speed and memory of the engine, its precisions, the server and instance mode on 1024 x 1024
+extents, 10 classes; the scale figures; and the plugin's backend installer.
 
 Uses the real ViT-B/16 architecture. If its OpenAI weights are in the cache they are used; otherwise
 random weights are saved to a checkpoint and loaded the real way (speed does not depend on weight
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -152,6 +154,30 @@ def bench_precision(args: argparse.Namespace, model: str, device: torch.device, 
             save_calibration(cache, Calibration(calibration_key(cpu_capability()), seconds["fp32"], seconds["int8"], agree))
     choice = resolve_precision("fast", device, cache)
     line("--precision fast on this machine", f"{choice.precision}: {choice.reason}")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def bench_install(folder: Path) -> None:
+    """The plugin's backend installer, from `make package`'s zip, with pip's cache as it is."""
+    subprocess.run(["make", "-s", "package"], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    plugin = folder / "plugin"
+    shutil.unpack_archive(REPO / "dist" / "rsov_qgis.zip", plugin)
+    prefix = folder / "backend-env"
+    command = ["python3", "-m", "rsov_qgis.install_backend", "--prefix", str(prefix), "--torch", "auto"]
+    print("installer: python3 -m rsov_qgis.install_backend --torch auto, from dist/rsov_qgis.zip")
+    for label in ("fresh install (warm pip cache)", "rerun into the installed environment"):
+        run, seconds = timed(lambda: subprocess.run(command, cwd=plugin, capture_output=True, text=True))
+        if run.returncode:
+            print(run.stdout[-2000:])
+            raise SystemExit(f"the installer failed (exit code {run.returncode})")
+        line(label, f"{seconds:8.1f} s")
+    line("environment size", f"{_folder_size(prefix) / 2**30:8.1f} GiB")
 
 
 def start_server(model: str, device: torch.device, folder: Path, port: int = 18765) -> tuple[subprocess.Popen, Client]:
@@ -327,7 +353,8 @@ def main() -> int:
     parser.add_argument("--long-side", type=int, default=448, help="working size (448 = paper default)")
     parser.add_argument("--no-jbu", action="store_true", help="skip the FeatUp JBU run")
     parser.add_argument("--jobs", type=int, default=5, help="back-to-back jobs for the server figures")
-    parser.add_argument("--only", choices=["engine", "precision", "server", "instances", "scale"], help="run one part")
+    parser.add_argument("--only", choices=["engine", "precision", "server", "instances", "scale", "install"],
+                        help="run one part")
     parser.add_argument("--full", action="store_true", help="scale: whole rasters at 1 m and 0.5 m (hours on a CPU)")
     parser.add_argument("--coarse", default="8.0", help="scale: resolution (m) of the whole-raster runs without --full")
     args = parser.parse_args()
@@ -353,6 +380,8 @@ def main() -> int:
             bench_instances(args, model, device, raster, folder)
         if args.only in (None, "scale"):
             bench_scale(args, model, device.type, SHARED / "data" / "openearthmap" / "oem_koeln_50.tif", folder)
+        if args.only in (None, "install"):
+            bench_install(folder)
     return 0
 
 

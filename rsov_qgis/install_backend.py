@@ -28,6 +28,7 @@ import socket
 # what this module is for: venv and pip, with fixed argument lists and no shell
 import subprocess  # nosec B404
 import sys
+import threading
 import urllib.parse
 import urllib.request
 from collections import deque
@@ -143,7 +144,8 @@ def say(line: str) -> None:
 
 
 def report(percent: int, stage: str) -> None:
-    """A ``PROGRESS`` line."""
+    """A ``PROGRESS`` line, at the start of each stage (where a cancel takes effect)."""
+    _check_cancelled()
     say(f"{PROGRESS} {percent} {stage}")
 
 
@@ -206,7 +208,9 @@ def run_logged(command: Sequence[str], what: str, writing: tuple[int, str] | Non
     options = _isolated(stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     # a fixed argument list, no shell
     process = subprocess.Popen(list(command), **options)  # nosec B603
+    _RUNNING.append(process)
     try:
+        _check_cancelled()  # a SIGTERM during Popen found no process to stop
         for raw in process.stdout:
             line = raw.decode("utf-8", "replace").rstrip()
             say(line)
@@ -215,9 +219,12 @@ def run_logged(command: Sequence[str], what: str, writing: tuple[int, str] | Non
             if writing is not None and line.startswith("Installing collected packages"):
                 report(*writing)
         code = process.wait()
+        _check_cancelled()
     except BaseException:  # cancelled (SIGTERM, Ctrl-C) or broken: pip must not go on alone
         _stop(process)
         raise
+    finally:
+        _RUNNING.remove(process)
     if code:
         raise InstallError(f"{what} failed (exit code {code}); the last lines of its output:", tail)
 
@@ -238,8 +245,25 @@ def stop_installer(pid: int) -> None:
         os.kill(pid, signal.SIGTERM)
 
 
+_CANCELLED = threading.Event()
+_RUNNING: list[subprocess.Popen] = []  # the child being run, stopped by a cancel
+
+
 def _cancel(_signum, _frame) -> None:
-    raise Cancelled()
+    """SIGTERM: note it and stop the running child; the installer stops at its next check.
+    Raising here instead could land between the child's start and its registration."""
+    _CANCELLED.set()
+    for process in list(_RUNNING):
+        if os.name != "nt":
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except OSError:
+                pass  # gone in the meantime
+
+
+def _check_cancelled() -> None:
+    if _CANCELLED.is_set():
+        raise Cancelled()
 
 
 # --- Python ------------------------------------------------------------------------------------

@@ -35,14 +35,14 @@ def free_port() -> int:
 class Server:
     """A running `rsov serve --model tiny-random`, stopped on close."""
 
-    def __init__(self, folder: Path, *extra: str) -> None:
+    def __init__(self, folder: Path, *extra: str, model: str = "tiny-random") -> None:
         self.port = free_port()
         self.token_file = folder / "token"
         self.results = folder / "results"
         self.log = open(folder / "server.log", "w")
         env = {**os.environ, "RSOV_CACHE_DIR": str(folder / "cache")}
         self.proc = subprocess.Popen(
-            [BIN / "rsov", "serve", "--model", "tiny-random", "--port", str(self.port), "--token-file",
+            [BIN / "rsov", "serve", "--model", model, "--port", str(self.port), "--token-file",
              self.token_file, "--results-dir", self.results, *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env=env,
         )
@@ -131,7 +131,7 @@ def test_models_lists_the_loaded_one(server):
 
 
 def _transfer_when_finished(server, name: str) -> dict:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while True:
         row = {r["name"]: r for r in server.http("GET", "/v1/models").json()["models"]}[name]
         if row["transfer"]["state"] != "running" or time.monotonic() > deadline:
@@ -153,6 +153,33 @@ def test_weights_import_is_verified_and_downloads_say_why_they_fail(server, tmp_
     assert server.http("POST", "/v1/models/sam-vit-l/download").status_code == 202  # no internet here
     transfer = _transfer_when_finished(server, "sam-vit-l")
     assert transfer["state"] == "failed" and "sam_vit_l_0b3195.pth" in transfer["error"]
+
+
+def test_a_backend_without_weights_starts_and_loads_them_once_imported(tmp_path, oem):
+    """No weights: the backend still serves health and models (so the dock can fetch them), refuses
+    jobs with 503 weights_missing, and loads the model once its weights are imported."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(0)
+    weights = tmp_path / "RemoteCLIP-ViT-B-32.pt"
+    torch.save(open_clip.create_model("ViT-B-32").state_dict(), weights)  # random weights, the real architecture
+    srv = Server(tmp_path, model="RemoteCLIP-ViT-B-32")
+    try:
+        health = srv.http("GET", "/v1/health", token=None).json()
+        assert health["model_ready"] is False and "RemoteCLIP-ViT-B-32.pt" in health["model_error"]
+        job = {"raster": oem, "classes": ["building", "tree"]}
+        for path in ("/v1/jobs", "/v1/estimate"):
+            response = srv.http("POST", path, json=job)
+            assert response.status_code == 503 and response.json()["error"]["code"] == "weights_missing"
+        assert srv.http("POST", "/v1/models/RemoteCLIP-ViT-B-32/import", json={"path": str(weights)}).status_code == 202
+        transfer = _transfer_when_finished(srv, "RemoteCLIP-ViT-B-32")
+        assert transfer["state"] == "done", transfer
+        health = srv.http("GET", "/v1/health", token=None).json()
+        assert health["model_ready"] is True and health["model_error"] is None
+        assert srv.http("POST", "/v1/estimate", json=job).status_code == 200
+    finally:
+        srv.close()
 
 
 def test_job_runs_to_done_with_growing_progress(server, oem):

@@ -349,7 +349,7 @@ def _segment_instances(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .engine import FeatureCache, load_engine
+    from .engine import EngineSlot, FeatureCache, load_engine, resolve_device
     from .raster_io import SELF_CONTAINED_DRIVERS, disable_network, restrict_drivers
     from .server import LOCAL_HOSTS, ServerConfig, create_app, default_results_dir, default_token_file, load_or_create_token
 
@@ -362,8 +362,13 @@ def _serve(args: argparse.Namespace) -> int:
     if results_dir.stat().st_mode & 0o002:
         raise InputError(f"The results folder {results_dir} is writable by everyone: give a private one "
                          "(--results-dir, or chmod 700 it).")
-    engine = load_engine(args.model, args.device, args.upsampler, args.upsampler_checkpoint,
-                         cache=FeatureCache(args.cache_mb << 20), sam=args.sam)
+    cache = FeatureCache(args.cache_mb << 20)
+    engines = EngineSlot(lambda: load_engine(args.model, args.device, args.upsampler, args.upsampler_checkpoint,
+                                             cache=cache, sam=args.sam, download=False), resolve_device(args.device))
+    try:
+        engines.get()
+    except WeightsMissingError as exc:  # serve anyway: the weights can be downloaded or imported through it
+        print(f"rsov: {exc} The backend starts without a model until they are there.", file=sys.stderr, flush=True)
     config = ServerConfig(
         token=token, token_file=token_file, results_dir=results_dir,
         allowed_dirs=tuple(d.expanduser().resolve() for d in args.allow_dir),
@@ -374,9 +379,9 @@ def _serve(args: argparse.Namespace) -> int:
     )
     restrict_drivers(SELF_CONTAINED_DRIVERS)  # no VRT: its sources could name any file, archive or URL
     disable_network()
-    print(f"rsov {__version__}: model {args.model} on {engine.device}; token in {token_file}; "
+    print(f"rsov {__version__}: model {args.model} on {engines.device}; token in {token_file}; "
           f"listening on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-    uvicorn.run(create_app(engine, config), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(engines, config), host=args.host, port=args.port, log_level="warning")
     return 0
 
 

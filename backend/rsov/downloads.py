@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 from .errors import RsovError
 from .models import ModelSpec, download_weights, import_weights
@@ -34,7 +35,8 @@ class Transfer:
 class Transfers:
     """The weights transfers of one server, by model name."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_done: Callable[[ModelSpec], None] = lambda spec: None) -> None:
+        self._on_done = on_done  # runs in the transfer's thread before it reports done
         self._lock = threading.Lock()
         self._by_name: dict[str, Transfer] = {}
 
@@ -43,25 +45,26 @@ class Transfers:
 
     def download(self, spec: ModelSpec) -> Transfer:
         """Start downloading ``spec``'s weights unless a transfer for it is running."""
-        return self._start(spec.name, "download", lambda t: download_weights(spec, t.progress))
+        return self._start(spec, "download", lambda t: download_weights(spec, t.progress))
 
     def import_file(self, spec: ModelSpec, path: str) -> Transfer:
         """Start importing the file at ``path`` as ``spec``'s weights (verified, then copied)."""
-        return self._start(spec.name, "import", lambda t: import_weights(path, spec.name, t.progress)[1])
+        return self._start(spec, "import", lambda t: import_weights(path, spec.name, t.progress)[1])
 
-    def _start(self, name: str, kind: str, work) -> Transfer:
+    def _start(self, spec: ModelSpec, kind: str, work: Callable[[Transfer], object]) -> Transfer:
         with self._lock:
-            running = self._by_name.get(name)
+            running = self._by_name.get(spec.name)
             if running is not None and running.state == "running":
                 return running
-            transfer = self._by_name[name] = Transfer(kind)
-        threading.Thread(target=self._run, args=(transfer, work), name=f"rsov-{kind}-{name}", daemon=True).start()
+            transfer = self._by_name[spec.name] = Transfer(kind)
+        threading.Thread(target=self._run, args=(spec, transfer, work), name=f"rsov-{kind}-{spec.name}",
+                         daemon=True).start()
         return transfer
 
-    @staticmethod
-    def _run(transfer: Transfer, work) -> None:
+    def _run(self, spec: ModelSpec, transfer: Transfer, work: Callable[[Transfer], object]) -> None:
         try:
             transfer.path = str(work(transfer))
+            self._on_done(spec)
             transfer.state = "done"
         except RsovError as exc:
             transfer.error, transfer.state = str(exc), "failed"

@@ -23,7 +23,7 @@ from rasterio.windows import Window
 from torch import nn
 
 from .dense_clip import DenseEncoder, SegEarthCLIP
-from .errors import CancelledError, InputError
+from .errors import CancelledError, InputError, WeightsMissingError
 from .grid import BLOCK_SIDE, WorkingGrid
 from .instances import (Example, Instance, InstanceOptions, Proposer, SamProposer, build_example_bank, classify,
                         instance_features, prompt_points, propose)
@@ -380,16 +380,53 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+class EngineSlot:
+    """The server's engine, or why it is not loaded: a backend whose weights are missing still
+    starts (so that its weights can be downloaded or imported through it), and loads the engine
+    once they are there. Loading never downloads: only an explicit download does."""
+
+    def __init__(self, load: Callable[[], Engine], device: torch.device, error: str | None = None) -> None:
+        self._load = load
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+        self.device = device
+        self.fast = resolve_precision("fast", device, cache_dir())
+        self.error = error  # why the engine is not loaded
+
+    @classmethod
+    def loaded(cls, engine: Engine) -> EngineSlot:
+        slot = cls(lambda: engine, engine.device)
+        slot._engine = engine
+        return slot
+
+    @property
+    def ready(self) -> bool:
+        return self._engine is not None
+
+    def get(self) -> Engine:
+        """The engine, loaded now if its weights have arrived; WeightsMissingError while they have not."""
+        with self._lock:
+            if self._engine is None:
+                try:
+                    self._engine = self._load()
+                except WeightsMissingError as exc:
+                    self.error = str(exc)
+                    raise
+                self.error = None
+            return self._engine
+
+
 def load_engine(model: str = DEFAULT_MODEL, device: str = "auto", upsampler: str = "bilinear",
                 upsampler_checkpoint: str | None = None, cache: FeatureCache | None = None,
-                sam: str | None = None) -> Engine:
+                sam: str | None = None, download: bool = True) -> Engine:
     """Build the real engine: CLIP by name (see ``models``), SegEarth-OV encoder, upsampler, text embedders.
 
     ``sam`` names the Segment Anything model for instance mode (loaded on first use; default: the tiny
-    one with the tiny CLIP, else ``sam-vit-b``).
+    one with the tiny CLIP, else ``sam-vit-b``). ``download=False``: missing CLIP weights raise
+    WeightsMissingError instead of being downloaded.
     """
     dev = resolve_device(device)
-    loaded = load_model(model, dev)
+    loaded = load_model(model, dev, download)
     encoder = SegEarthCLIP(loaded.model, loaded.mean, loaded.std).to(dev)
     up = build_upsampler(upsampler, upsampler_checkpoint)
     up = up.to(dev) if up is not None else None

@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 
 from .atomic import atomic_output
-from .engine import Engine, SegmentRequest
+from .engine import EngineSlot, SegmentRequest
 from .errors import CancelledError, InputError, RsovError
 from .streaming import Outputs, in_process, segment_streamed
 from .tiled import WindowStats
@@ -101,10 +101,10 @@ class Job:
 class JobManager:
     """Owns the jobs, the queue and the single worker thread."""
 
-    def __init__(self, engine: Engine, results_dir: Path, max_queued: int = 8, ttl_s: float = 3600.0,
+    def __init__(self, engines: EngineSlot, results_dir: Path, max_queued: int = 8, ttl_s: float = 3600.0,
                  max_geojson_features: int = GEOJSON_MAX_FEATURES,
                  check_path: Callable[[str], str] = lambda path: path) -> None:
-        self.engine = engine
+        self.engines = engines  # loaded by the time a job is accepted
         self.check_path = check_path  # the path policy, applied again to the file a job opens
         self.max_geojson_features = max_geojson_features
         self.results_dir = results_dir
@@ -257,13 +257,14 @@ class JobManager:
         return count
 
     def _segment(self, request: SegmentRequest, job: Job, stage) -> int:
+        engine = self.engines.get()
         if request.mode == "instance":
-            result = self.engine.segment(request, stage, job.cancel.is_set)
+            result = engine.segment(request, stage, job.cancel.is_set)
             write_vector(result.features, job.gpkg_path, result.crs, instances=True)
             return len(result.features)
         # semantic jobs stream block by block: any raster size, progress per block
-        summary = segment_streamed(request, self.engine.plan(request), Outputs(vector=job.gpkg_path),
-                                   in_process(self.engine, WindowStats(), stage), stage=stage,
+        summary = segment_streamed(request, engine.plan(request), Outputs(vector=job.gpkg_path),
+                                   in_process(engine, WindowStats(), stage), stage=stage,
                                    cancelled=job.cancel.is_set)
         return summary.polygons
 

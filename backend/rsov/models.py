@@ -393,8 +393,9 @@ def _key_summary(model: torch.nn.Module, state: dict) -> str:
     return f"(missing {len(missing)} keys, e.g. {missing[:3]}; unexpected {len(unexpected)}, e.g. {unexpected[:3]})"
 
 
-def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = "cpu") -> LoadedModel:
-    """Build the CLIP model called ``name`` on ``device``, in eval mode, weights resolved as the module doc says."""
+def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = "cpu", download: bool = True) -> LoadedModel:
+    """Build the CLIP model called ``name`` on ``device``, in eval mode, weights resolved as the module
+    doc says (downloaded if missing, unless ``download`` is False: then WeightsMissingError)."""
     spec = resolve_spec(name)
     device = torch.device(device)
     if spec.random:
@@ -403,7 +404,9 @@ def load_model(name: str = DEFAULT_MODEL, device: str | torch.device = "cpu") ->
         model = open_clip.create_model(spec.arch, pretrained=None, device=device)
         weights_id, activation = f"{spec.name}-seed0", "QuickGELU (random weights)"
     else:
-        path = download_weights(spec)
+        path = download_weights(spec) if download else find_weights(spec)
+        if path is None:
+            raise _missing(spec)
         model, activation = build_clip(spec, path, device)
         stat = path.stat()
         weights_id = f"{spec.name}-{path.name}-{stat.st_size}-{int(stat.st_mtime)}"

@@ -33,8 +33,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from . import API_VERSION, __version__
-from .engine import Engine, SegmentRequest
-from .errors import InputError
+from .engine import EngineSlot, SegmentRequest
+from .errors import InputError, WeightsMissingError
 from .grid import BLOCK_SIDE
 from .instances import InstanceOptions, read_examples
 from .jobs import DONE, FINAL, GEOJSON_MAX_FEATURES, JobManager, QueueFullError
@@ -147,9 +147,9 @@ def _describe_validation(exc: ValidationError | RequestValidationError) -> str:
     return f"Invalid request: {where}: {first.get('msg', 'invalid value')}."
 
 
-def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
-    """The FastAPI application around one engine and one job manager."""
-    jobs = JobManager(engine, config.results_dir, config.max_queued, config.results_ttl_s, config.max_geojson_features,
+def create_app(engines: EngineSlot, config: ServerConfig) -> FastAPI:
+    """The FastAPI application around one engine (loaded when its weights are there) and one job manager."""
+    jobs = JobManager(engines, config.results_dir, config.max_queued, config.results_ttl_s, config.max_geojson_features,
                       check_path=lambda path: policy(path))
 
     @asynccontextmanager
@@ -162,7 +162,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
                   openapi_url=None,
                   description="Open-vocabulary segmentation of remote-sensing rasters (see the README for the contract).")
     app.state.jobs = jobs
-    transfers = Transfers()
+    transfers = Transfers(on_done=lambda spec: load_if_ours(spec))
     private = {config.token_file.resolve()}
 
     @app.middleware("http")
@@ -229,7 +229,19 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         except ApiError as exc:
             raise InputError(exc.message) from None
 
+    def engine_or_503():
+        try:
+            return engines.get()
+        except WeightsMissingError as exc:
+            raise ApiError(503, "weights_missing", str(exc)) from None
+
+    def load_if_ours(spec: ModelSpec) -> None:
+        """After a transfer of this backend's own model: load it now, so health turns ready."""
+        if not engines.ready and spec == resolve_any(config.model_name):
+            engines.get()
+
     def build_request(body: JobRequest, raster: str) -> SegmentRequest:
+        engine = engine_or_503()
         if body.model is not None and body.model != config.model_name:
             raise ApiError(400, "unknown_model", f"Model '{body.model}' is not loaded; this backend runs '{config.model_name}'.")
         o = body.options
@@ -318,11 +330,12 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     @app.get("/v1/health")
     def health() -> dict:
-        device = engine.device
+        device = engines.device
         gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
         return {"status": "ok", "version": __version__, "api_version": API_VERSION, "model": config.model_name,
                 "models": [config.model_name], "device": device.type, "gpu_name": gpu,
-                "fast_precision": engine.fast.precision, "fast_precision_reason": engine.fast.reason}
+                "model_ready": engines.ready, "model_error": engines.error,
+                "fast_precision": engines.fast.precision, "fast_precision_reason": engines.fast.reason}
 
     @app.get("/v1/models", dependencies=[Depends(authorised)])
     def models() -> dict:
@@ -416,7 +429,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
         body = path_job(raw, "an estimate needs a raster path")
         segment_request = await validated(body, check_path(body.raster))
         try:
-            return await run_in_threadpool(engine.estimate, segment_request)
+            return await run_in_threadpool(engine_or_503().estimate, segment_request)
         except InputError as exc:
             raise ApiError(400, "bad_request", str(exc)) from None
 
