@@ -57,7 +57,7 @@ $(QVENV)/.installed:
 test-plugin: $(VENV)/.installed setup-qgis package
 	$(QBIN)/python -m pytest -q tests/plugin
 
-# dist/rsov_qgis.zip: one folder rsov_qgis/ with the code, metadata.txt, LICENSE, resources and
+# dist/rsov_qgis.zip: one folder rsov_qgis/ with the code, metadata.txt, LICENSE, README.md, resources and
 # the backend's source (rsov_qgis/backend/, what the installer installs): source and package data
 # only, no build outputs or binaries (plugins.qgis.org rejects those).
 PACKAGE_BACKEND := build/plugin/rsov_qgis/backend
@@ -65,7 +65,7 @@ package:
 	rm -rf build/plugin $(PLUGIN_ZIP)
 	mkdir -p build/plugin dist
 	cp -r rsov_qgis build/plugin/rsov_qgis
-	cp -r resources metadata.txt LICENSE build/plugin/rsov_qgis/
+	cp -r resources metadata.txt LICENSE README.md build/plugin/rsov_qgis/
 	mkdir $(PACKAGE_BACKEND)
 	cp backend/pyproject.toml backend/README.md $(PACKAGE_BACKEND)/
 	cp -r backend/rsov $(PACKAGE_BACKEND)/rsov

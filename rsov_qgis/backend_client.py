@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 DEFAULT_URL = "http://127.0.0.1:8765"
+DEFAULT_MODEL = "ViT-B-16-openai"  # what the backend loads when it is given no --model
 API_VERSION = 1  # the version of the backend's HTTP API this plugin speaks (health's api_version)
 # Where `rsov serve` keeps its token by default.
 DEFAULT_TOKEN_FILE = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "rsov" / "token"
@@ -51,6 +53,8 @@ class Health:
     device: str
     gpu_name: str | None
     api_version: int = 0  # backends before the handshake do not report it
+    model_ready: bool = True  # False: the backend runs, but its model's weights are missing
+    model_error: str | None = None  # then why, naming the file to fetch
 
     def describe(self) -> str:
         """E.g. ``"rsov 0.1.0, model ViT-B-16-openai on CUDA (NVIDIA H100)"``."""
@@ -62,6 +66,79 @@ class Health:
         if self.api_version == API_VERSION:
             return ""
         return f"This backend speaks API v{self.api_version}, the plugin needs v{API_VERSION}: reinstall the backend"
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a backend message (the rest is often advice for the command line)."""
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z`])", text.strip(), maxsplit=1)[0]
+
+
+def megabytes(size: int | None) -> str:
+    """``"605 MB"``; ``"size unknown"`` when the size is not known."""
+    return "size unknown" if size is None else f"{size / 1e6:.0f} MB"
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """The latest download or import of a model's weights (``transfer`` in ``GET /v1/models``)."""
+
+    kind: str  # "download" or "import"
+    state: str  # "running", "done" or "failed"
+    done_bytes: int = 0
+    total_bytes: int | None = None
+    path: str | None = None  # where the weights are once done
+    error: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Transfer:
+        """From the backend's JSON object."""
+        return cls(str(data["kind"]), str(data["state"]), int(data.get("done_bytes") or 0), data.get("total_bytes"),
+                   data.get("path"), data.get("error"))
+
+    @property
+    def finished(self) -> bool:
+        """Whether the transfer will not change any more."""
+        return self.state in ("done", "failed")
+
+    def amount(self) -> str:
+        """``"120 of 351 MB"``, or ``"120 MB"`` while the total is not known."""
+        if self.total_bytes is None:
+            return megabytes(self.done_bytes)
+        return f"{self.done_bytes / 1e6:.0f} of {megabytes(self.total_bytes)}"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One model of ``GET /v1/models``."""
+
+    name: str
+    kind: str  # "clip" or "sam"
+    description: str = ""
+    weights_present: bool = False
+    size_bytes: int | None = None
+    downloadable: bool = False
+    sha256: str | None = None
+    loaded: bool = False
+    transfer: Transfer | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelInfo:
+        """From the backend's JSON object."""
+        transfer = data.get("transfer")
+        return cls(str(data["name"]), str(data.get("kind") or "clip"), str(data.get("description") or ""),
+                   bool(data.get("weights_present")), data.get("size_bytes"), bool(data.get("downloadable")),
+                   data.get("sha256"), bool(data.get("loaded")), Transfer.from_json(transfer) if transfer else None)
+
+    @property
+    def takes_weights(self) -> bool:
+        """Whether the model has a weights file to download or import (random test models have none)."""
+        return self.downloadable or self.sha256 is not None
+
+    def label(self) -> str:
+        """E.g. ``"RemoteCLIP-ViT-B-32 — missing, 605 MB"`` (for the model list)."""
+        if not self.takes_weights:
+            return f"{self.name} — no weights needed"
+        return f"{self.name} — {'present' if self.weights_present else 'missing'}, {megabytes(self.size_bytes)}"
 
 
 @dataclass(frozen=True)
@@ -281,7 +358,8 @@ class BackendClient:
         data = self._json("GET", "/v1/health", auth=False, timeout=timeout)
         try:
             return Health(str(data["version"]), str(data["model"]), list(data.get("models") or []),
-                          str(data["device"]), data.get("gpu_name"), int(data.get("api_version") or 0))
+                          str(data["device"]), data.get("gpu_name"), int(data.get("api_version") or 0),
+                          bool(data.get("model_ready", True)), data.get("model_error"))
         except (KeyError, TypeError, ValueError):
             raise BackendError("bad_response", f"The server at {self.url} is not an rsov backend.") from None
 
@@ -292,9 +370,29 @@ class BackendClient:
             raise BackendError("incompatible", health.incompatibility() + ".")
         return health
 
-    def models(self) -> list[dict[str, Any]]:
+    def models(self) -> list[ModelInfo]:
         """``GET /v1/models``: also proves that the token is accepted."""
-        return list(self._json("GET", "/v1/models")["models"])
+        try:
+            return [ModelInfo.from_json(row) for row in self._json("GET", "/v1/models")["models"]]
+        except (KeyError, TypeError, ValueError):
+            raise BackendError("bad_response", f"The backend at {self.url} answered the model list malformed.") from None
+
+    def download_model(self, name: str) -> Transfer:
+        """``POST /v1/models/{name}/download``: the backend downloads the weights in the background
+        (poll :meth:`models` for the bytes)."""
+        return self._transfer(f"/v1/models/{urllib.parse.quote(name)}/download", None)
+
+    def import_model(self, name: str, path: str) -> Transfer:
+        """``POST /v1/models/{name}/import``: the backend verifies the file at ``path`` (on its own
+        machine) and copies it into its cache, in the background."""
+        return self._transfer(f"/v1/models/{urllib.parse.quote(name)}/import", {"path": path})
+
+    def _transfer(self, path: str, payload: dict[str, Any] | None) -> Transfer:
+        data = self._json("POST", path, payload)
+        try:
+            return Transfer.from_json(data["transfer"])
+        except (KeyError, TypeError, ValueError):
+            raise BackendError("bad_response", f"The backend at {self.url} did not describe the transfer.") from None
 
     def submit(self, request: JobRequest, chip: Path | None = None) -> str:
         """``POST /v1/jobs`` (multipart with the chip GeoTIFF when given); returns the job id."""

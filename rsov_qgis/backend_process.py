@@ -3,7 +3,8 @@
 
 The executable is the backend environment's ``rsov`` script, or its Python interpreter (then
 ``python -m rsov.cli serve`` is run). Readiness is polled on ``GET /v1/health`` from a timer,
-so QGIS stays responsive while the model loads.
+so QGIS stays responsive while the model loads; meanwhile the elapsed time and the process's
+latest output lines are reported on each poll.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from qgis.PyQt.QtCore import QObject, QProcess, QTimer, pyqtSignal
+from qgis.PyQt.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, pyqtSignal
 
 from .backend_client import BackendClient, BackendError, Health
 from .compat import enum_value
@@ -42,18 +43,25 @@ def serve_command(executable: str, url: str, token_file: str, model: str = "") -
 
 
 class BackendProcess(QObject):
-    """One backend process started by the plugin; emits ``ready(Health)`` or ``failed(message,
-    missing)``, ``missing`` telling that no backend is installed (the installer is the cure)."""
+    """One backend process started by the plugin. While it starts it emits ``starting(elapsed
+    seconds, latest output lines)``, then ``ready(Health)`` or ``failed(message, missing)``,
+    ``missing`` telling that no backend is installed (the installer is the cure). A process that
+    exits once ready (killed, out of memory) emits ``stopped(its last lines)``, of what it printed
+    once ready (its start-up banner says nothing about why it stopped)."""
 
+    starting = pyqtSignal(float, str)
     ready = pyqtSignal(object)
     failed = pyqtSignal(str, bool)
+    stopped = pyqtSignal(str)
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
         self.process: QProcess | None = None
         self.client: BackendClient | None = None
         self._output = ""
-        self._deadline = 0.0
+        self._since_ready = ""  # the output printed once it was ready
+        self._started = 0.0
+        self._ready = False
         self._timer = QTimer(self)
         self._timer.setInterval(POLL_MS)
         self._timer.timeout.connect(self._poll)
@@ -76,15 +84,19 @@ class BackendProcess(QObject):
             return
         self.client = BackendClient(url, token_file, timeout=2.0)
         program, args = serve_command(found, url, token_file, model)
-        self._output = ""
+        self._output = self._since_ready = ""
+        self._ready = False
         self.process = QProcess(self)
+        environment = QProcessEnvironment.systemEnvironment()
+        environment.insert("PYTHONUNBUFFERED", "1")  # its log lines as they are written, not in blocks
+        self.process.setProcessEnvironment(environment)
         self.process.setProcessChannelMode(enum_value((QProcess, "ProcessChannelMode.MergedChannels"),
                                                       (QProcess, "MergedChannels")))
         self.process.readyReadStandardOutput.connect(self._read_output)
         self.process.finished.connect(self._on_finished)
         self.process.errorOccurred.connect(self._on_error)
         self.process.start(program, args)
-        self._deadline = time.monotonic() + START_TIMEOUT_S
+        self._started = time.monotonic()
         self._timer.start()
 
     def stop(self) -> None:
@@ -102,25 +114,32 @@ class BackendProcess(QObject):
                 process.waitForFinished(2000)
         process.deleteLater()
 
-    def output_tail(self, lines: int = 5) -> str:
-        """The last lines the process printed (for error messages)."""
-        return "\n".join(self._output.strip().splitlines()[-lines:])
+    def output_tail(self, lines: int = 5, since_ready: bool = False) -> str:
+        """The last lines the process printed (for error messages), or printed once ready."""
+        return "\n".join((self._since_ready if since_ready else self._output).strip().splitlines()[-lines:])
 
     def _read_output(self) -> None:
         if self.process is not None:
             data = bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
             self._output = (self._output + data)[-20000:]
+            if self._ready:
+                self._since_ready = (self._since_ready + data)[-20000:]
 
     def _poll(self) -> None:
         try:
             health: Health = self.client.health(timeout=1.0)
         except BackendError:
-            if time.monotonic() > self._deadline:
+            elapsed = time.monotonic() - self._started
+            if elapsed > START_TIMEOUT_S:
                 self._timer.stop()
                 self.failed.emit(f"The backend did not answer within {START_TIMEOUT_S:.0f} s. {self.output_tail()}",
                                  False)
+            else:
+                self.starting.emit(elapsed, self.output_tail(3))
             return
         self._timer.stop()
+        self._read_output()  # what it printed while starting is not part of what comes after
+        self._ready = True
         self.ready.emit(health)
 
     def _on_error(self, error) -> None:
@@ -135,4 +154,7 @@ class BackendProcess(QObject):
         self._timer.stop()
         self._read_output()
         self.process = None
-        self.failed.emit(f"The rsov backend exited (code {exit_code}): {self.output_tail() or 'no output'}", False)
+        if self._ready:
+            self.stopped.emit(self.output_tail(3, since_ready=True))
+        else:
+            self.failed.emit(f"The rsov backend exited (code {exit_code}): {self.output_tail() or 'no output'}", False)

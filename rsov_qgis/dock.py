@@ -7,15 +7,16 @@ results, vocabulary, backend_process).
 
 from __future__ import annotations
 
-import threading
+import re
 from collections import Counter
 from datetime import datetime
+from html import escape
 from pathlib import Path
 from typing import NamedTuple
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
 from qgis.gui import QgsColorButton, QgsDoubleSpinBox, QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import QObject, Qt, QTimer, pyqtSignal
+from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QColor, QKeySequence
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
@@ -41,13 +42,23 @@ from qgis.PyQt.QtWidgets import (
 
 from . import review, schema
 from .area import AREAS, MASK, VISIBLE, area_request
-from .backend_client import BackendClient, BackendError, JobRequest, SegmentOptions, describe_estimate
+from .backend_client import (
+    BackendClient,
+    BackendError,
+    Health,
+    JobRequest,
+    SegmentOptions,
+    describe_estimate,
+    first_sentence,
+)
 from .backend_process import BackendProcess, find_executable
+from .background import BackgroundCalls
 from .compat import QAction, enum_value
 from .examples import ExampleError
 from .extent import ExtentError, RasterRequest, chip_pipe
 from .install_panel import InstallPanel
 from .instance_panel import InstancePanel
+from .models_panel import ModelsPanel
 from .paths import PRESETS
 from .results import is_result_layer, output_folder, result_path
 from .settings import Settings
@@ -73,6 +84,10 @@ OK_COLOUR, BAD_COLOUR, IDLE_COLOUR = "#2e7d32", "#c62828", "#757575"
 ESTIMATE_DELAY_MS = 400  # the estimate is asked for once the area, raster, resolution or view stop changing
 ESTIMATE_TIMEOUT_S = 5.0
 AUTO_RESOLUTION = "auto (from the raster's resolution)"
+ASIDE = re.compile(r"\s*\([^()]*\)")
+CRASHED = "The backend stopped (killed, or out of memory?)"
+CRASH_WAIT_MS = 1000  # how long a job that lost its backend waits to learn whether the process died
+LOG_LINE_CHARS = 90  # longer log lines are cut in the status (a long path must not widen the panel)
 
 
 class Prepared(NamedTuple):
@@ -85,12 +100,6 @@ class Prepared(NamedTuple):
     job: JobRequest
 
 
-class _EstimateRelay(QObject):
-    """Brings an estimate from its worker thread to the panel (queued onto the main thread)."""
-
-    done = pyqtSignal(int, str)
-
-
 def estimate_failure(exc: BackendError) -> str:
     """The estimate line when the backend gives no estimate."""
     if exc.code == "unreachable":
@@ -100,15 +109,24 @@ def estimate_failure(exc: BackendError) -> str:
     return f"Estimate not available: {exc}"
 
 
-def _estimate_in_background(client: BackendClient, job: JobRequest, generation: int, relay: _EstimateRelay) -> None:
-    """Worker thread: ask for the estimate, hand the line to ``relay`` (no widget touched here)."""
-    try:
-        text = "Estimate: " + describe_estimate(client.estimate(job))
-    except BackendError as exc:
-        text = estimate_failure(exc)
-    except Exception as exc:  # a malformed answer must not kill the thread silently
-        text = f"Estimate not available: {exc}"
-    relay.done.emit(generation, text)
+def estimate_line(client: BackendClient, job: JobRequest) -> str:
+    """The estimate line of ``job`` (worker thread: no widget touched here)."""
+    return "Estimate: " + describe_estimate(client.estimate(job))
+
+
+def not_ready(health: Health) -> str:
+    """The status of a backend whose model has no weights yet, in one sentence: the first of its
+    reason without the asides in brackets (the model's description, the URL), then the cure."""
+    reason = first_sentence(health.model_error or f"The weights of {health.model} are missing.")
+    while ASIDE.search(reason):  # innermost first: asides may nest
+        reason = ASIDE.sub("", reason)
+    return f"Not ready: {reason.rstrip('.')}; use Download or Import weights file… on the Backend tab."
+
+
+def status_detail(lines: str) -> str:
+    """Log lines for the status line: escaped, each cut to LOG_LINE_CHARS."""
+    cut = [line if len(line) <= LOG_LINE_CHARS else line[:LOG_LINE_CHARS - 1] + "…" for line in lines.splitlines()]
+    return "<br>".join(escape(line, quote=False) for line in cut)
 
 
 def polygon_layers():
@@ -129,9 +147,16 @@ class RsovDock(QDockWidget):
         self.iface = iface
         self.settings = Settings.load()
         self.task: SegmentTask | None = None
+        self._model_ready = True  # False while the backend reports its model without weights
+        self._backend_model = ""  # the model of the backend last checked
+        self._crash_log: str | None = None  # the last lines of a backend that stopped during the job
+        self._crashed_job: SegmentTask | None = None  # the job it took along (Restart and retry sends it again)
+        self._retry: SegmentTask | None = None  # sent once the restarted backend is ready
         self.backend = BackendProcess(self)
+        self.backend.starting.connect(self._on_backend_starting)
         self.backend.ready.connect(self._on_backend_ready)
         self.backend.failed.connect(self._on_backend_failed)
+        self.backend.stopped.connect(self._on_backend_stopped)
 
         self.tabs = QTabWidget()
         self.tabs.addTab(self._segment_tab(), "Segment")
@@ -146,9 +171,15 @@ class RsovDock(QDockWidget):
         self.install_offer.setToolTip("Install the backend into its own environment (Backend tab)")
         self.install_offer.clicked.connect(self.show_installer)
         self.install_offer.setVisible(False)
+        # shown when the backend the plugin started has stopped
+        self.restart_button = QPushButton("Restart and retry")
+        self.restart_button.setObjectName("rsovRestart")
+        self.restart_button.clicked.connect(self.restart_backend)
+        self.restart_button.setVisible(False)
         status_row = QHBoxLayout()
         status_row.addWidget(self.status_label, 1)
         status_row.addWidget(self.install_offer)
+        status_row.addWidget(self.restart_button)
         status_row.addWidget(theme_button("/mActionRefresh.svg", "Check the backend connection", self.check_backend))
         body = QWidget()
         layout = QVBoxLayout(body)
@@ -259,8 +290,8 @@ class RsovDock(QDockWidget):
         self.estimate_timer.setInterval(ESTIMATE_DELAY_MS)
         self.estimate_timer.timeout.connect(self.refresh_estimate)
         self._estimate_generation = 0
-        self._estimate_relay = _EstimateRelay()
-        self._estimate_relay.done.connect(self._on_estimate)
+        self._estimates = BackgroundCalls(self)
+        self._estimates.done.connect(self._on_estimate)
 
         self.segment_button = QPushButton(QgsApplication.getThemeIcon("/mActionZoomActual.svg"), "")
         self.segment_button.clicked.connect(self.segment)
@@ -377,8 +408,9 @@ class RsovDock(QDockWidget):
         self.executable_widget.lineEdit().setPlaceholderText("rsov on PATH")
         self.executable_widget.setToolTip("The `rsov` script of the backend's environment (e.g. .venv/bin/rsov), "
                                           "or the Python interpreter of that environment")
-        self.model_edit = QLineEdit(self.settings.model)
-        self.model_edit.setPlaceholderText("backend default (ViT-B-16-openai)")
+        self.models_panel = ModelsPanel(self.settings.model, lambda: self.settings.client(timeout=10.0))
+        self.models_panel.changed.connect(self._remember_backend)
+        self.models_panel.transferred.connect(self._on_weights_transferred)
         self.output_widget = QgsFileWidget()
         self.output_widget.setStorageMode(enum_value((QgsFileWidget, "StorageMode.GetDirectory"),
                                                      (QgsFileWidget, "GetDirectory")))
@@ -392,7 +424,6 @@ class RsovDock(QDockWidget):
                 widget.setEnabled(False)
                 widget.setToolTip(f"Set by the environment variable {variable}")
         self.url_edit.editingFinished.connect(self._remember_backend)
-        self.model_edit.editingFinished.connect(self._remember_backend)
         for widget in (self.token_widget, self.executable_widget, self.output_widget):
             widget.fileChanged.connect(self._remember_backend)
 
@@ -421,7 +452,8 @@ class RsovDock(QDockWidget):
         form.addRow("Backend URL", self.url_edit)
         form.addRow("Token file", self.token_widget)
         form.addRow("rsov executable", self.executable_widget)
-        form.addRow("Model", self.model_edit)
+        form.addRow("Model", self.models_panel.model_combo)
+        form.addRow("Weights", self.models_panel)
         form.addRow("Output folder", self.output_widget)
         layout = QVBoxLayout(page)
         layout.addLayout(form)
@@ -435,15 +467,17 @@ class RsovDock(QDockWidget):
         """Show ``text`` in QGIS's message bar (``level``: Info, Success, Warning, Critical)."""
         self.iface.messageBar().pushMessage("rsov", text, _level(level), duration if level != "Critical" else 0)
 
-    def _set_status(self, text: str, colour: str) -> None:
+    def _set_status(self, text: str, colour: str, log: str = "") -> None:
+        """The status line: a coloured dot, ``text``, and under it ``log`` lines in small grey type."""
         self.status_text = text
-        self.status_label.setText(f"<span style='color:{colour}'>●</span> {text}")
+        detail = f"<br><small style='color:{IDLE_COLOUR}'><tt>{status_detail(log)}</tt></small>" if log else ""
+        self.status_label.setText(f"<span style='color:{colour}'>●</span> {escape(text, quote=False)}{detail}")
 
     def _remember_backend(self, *_args) -> None:
         self.settings.backend_url = self.url_edit.text().strip()
         self.settings.token_file = self.token_widget.filePath().strip()
         self.settings.backend_executable = self.executable_widget.filePath().strip()
-        self.settings.model = self.model_edit.text().strip()
+        self.settings.model = self.models_panel.model()
         self.settings.output_dir = self.output_widget.filePath().strip()
         self.settings.save()
 
@@ -596,7 +630,9 @@ class RsovDock(QDockWidget):
 
     # --- backend ---------------------------------------------------------------------------
     def check_backend(self) -> bool:
-        """Update the status line from ``/v1/health`` and a token check; True when usable."""
+        """Update the status line and the model list from ``/v1/health`` and ``/v1/models`` (a
+        token check too); True when the backend can segment."""
+        self._set_model_ready(True)  # only a backend that says so holds the button back
         try:
             client = self.settings.client(timeout=3.0)
             health = client.health()
@@ -604,59 +640,117 @@ class RsovDock(QDockWidget):
             self._set_status(f"Not connected: {exc}", BAD_COLOUR)
             self.install_offer.setVisible(not find_executable(self.settings.backend_executable))
             return False
+        self.restart_button.setVisible(False)  # a backend answers: nothing to restart
         self.install_offer.setVisible(bool(health.incompatibility()))
         if health.incompatibility():
             self._set_status(f"{health.incompatibility()} (found {health.describe()}).", BAD_COLOUR)
             return False
         try:
-            client.models()
+            self.models_panel.set_models(client.models())
         except BackendError as exc:
             self._set_status(f"Connected to {health.describe()}, but: {exc}", BAD_COLOUR)
+            return False
+        self._backend_model = health.model
+        if not health.model_ready:
+            self._set_model_ready(False)
+            self.models_panel.set_model(health.model)  # what Download and Import then fetch
+            self._set_status(not_ready(health), BAD_COLOUR)
             return False
         self._set_status(f"Connected: {health.describe()}", OK_COLOUR)
         self.schedule_estimate()
         return True
 
-    def start_backend(self) -> None:
-        """Start `rsov serve` unless a backend already answers at the URL."""
+    def _set_model_ready(self, ready: bool) -> None:
+        """Segmenting waits for a model with weights."""
+        self._model_ready = ready
+        self.segment_button.setEnabled(ready and self.task is None)
+
+    def _on_weights_transferred(self, name: str) -> None:
+        """Weights of the backend's own model arrived (or did not): its status may have changed."""
+        if name == self._backend_model:
+            self.check_backend()
+
+    def start_backend(self) -> bool:
+        """Start `rsov serve` unless a backend already answers at the URL; True when it is starting."""
         self._remember_backend()
         try:
             self.settings.client(timeout=1.0).health()
         except BackendError as exc:
             if exc.code == "bad_url":
                 self.message(str(exc), "Critical")
-                return
+                return False
         else:
             self.message(f"A backend already answers at {self.settings.backend_url}.")
             self.check_backend()
-            return
-        self._set_status("Starting the backend (loading the model)…", IDLE_COLOUR)
+            return False
+        self.restart_button.setVisible(False)
+        self._set_status("Starting the backend…", IDLE_COLOUR)
         self.start_button.setEnabled(False)
         self.backend.start(self.settings.backend_executable, self.settings.backend_url,
                            self.settings.token_file, self.settings.model)
         self.stop_button.setEnabled(self.backend.is_running())
+        return self.backend.is_running()
 
     def stop_backend(self) -> None:
         """Stop the backend the plugin started."""
+        self._retry = None
         self.backend.stop()
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
         self._set_status("Backend stopped.", IDLE_COLOUR)
 
+    def restart_backend(self) -> None:
+        """Start the backend that stopped again, then send the job it took along once more."""
+        retry, self._crashed_job = self._crashed_job, None
+        if self.start_backend():
+            self._retry = retry
+
+    def _on_backend_starting(self, elapsed: float, log: str) -> None:
+        self._set_status(f"Starting the backend (loading the model): {elapsed:.0f} s…", IDLE_COLOUR, log)
+
     def _on_backend_ready(self, health) -> None:
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(True)
+        retry, self._retry = self._retry, None
         if self.check_backend():
             self.message(f"Backend started: {health.describe()}", "Success")
-        else:
+            if retry is not None and self.task is None:  # unless another job was started meanwhile
+                self._start_task(retry)
+        elif self._model_ready:  # a model without weights is in the status line, with its cure beside
             self.message(self.status_text, "Critical")
 
     def _on_backend_failed(self, text: str, missing: bool) -> None:
+        self._retry = None
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
         self._set_status(text, BAD_COLOUR)
         self.install_offer.setVisible(missing)
         self.message(text, "Critical")
+
+    def _on_backend_stopped(self, log: str) -> None:
+        """The backend the plugin started has died. During a job the job's failure, on its way,
+        reports it (one message); otherwise it is reported here."""
+        self.start_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        if self.task is not None:
+            self._crash_log = log
+        else:
+            self._show_crash(log, None)
+
+    def _show_crash(self, log: str, job: SegmentTask | None) -> None:
+        """The one message about a backend that stopped, with Restart (and retry ``job``)."""
+        self._crashed_job = job
+        self.restart_button.setText("Restart and retry" if job else "Restart backend")
+        self.restart_button.setToolTip("Start the backend again" + (" and send the job once more" if job else ""))
+        self.restart_button.setVisible(True)
+        self._set_status(f"{CRASHED}{' during the job' if job else ''}.", BAD_COLOUR, log)
+
+    def _backend_crash_log(self, task: SegmentTask) -> str | None:
+        """The last lines of the plugin's backend if it died under ``task``, else None. A killed
+        process is reaped at once, but its exit may reach the event loop after the job's failure."""
+        if self._crash_log is None and task.error_code == "unreachable" and self.backend.is_running():
+            self.backend.process.waitForFinished(CRASH_WAIT_MS)  # emits stopped() now if it died
+        return self._crash_log
 
     def show_installer(self) -> None:
         """Show the backend installer (Backend tab)."""
@@ -712,15 +806,21 @@ class RsovDock(QDockWidget):
         now = datetime.now()
         name = f"{layer.name()} objects" if job.instance else layer.name()
         destination = result_path(output_folder(project, self.settings.results_dir()), name, now)
-        self.task = SegmentTask(client, raster, job, classes, destination, f"{name} {now:%H:%M:%S}", chip, project)
-        self.task.progressChanged.connect(lambda value: self.progress.setValue(round(value)))
-        self.task.stageChanged.connect(self.stage_label.setText)  # the backend's stage as it reads
-        self.task.succeeded.connect(self._on_task_succeeded)
-        self.task.failed.connect(self._on_task_failed)
-        self.task.cancelled.connect(self._on_task_cancelled)
-        self._set_busy(True)
-        QgsApplication.taskManager().addTask(self.task)
+        self._start_task(SegmentTask(client, raster, job, classes, destination, f"{name} {now:%H:%M:%S}", chip,
+                                     project))
         return self.task
+
+    def _start_task(self, task: SegmentTask) -> None:
+        """Run ``task`` in QGIS's task manager, its progress and outcome shown in the panel."""
+        self.task = task
+        self._crash_log = None
+        task.progressChanged.connect(lambda value: self.progress.setValue(round(value)))
+        task.stageChanged.connect(self.stage_label.setText)  # the backend's stage as it reads
+        task.succeeded.connect(self._on_task_succeeded)
+        task.failed.connect(self._on_task_failed)
+        task.cancelled.connect(self._on_task_cancelled)
+        self._set_busy(True)
+        QgsApplication.taskManager().addTask(task)
 
     # --- estimate --------------------------------------------------------------------------------
     def schedule_estimate(self, *_args) -> None:
@@ -747,12 +847,11 @@ class RsovDock(QDockWidget):
             return
         self.estimate_label.setText("Estimate: asking the backend…")
         client = self.settings.client(timeout=ESTIMATE_TIMEOUT_S)
-        threading.Thread(target=_estimate_in_background, name="rsov-estimate", daemon=True,
-                         args=(client, prepared.job, self._estimate_generation, self._estimate_relay)).start()
+        self._estimates.start(self._estimate_generation, lambda: estimate_line(client, prepared.job))
 
-    def _on_estimate(self, generation: int, text: str) -> None:
+    def _on_estimate(self, generation: int, answer: str | BackendError) -> None:
         if generation == self._estimate_generation:  # not an answer overtaken by a newer question
-            self.estimate_label.setText(text)
+            self.estimate_label.setText(estimate_failure(answer) if isinstance(answer, BackendError) else answer)
 
     def cancel(self) -> None:
         """Cancel the running segmentation (the backend job is cancelled too)."""
@@ -761,7 +860,7 @@ class RsovDock(QDockWidget):
             self.task.cancel()
 
     def _set_busy(self, busy: bool) -> None:
-        self.segment_button.setEnabled(not busy)
+        self.segment_button.setEnabled(not busy and self._model_ready)
         self.cancel_button.setEnabled(busy)
         self.progress.setValue(0)
         self.stage_label.setText("Starting…" if busy else "Idle")
@@ -777,9 +876,14 @@ class RsovDock(QDockWidget):
         self.message(f"{count} saved to {layer.source().split('|')[0]}", "Success")
 
     def _on_task_failed(self, text: str) -> None:
+        task = self.task
+        crash_log = self._backend_crash_log(task)  # while self.task is set: a stop now is this job's
         self._set_busy(False)
         self.task = None
         self.stage_label.setText("Failed")
+        if crash_log is not None:
+            self._show_crash(crash_log, task.again())
+            return
         self.message(text, "Critical")
         self.check_backend()
 
@@ -911,6 +1015,7 @@ class RsovDock(QDockWidget):
         self._estimate_generation += 1  # an estimate still on its way is not shown
         self.backend.stop()
         self.install_panel.shutdown()
+        self.models_panel.shutdown()
         self.instance_panel.shutdown()
         self._follow_mask_layer(None)
         for signal, slot in ((self.iface.currentLayerChanged, self._select_active_raster),

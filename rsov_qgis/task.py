@@ -46,8 +46,14 @@ class SegmentTask(QgsTask):
         self.chip = chip  # a pipe to export when the backend cannot read the raster itself
         self.project = project or QgsProject.instance()
         self.error = ""
+        self.error_code = ""  # the BackendError's code ("unreachable", ...) when the backend failed the job
         self.job_id: str | None = None
         self.layer: QgsVectorLayer | None = None
+
+    def again(self) -> SegmentTask:
+        """A new task for the same job, to send it once more."""
+        return SegmentTask(self.client, self.raster, self.job, self.classes, self.destination, self.layer_name,
+                           self.chip, self.project)
 
     def _on_status(self, status: JobStatus) -> None:
         self.job_id = status.job_id
@@ -74,7 +80,10 @@ class SegmentTask(QgsTask):
             return True
         except JobCancelled:
             return False
-        except (BackendError, ExtentError, ResultError) as exc:
+        except BackendError as exc:
+            self.error, self.error_code = str(exc), exc.code
+            return False
+        except (ExtentError, ResultError) as exc:
             self.error = str(exc)
             return False
         except Exception as exc:  # a bug must still end the task with a message, not silently

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,9 +90,11 @@ else:
             return False
         return subprocess.run([str(RSOV), "serve", "--help"], capture_output=True).returncode == 0
 
-    @pytest.fixture(scope="session")
-    def real_backend(tmp_path_factory):
-        """`rsov serve --model tiny-random` on a free port (`make test` builds the backend first)."""
+    @contextmanager
+    def serving(folder: Path, *args: str, env: dict[str, str] | None = None):
+        """`rsov serve ARGS` on a free port, its output in FOLDER/serve.log, until the block ends;
+        yields {"url", "token_file", "process"}. ``env`` is added to the environment."""
+        import os
         import subprocess
         import time
 
@@ -101,26 +104,32 @@ else:
 
         assert real_backend_available(), f"{RSOV} serve is not available (run `make setup`)"
         port = free_port()
-        folder = tmp_path_factory.mktemp("real_backend")
         token_file = folder / "token"
-        log = open(folder / "serve.log", "w")
-        process = subprocess.Popen([str(RSOV), "serve", "--model", "tiny-random", "--port", str(port),
-                                    "--token-file", str(token_file)], stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
+        with open(folder / "serve.log", "w") as log:
+            process = subprocess.Popen([str(RSOV), "serve", *args, "--port", str(port), "--token-file", str(token_file)],
+                                       stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    BackendClient(url, timeout=1).health()
+                    break
+                except BackendError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        process.kill()
+                        pytest.fail(f"rsov serve did not start:\n{(folder / 'serve.log').read_text()[-3000:]}")
+                    time.sleep(0.3)
             try:
-                BackendClient(url, timeout=1).health()
-                break
-            except BackendError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    process.kill()
-                    pytest.fail(f"rsov serve did not start:\n{(folder / 'serve.log').read_text()[-3000:]}")
-                time.sleep(0.3)
-        yield {"url": url, "token_file": token_file}
-        process.terminate()
-        process.wait(timeout=20)
-        log.close()
+                yield {"url": url, "token_file": token_file, "process": process}
+            finally:
+                process.terminate()
+                process.wait(timeout=20)
+
+    @pytest.fixture(scope="session")
+    def real_backend(tmp_path_factory):
+        """`rsov serve --model tiny-random` on a free port (`make test` builds the backend first)."""
+        with serving(tmp_path_factory.mktemp("real_backend"), "--model", "tiny-random") as backend:
+            yield backend
 
     @pytest.fixture
     def use_real_backend(real_backend, monkeypatch):

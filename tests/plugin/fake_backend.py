@@ -92,12 +92,14 @@ class FakeBackend:
         if method == "GET" and parts == ["v1", "health"]:
             return self._send(http, 200, {"status": "ok", "version": "0.1.0", "api_version": self.api_version,
                                           "model": self.model, "models": [self.model], "device": "cpu",
-                                          "gpu_name": None})
+                                          "gpu_name": None, "model_ready": True, "model_error": None})
         if http.headers.get("Authorization") != f"Bearer {self.token}":
             return self._error(http, 401, "unauthorized", "Missing or wrong bearer token.")
         if method == "GET" and parts == ["v1", "models"]:
-            return self._send(http, 200, {"models": [{"name": self.model, "arch": "fake", "description": "test",
-                                                      "weights_present": True, "loaded": True}]})
+            return self._send(http, 200, {"models": [{
+                "name": self.model, "kind": "clip", "arch": "fake", "description": "test", "weights_present": True,
+                "path": None, "size_bytes": None, "sha256": None, "downloadable": False, "loaded": True,
+                "transfer": None}]})
         if method == "POST" and parts == ["v1", "jobs"]:
             return self._submit(http)
         if method == "POST" and parts == ["v1", "estimate"]:

@@ -1,5 +1,9 @@
-"""Starting and stopping the backend process (a stand-in `rsov` that serves the fake backend)."""
+"""Starting and stopping the backend process (a stand-in `rsov` that serves the fake backend), what
+the dock shows while it starts, and a backend that dies while idle."""
 
+import os
+import re
+import signal
 import stat
 import sys
 from pathlib import Path
@@ -20,10 +24,15 @@ def _script(path: Path, body: str) -> Path:
     return path
 
 
+def _fake_rsov(path: Path, before: str = "") -> Path:
+    """`rsov serve --host H --port P --token-file F [--model M]` -> ``before`` (shell lines), then
+    the fake backend on P with F."""
+    return _script(path, f'[ "$1" = serve ] || exit 2\n{before}\nexec {sys.executable} {FAKE} "$5" "$7"')
+
+
 @pytest.fixture
 def fake_rsov(tmp_path) -> Path:
-    """`rsov serve --host H --port P --token-file F [--model M]` -> the fake backend on P with F."""
-    return _script(tmp_path / "rsov", f'[ "$1" = serve ] || exit 2\nexec {sys.executable} {FAKE} "$5" "$7"')
+    return _fake_rsov(tmp_path / "rsov")
 
 
 @pytest.fixture
@@ -72,15 +81,32 @@ def test_backend_that_exits_is_reported_with_its_output(process, qtbot, tmp_path
     assert not failed.args[1]
 
 
-def test_dock_starts_and_stops_the_backend(qgis_iface, qtbot, qgis_new_project, fake_rsov, tmp_path, monkeypatch):
+def _dock(iface, qtbot, tmp_path, monkeypatch, rsov: Path):
+    """A dock whose Start backend runs ``rsov`` at a free port."""
     from rsov_qgis.dock import RsovDock
 
-    url = f"http://127.0.0.1:{free_port()}"
-    monkeypatch.setenv("RSOV_BACKEND_URL", url)
+    monkeypatch.setenv("RSOV_BACKEND_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("RSOV_TOKEN_FILE", str(tmp_path / "token"))
-    dock = RsovDock(qgis_iface)
+    dock = RsovDock(iface)
     qtbot.addWidget(dock)
-    dock.executable_widget.setFilePath(str(fake_rsov))
+    dock.executable_widget.setFilePath(str(rsov))
+    return dock
+
+
+def test_a_backend_that_dies_once_ready_leaves_its_last_lines(process, qtbot, tmp_path):
+    dying = _script(tmp_path / "rsov", f'{sys.executable} {FAKE} "$5" "$7" &\n'
+                                        'while [ ! -s "$7" ]; do sleep 0.1; done\nsleep 3\n'
+                                        'echo "MemoryError: cannot allocate 3.2 GiB"\nkill -9 $!\nexit 1')
+    with qtbot.waitSignal(process.ready, timeout=30000):
+        process.start(str(dying), f"http://127.0.0.1:{free_port()}", str(tmp_path / "token"))
+    with qtbot.waitSignal(process.stopped, timeout=30000) as stopped:
+        pass
+    assert stopped.args[0].splitlines()[-1] == "MemoryError: cannot allocate 3.2 GiB"
+
+
+def test_dock_starts_and_stops_the_backend(qgis_iface, qtbot, qgis_new_project, fake_rsov, tmp_path, monkeypatch):
+    dock = _dock(qgis_iface, qtbot, tmp_path, monkeypatch, fake_rsov)
+    url = dock.settings.backend_url
     dock.start_backend()
     assert not dock.start_button.isEnabled() and "Starting" in dock.status_label.text()
     qtbot.waitUntil(lambda: "Connected" in dock.status_label.text(), timeout=30000)
@@ -90,3 +116,38 @@ def test_dock_starts_and_stops_the_backend(qgis_iface, qtbot, qgis_new_project, 
     dock.shutdown()  # what unloading the plugin or quitting QGIS does
     with pytest.raises(BackendError):
         BackendClient(url).health()
+
+
+def test_dock_shows_the_time_and_the_log_while_the_backend_starts(qgis_iface, qtbot, qgis_new_project, tmp_path,
+                                                                 monkeypatch):
+    slow = _fake_rsov(tmp_path / "rsov", 'echo "rsov: loading the model ViT-B-16-openai"\nsleep 3')
+    dock = _dock(qgis_iface, qtbot, tmp_path, monkeypatch, slow)
+    try:
+        dock.start_backend()
+        qtbot.waitUntil(lambda: re.search(r"Starting the backend \(loading the model\): [1-9] s…",
+                                          dock.status_label.text()) is not None, timeout=10000)
+        assert "rsov: loading the model ViT-B-16-openai" in dock.status_label.text()  # its latest output
+        qtbot.waitUntil(lambda: "Connected" in dock.status_label.text(), timeout=30000)
+        assert "loading the model" not in dock.status_label.text()
+    finally:
+        dock.shutdown()
+
+
+def test_a_backend_that_dies_while_idle_can_be_restarted(qgis_iface, qtbot, qgis_new_project, fake_rsov, tmp_path,
+                                                         monkeypatch):
+    from rsov_qgis.dock import CRASHED
+
+    dock = _dock(qgis_iface, qtbot, tmp_path, monkeypatch, fake_rsov)
+    try:
+        dock.start_backend()
+        qtbot.waitUntil(lambda: "Connected" in dock.status_label.text(), timeout=30000)
+        os.kill(dock.backend.process.processId(), signal.SIGKILL)
+        qtbot.waitUntil(lambda: CRASHED in dock.status_label.text(), timeout=10000)
+        assert "<br>" not in dock.status_label.text()  # killed: it printed nothing since it was ready
+        assert dock.restart_button.text() == "Restart backend" and not dock.restart_button.isHidden()
+        assert qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Critical) == []  # the status line says it
+        dock.restart_button.click()
+        qtbot.waitUntil(lambda: "Connected" in dock.status_label.text(), timeout=30000)
+        assert dock.restart_button.isHidden() and dock.backend.is_running()
+    finally:
+        dock.shutdown()

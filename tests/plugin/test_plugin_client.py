@@ -11,7 +11,10 @@ from rsov_qgis.backend_client import (
     InstanceOptions,
     JobCancelled,
     JobRequest,
+    ModelInfo,
     SegmentOptions,
+    Transfer,
+    first_sentence,
     is_loopback_url,
 )
 
@@ -30,7 +33,24 @@ def test_health_and_models(client, fake_backend):
     health = client.health()
     assert health.model == "fake-model" and health.device == "cpu" and health.gpu_name is None
     assert health.describe() == "rsov 0.1.0, model fake-model on CPU"
-    assert client.models()[0]["name"] == "fake-model"
+    assert client.models()[0].name == "fake-model"
+
+
+def test_model_entries_transfers_and_first_sentences():
+    row = {"name": "RemoteCLIP-ViT-B-32", "kind": "clip", "arch": "ViT-B-32", "description": "RemoteCLIP",
+           "weights_present": False, "path": None, "size_bytes": None, "sha256": None, "downloadable": True,
+           "loaded": False, "transfer": {"kind": "download", "state": "running", "done_bytes": 120_400_000,
+                                         "total_bytes": 351_000_000, "path": None, "error": None}}
+    info = ModelInfo.from_json(row)
+    assert info.label() == "RemoteCLIP-ViT-B-32 — missing, size unknown" and info.takes_weights
+    assert info.transfer.amount() == "120 of 351 MB" and not info.transfer.finished
+    present = ModelInfo.from_json(dict(row, weights_present=True, size_bytes=605_000_000, transfer=None))
+    assert present.label() == "RemoteCLIP-ViT-B-32 — present, 605 MB" and present.transfer is None
+    tiny = ModelInfo.from_json(dict(row, name="tiny-random", weights_present=True, downloadable=False, transfer=None))
+    assert tiny.label() == "tiny-random — no weights needed" and not tiny.takes_weights
+    assert Transfer("import", "running", 5_000_000).amount() == "5 MB"
+    assert first_sentence("Weights for 'x' (from https://h/x.pt) are missing. Run `rsov models`.") == \
+        "Weights for 'x' (from https://h/x.pt) are missing."
 
 
 def test_request_json_follows_the_contract(oem_raster):

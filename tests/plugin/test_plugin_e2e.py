@@ -1,14 +1,16 @@
 """End to end with the real backend (`.venv/bin/rsov serve --model tiny-random`): the dock, Processing,
 cancel, a geographic raster under a Web Mercator canvas, a web layer sent as a chip, Start backend,
-instance mode with examples (dock and Processing), and selected polygons as the processing area
-with the estimate line.
+a backend killed during a job (Restart and retry), instance mode with examples (dock and
+Processing), and selected polygons as the processing area with the estimate line.
 
 tiny-random has random weights (and a tiny random Segment Anything), so the classes and objects it
 finds are arbitrary: the tests check the plumbing (extent, CRS, fields, style, files), with
 threshold 0 so that polygons come out at all, and permissive instance options so that objects do.
 """
 
+import os
 import re
+import signal
 
 import pytest
 from osgeo import gdal
@@ -23,11 +25,11 @@ from qgis.core import (
     QgsRectangle,
     QgsVectorLayer,
 )
-from conftest import RSOV
+from conftest import REPO, RSOV
 from helpers import PERMISSIVE, free_port, polygon_layer, xyz_layer
 from rsov_qgis import schema
 from rsov_qgis.backend_client import BackendClient, BackendError
-from rsov_qgis.dock import RsovDock
+from rsov_qgis.dock import CRASHED, RsovDock
 from rsov_qgis.results import GROUP
 from rsov_qgis.styling import OUTLINE_FILL_ALPHA
 from rsov_qgis.vocabulary import parse_vocabulary
@@ -174,22 +176,73 @@ def test_processing_segment(use_real_backend, oem_layer, qgis_processing, tmp_pa
         assert box.buffered(1.0).contains(feature.geometry().boundingBox())
 
 
-def test_start_backend_button_runs_rsov_serve(qgis_iface, qtbot, qgis_new_project, tmp_path, monkeypatch):
-    url = f"http://127.0.0.1:{free_port()}"
-    monkeypatch.setenv("RSOV_BACKEND_URL", url)
+def _dock_starting_its_backend(iface, qtbot, tmp_path, monkeypatch) -> RsovDock:
+    """A dock whose Start backend runs the real `rsov serve --model tiny-random`, at a free port with
+    its cache in ``tmp_path``."""
+    monkeypatch.setenv("RSOV_BACKEND_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("RSOV_TOKEN_FILE", str(tmp_path / "token"))
-    dock = RsovDock(qgis_iface)
+    monkeypatch.setenv("RSOV_CACHE_DIR", str(tmp_path / "cache"))
+    dock = RsovDock(iface)
     qtbot.addWidget(dock)
     dock.executable_widget.setFilePath(str(RSOV))
-    dock.model_edit.setText("tiny-random")
-    dock.model_edit.editingFinished.emit()
+    dock.models_panel.set_model("tiny-random")
+    return dock
+
+
+def test_start_backend_button_runs_rsov_serve(qgis_iface, qtbot, qgis_new_project, tmp_path, monkeypatch):
+    dock = _dock_starting_its_backend(qgis_iface, qtbot, tmp_path, monkeypatch)
+    url = dock.settings.backend_url
     dock.start_backend()
+    # the time it has taken so far, while it loads (torch alone takes seconds)
+    qtbot.waitUntil(lambda: re.search(r"loading the model\): \d+ s…", dock.status_label.text()) is not None,
+                    timeout=TIMEOUT_MS)
     qtbot.waitUntil(lambda: "Connected" in dock.status_label.text() or not dock.backend.is_running(), timeout=TIMEOUT_MS)
     assert "model tiny-random on CPU" in dock.status_label.text() or "CUDA" in dock.status_label.text()
     assert (tmp_path / "token").exists()
     dock.shutdown()
     with pytest.raises(BackendError, match="No rsov backend answers"):
         BackendClient(url).health()
+
+
+def _all_messages(iface) -> list[str]:
+    return [m for level in ("Info", "Success", "Warning", "Critical")
+            for m in iface.messageBar().get_messages(getattr(Qgis.MessageLevel, level))]
+
+
+def test_backend_killed_during_a_job_restart_and_retry(oem_layer, qgis_canvas, qgis_iface, qtbot, tmp_path,
+                                                       monkeypatch):
+    dock = _dock_starting_its_backend(qgis_iface, qtbot, tmp_path, monkeypatch)
+    dock.resize(520, 900)
+    try:
+        dock.set_vocabulary(parse_vocabulary(VOCABULARY))
+        dock.threshold_spin.setValue(0.0)
+        dock.start_backend()
+        qtbot.waitUntil(lambda: "Connected" in dock.status_label.text(), timeout=TIMEOUT_MS)
+        visible = _show(qgis_canvas, oem_layer, oem_layer.crs(), 0.5)
+        dock.resolution_spin.setValue(0.23)  # a few seconds of work
+        task = dock.segment()
+        qtbot.waitUntil(lambda: task.job_id is not None, timeout=TIMEOUT_MS)
+        before = _all_messages(qgis_iface)
+        os.kill(dock.backend.process.processId(), signal.SIGKILL)  # what the kernel's OOM killer does
+        qtbot.waitUntil(lambda: dock.task is None, timeout=TIMEOUT_MS)
+        # one message: the status line, with the Restart and retry button beside it
+        assert f"{CRASHED} during the job." in dock.status_label.text()
+        assert "listening on" not in dock.status_label.text()  # its start-up banner says nothing about why
+        assert dock.restart_button.text() == "Restart and retry" and not dock.restart_button.isHidden()
+        assert _all_messages(qgis_iface) == before and dock.stage_label.text() == "Failed"
+        screenshot = REPO / "docs" / "screenshots" / "crash.png"
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        assert dock.grab().save(str(screenshot))
+
+        dock.restart_button.click()
+        assert dock.restart_button.isHidden()
+        qtbot.waitUntil(lambda: dock.stage_label.text().startswith("Done"), timeout=TIMEOUT_MS)
+        assert _critical(qgis_iface) == [] and "Connected" in dock.status_label.text()
+        layer = _only_result()  # the same job, sent again
+        _assert_result(layer, dock, visible.intersect(oem_layer.extent()), "EPSG:25832")
+        assert dock.results_combo.currentLayer() is layer
+    finally:
+        dock.shutdown()
 
 
 def _assert_objects(layer, classes):

@@ -318,8 +318,7 @@ def test_dock_installs_and_start_backend_runs_it(installed, qgis_iface, qtbot, q
     monkeypatch.setenv("RSOV_TOKEN_FILE", str(tmp_path / "token"))
     dock = _dock_with_installer(qgis_iface, qtbot)
     try:
-        dock.model_edit.setText("tiny-random")
-        dock.model_edit.editingFinished.emit()
+        dock.models_panel.set_model("tiny-random")
         dock.install_panel.prefix_widget.setFilePath(str(installed["prefix"]))
         _install(dock, qtbot, timeout_ms=600000)
         rsov = str(installed["prefix"] / "bin" / "rsov")
