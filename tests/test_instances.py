@@ -9,12 +9,14 @@ import rasterio
 import torch
 import torch.nn.functional as F
 from affine import Affine
-from oracle import PALETTE, OracleText, oracle_instance_engine
+from scipy import ndimage
+from oracle import PALETTE, OracleEncoder, OracleText, oracle_instance_engine
 from shapely.geometry import box, mapping
 
 from rsov import cli
-from rsov.engine import SegmentRequest, load_engine
-from rsov.instances import InstanceOptions, Mask, mask_iou, mask_nms, merge_across_seams, prompt_points, read_examples
+from rsov.engine import Engine, SegmentRequest, load_engine
+from rsov.instances import (InstanceOptions, Mask, SamProposer, _crop, mask_nms, merge_across_seams, prompt_points,
+                            read_examples)
 from rsov.models import TINY_ARCH, TINY_MODEL, load_model, load_sam
 from rsov.predictor import FeatureOptions, ScoreOptions
 
@@ -117,7 +119,7 @@ def test_examples_must_name_a_class(make_geotiff, tmp_path):
 def test_mask_helpers():
     a = Mask(np.ones((10, 10), bool), 0, 0)
     b = Mask(np.ones((10, 10), bool), 5, 0)
-    assert mask_iou(a, b) == pytest.approx(50 / 150)
+    assert reference_iou(a, b) == pytest.approx(50 / 150)
     assert mask_nms([a, b, Mask(np.ones((4, 4), bool), 50, 50)], [0.9, 0.8, 0.1], iou=0.3) == [0, 2]
     # the same object seen by two overlapping tiles is merged, a neighbour is not
     left = Mask(np.ones((10, 30), bool), 0, 70, tile=0)  # cols 70..100 in tile 0 (cols 0..100)
@@ -240,3 +242,219 @@ def test_objects_do_not_depend_on_the_extent(make_geotiff):
     inside = sorted(key(f) for f in whole.features if box(*part_box).intersects(f.geometry))
     assert sorted(key(f) for f in part.features) == inside and len(inside) == 2
     assert part.windows_encoded == 0  # the sub-extent reused the whole raster's window features
+
+
+# --- the cheap decoding against the former full-resolution path, on an oracle SAM -----------------------------
+
+
+class OracleImageEncoder(torch.nn.Module):
+    """SAM's 'embedding' is the normalised, padded input itself at the decoder's 256 x 256."""
+
+    img_size = 1024
+
+    def forward(self, x):
+        return F.avg_pool2d(x, 4)
+
+
+class OraclePromptEncoder(torch.nn.Module):
+    """Passes the prompt points (B, 1, 2), in SAM's 1024 frame, on to the decoder."""
+
+    def forward(self, points, boxes, masks):
+        return points[0], torch.zeros(len(points[0]), 1)
+
+    def get_dense_pe(self):
+        return torch.zeros(1)
+
+
+class OracleMaskDecoder(torch.nn.Module):
+    """Three candidates per point: its colour region (confident, logits = signed distance), the region grown
+    by 8 px (predicted IoU 0.7, under the threshold) and noise (predicted IoU 0.9, unstable)."""
+
+    def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output):
+        image = image_embeddings[0].numpy()
+        logits = []
+        for x, y in (sparse_prompt_embeddings[:, 0] / 4).long().tolist():
+            regions, _ = ndimage.label(np.abs(image - image[:, y:y + 1, x:x + 1]).sum(0) < 0.1)
+            region = regions == regions[y, x]
+            signed = ndimage.distance_transform_edt(region) - ndimage.distance_transform_edt(~region)
+            grown = ndimage.binary_dilation(region, iterations=8)
+            noise = np.random.default_rng(x * 1000 + y).normal(0, 0.5, region.shape)
+            logits.append(np.stack([4 * signed, np.where(grown, 4.0, -4.0), noise]))
+        iou = torch.tensor([[0.95, 0.7, 0.9]]).expand(len(logits), 3)
+        return torch.from_numpy(np.stack(logits)).float(), iou
+
+
+def oracle_sam():
+    from segment_anything.modeling import Sam
+
+    return Sam(OracleImageEncoder(), OraclePromptEncoder(), OracleMaskDecoder()).eval()
+
+
+class FullResolutionProposer(SamProposer):
+    """The former path, as a reference: every candidate upsampled to the whole tile, then filtered."""
+
+    def _full(self, xy):
+        from segment_anything.utils.amg import calculate_stability_score
+
+        p = self.predictor
+        coords = p.transform.apply_coords_torch(torch.as_tensor(xy, dtype=torch.float32), p.original_size)
+        logits, iou, _ = p.predict_torch(coords[:, None, :], torch.ones(len(coords), 1, dtype=torch.int64),
+                                         multimask_output=True, return_logits=True)
+        return logits > 0, iou, calculate_stability_score(logits, 0.0, 1.0)
+
+    def _grid_masks(self, size, options):
+        from segment_anything.utils.amg import batched_mask_to_box, build_point_grid
+        from torchvision.ops import batched_nms
+
+        xy = build_point_grid(options.points_per_side) * np.array(size[::-1])
+        kept, scores = [], []
+        for start in range(0, len(xy), options.points_per_batch):
+            masks, iou, stability = (t.flatten(0, 1) for t in self._full(xy[start:start + options.points_per_batch]))
+            keep = (iou > options.pred_iou_thresh) & (stability > options.stability_thresh) & masks.flatten(1).any(1)
+            kept.append(masks[keep])
+            scores.append((iou * stability)[keep])
+        masks, scores = torch.cat(kept), torch.cat(scores)
+        keep = batched_nms(batched_mask_to_box(masks).float(), scores, torch.zeros(len(masks)), iou_threshold=0.7)
+        return [_crop(masks[i].numpy(), float(scores[i])) for i in keep.tolist()]
+
+    def _prompted_masks(self, points, options):
+        out = []
+        for start in range(0, len(points), options.points_per_batch):
+            batch = points[start:start + options.points_per_batch]
+            masks, iou, stability = self._full(batch[:, :2])
+            for i, j in enumerate(iou.argmax(dim=1).tolist()):
+                if masks[i, j].any():
+                    out.append(_crop(masks[i, j].numpy(), float(iou[i, j] * stability[i, j]), hint=int(batch[i, 2])))
+        return out
+
+
+ORACLE_SAM = InstanceOptions(points_per_side=6, points_per_batch=16, tile=256, tile_overlap=64)
+
+
+def test_low_resolution_decoding_keeps_the_full_resolution_masks():
+    """A tile that is not square (SAM pads it): same masks as the full-resolution path, to within a pixel."""
+    tile = np.empty((300, 200, 3), np.uint8)
+    tile[:] = PALETTE["grey"][0]
+    tile[20:90, 30:150] = PALETTE["red"][0]
+    tile[150:290, 120:190] = PALETTE["blue"][0]  # touches the bottom-right corner of the tile, next to the padding
+    tile[200:230, 10:60] = PALETTE["yellow"][0]
+    points = np.array([[60.0, 50.0, 1], [150.0, 200.0, 2], [35.0, 215.0, 1]])
+    with torch.inference_mode():
+        cheap = SamProposer(oracle_sam(), "oracle").propose(tile, "t", points, ORACLE_SAM)
+        full = FullResolutionProposer(oracle_sam(), "oracle").propose(tile, "t", points, ORACLE_SAM)
+    assert len(cheap) == len(full) >= 7  # four regions from the grid, three prompted
+    by_place = lambda m: (m.box, m.hint)  # noqa: E731 (the order follows quality, which differs a little)
+    for a, b in zip(sorted(cheap, key=by_place), sorted(full, key=by_place)):
+        assert np.abs(np.subtract(a.box, b.box)).max() <= 1 and a.hint == b.hint
+        assert reference_iou(a, b) > 0.98
+        assert a.quality == pytest.approx(b.quality, abs=0.1)  # stability on 16x fewer pixels: close, not equal
+
+
+def test_cheap_decoding_finds_the_same_objects_through_the_engine(make_geotiff):
+    path = make_geotiff(paint(OBJECTS), crs="EPSG:25832", transform=TRANSFORM)
+
+    def objects(proposer):
+        text = OracleText()
+        engine = Engine(OracleEncoder(), lambda templates: text, name="oracle", proposer_factory=lambda: proposer)
+        return sorted((f.class_name, f.geometry.bounds) for f in engine.segment(request(path, instance=ORACLE_SAM)).features)
+
+    cheap, full = objects(SamProposer(oracle_sam(), "oracle")), objects(FullResolutionProposer(oracle_sam(), "oracle"))
+    assert [name for name, _ in cheap] == [name for name, _ in full] == ["building", "building", "water"]
+    for (_, a), (_, b) in zip(cheap, full):
+        assert np.allclose(a, b, atol=0.5)  # one pixel is 0.5 m
+
+
+# --- deduplication against the former pairwise loops -----------------------------------------------------------
+
+
+def reference_iou(a: Mask, b: Mask) -> float:
+    """IoU of two cropped masks, on the window of their two boxes."""
+    y0, x0 = min(a.y0, b.y0), min(a.x0, b.x0)
+    shape = (max(a.box[2], b.box[2]) - y0, max(a.box[3], b.box[3]) - x0)
+    pa, pb = a.paste(shape, (y0, x0)), b.paste(shape, (y0, x0))
+    inter = int((pa & pb).sum())
+    return inter / max(int(pa.sum()) + int(pb.sum()) - inter, 1)
+
+
+def reference_merge(masks, tiles, iou=0.5):
+    """Every pair of masks of different tiles, compared inside their tiles' overlap; unions by connected groups."""
+    graph = np.eye(len(masks), dtype=bool)
+    for i, a in enumerate(masks):
+        for j, b in enumerate(masks[:i]):
+            if a.tile != b.tile and min(a.tile, b.tile) >= 0:
+                ta, tb = tiles[a.tile], tiles[b.tile]
+                y0, x0, y1, x1 = max(ta[0], tb[0]), max(ta[1], tb[1]), min(ta[2], tb[2]), min(ta[3], tb[3])
+                if y0 < y1 and x0 < x1:
+                    pa, pb = (Mask(m.paste((y1 - y0, x1 - x0), (y0, x0)), y0, x0) for m in (a, b))
+                    graph[i, j] = graph[j, i] = reference_iou(pa, pb) > iou
+    group = _components(graph)
+    out = []
+    for g in dict.fromkeys(group):
+        members = [m for m, k in zip(masks, group) if k == g]
+        if len(members) == 1:
+            out.append(members[0])
+            continue
+        canvas = np.any([m.paste((1200, 1200)) for m in members], axis=0)
+        merged = _crop(canvas, max(m.quality for m in members), next((m.hint for m in members if m.hint), 0))
+        out.append(Mask(merged.crop, merged.y0, merged.x0, merged.quality, -1, merged.hint))
+    return out
+
+
+def _components(graph):
+    """Connected groups of a boolean adjacency matrix, each named by its first member (a plain flood fill)."""
+    group = [-1] * len(graph)
+    for start in range(len(graph)):
+        stack = [start] if group[start] < 0 else []
+        group[start] = group[start] if group[start] >= 0 else start
+        while stack:
+            for k in np.flatnonzero(graph[stack.pop()]).tolist():
+                if group[k] < 0:
+                    group[k] = start
+                    stack.append(k)
+    return group
+
+
+def reference_nms(masks, scores, iou):
+    kept = []
+    for i in sorted(range(len(masks)), key=lambda k: -scores[k]):
+        if all(reference_iou(masks[i], masks[k]) <= iou for k in kept):
+            kept.append(i)
+    return kept
+
+
+def seam_masks(rng, tiles, objects):
+    """Random ellipses and rectangles, each seen by every tile it touches (clipped there, sometimes eroded
+    by a pixel or shifted so the copies agree more or less), plus nested parts in the same tile."""
+    masks = []
+    for _ in range(objects):
+        cy, cx, ry, rx = rng.integers(0, 600), rng.integers(0, 600), rng.integers(4, 40), rng.integers(4, 40)
+        yy, xx = np.ogrid[:600, :600]
+        shape = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1 if rng.random() < 0.5 else \
+            (np.abs(yy - cy) <= ry) & (np.abs(xx - cx) <= rx)
+        for index, (y0, x0, y1, x1) in enumerate(tiles):
+            seen = np.zeros_like(shape)
+            seen[y0:y1, x0:x1] = shape[y0:y1, x0:x1]
+            if rng.random() < 0.3:
+                seen = np.roll(seen, rng.integers(-6, 7), axis=1) & (np.arange(600) < x1)[None] & (np.arange(600) >= x0)[None]
+            if seen.any():
+                m = _crop(seen, float(rng.random()), int(rng.integers(0, 3)))
+                masks.append(Mask(m.crop, m.y0, m.x0, m.quality, index, m.hint))
+                if rng.random() < 0.2:  # its upper half too, as SAM's multimask output gives parts
+                    half = _crop(m.crop[: max(1, m.crop.shape[0] // 2)], m.quality, m.hint)
+                    masks.append(Mask(half.crop, half.y0 + m.y0, half.x0 + m.x0, m.quality, index, m.hint))
+    return masks
+
+
+def test_vectorised_dedup_matches_the_pairwise_reference():
+    rng = np.random.default_rng(7)
+    tiles = [(y, x, y + 256, x + 256) for y in (0, 172, 344) for x in (0, 172, 344)]  # 3 x 3, overlap 84
+    masks = seam_masks(rng, tiles, 140)
+    assert len(masks) >= 300
+    merged, expected = merge_across_seams(masks, tiles), reference_merge(masks, tiles)
+    assert len(expected) < len(masks) - 50  # many copies across seams were merged
+    assert [(m.box, m.quality, m.tile, m.hint) for m in merged] == [(m.box, m.quality, m.tile, m.hint) for m in expected]
+    assert all(np.array_equal(a.crop, b.crop) for a, b in zip(merged, expected))
+    scores = rng.random(len(masks)).round(2).tolist()  # ties too
+    for iou in (0.0, 0.3, 0.5, 0.9):
+        assert mask_nms(masks, scores, iou) == reference_nms(masks, scores, iou)
+    assert mask_nms([], [], 0.5) == [] and merge_across_seams([], tiles) == []
