@@ -152,7 +152,6 @@ class Engine:
         self._proposer_factory = proposer_factory
         self._proposer: Proposer | None = None
         self.windows_per_s = DEFAULT_WINDOWS_PER_S.get(self.device.type, 4.0)  # updated as windows are encoded
-        self.fast = resolve_precision("fast", self.device, cache_dir())  # what --precision fast means here
 
     @property
     def proposer(self) -> Proposer:
@@ -390,7 +389,7 @@ class EngineSlot:
         self._engine: Engine | None = None
         self._lock = threading.Lock()
         self.device = device
-        self.fast = resolve_precision("fast", device, cache_dir())
+        self.fast = resolve_precision("fast", device, cache_dir())  # what --precision fast means here
         self.error = error  # why the engine is not loaded
 
     @classmethod

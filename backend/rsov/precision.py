@@ -14,12 +14,13 @@ is chosen from what the hardware can do:
 from __future__ import annotations
 
 import json
-import os
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from .atomic import atomic_output
 
 MIN_AGREEMENT = 0.995  # of pixel labels, int8 against fp32
 CALIBRATION_FILE = "precision.json"  # in the rsov cache folder
@@ -86,9 +87,8 @@ def load_calibration(cache: Path, capability: CpuCapability) -> Calibration | No
 def save_calibration(cache: Path, calibration: Calibration) -> None:
     """Keep a calibration for later runs (written whole, then renamed)."""
     cache.mkdir(parents=True, exist_ok=True)
-    partial = _calibration_path(cache).with_suffix(".partial")
-    partial.write_text(json.dumps(asdict(calibration), indent=1))
-    os.replace(partial, _calibration_path(cache))
+    with atomic_output(_calibration_path(cache)) as partial:
+        partial.write_text(json.dumps(asdict(calibration), indent=1))
 
 
 def choose_fast(device: torch.device, capability: CpuCapability | None = None,

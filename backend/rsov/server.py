@@ -255,7 +255,7 @@ def create_app(engines: EngineSlot, config: ServerConfig) -> FastAPI:
                 background=tuple(o.background) if o.background is not None else DEFAULT_BACKGROUND,
                 templates=o.templates,
                 features=FeatureOptions(long_side=o.long_side, resolution_m=o.resolution, rotations=tuple(o.rotations),
-                                        precision=engine.fast.precision if o.precision == "fast" else o.precision),
+                                        precision=engines.fast.precision if o.precision == "fast" else o.precision),
                 scoring=ScoreOptions(threshold=o.threshold, cls_lambda=o.cls_lambda, dec_keep=o.dec_keep),
                 max_side=o.max_side, simplify_px=o.simplify, min_area_m2=o.min_area, mode=body.mode,
                 block_size=o.block_size,

@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
+from .atomic import atomic_output
 from .errors import RsovError, WeightsMissingError
 
 Progress = Callable[[int, "int | None"], None]  # (bytes done, bytes in all or None)
@@ -51,23 +50,10 @@ def check_digest(actual: str, expected: str | None, what: str) -> None:
             "truncated or another file, and was not used.")
 
 
-@contextmanager
-def _partial(target: Path) -> Iterator[Path]:
-    """A temporary file beside ``target``, renamed onto it when the block succeeds, else removed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    os.close(fd)
-    partial = Path(name)
-    try:
-        yield partial
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def install_copy(source: str | os.PathLike, target: Path) -> None:
     """Copy ``source`` onto ``target`` whole or not at all."""
-    with _partial(target) as partial:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(target) as partial:
         shutil.copyfile(source, partial)
 
 
@@ -88,7 +74,8 @@ def download(url: str, target: Path, sha256: str | None = None, progress: Progre
     expected = sha256 or _hub_digest(response)
     total = int(response.headers.get("Content-Length") or 0) or None
     digest, done = hashlib.sha256(), 0
-    with response, _partial(target) as partial:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with response, atomic_output(target) as partial:
         with open(partial, "wb") as out:
             while chunk := response.read(CHUNK):
                 out.write(chunk)
