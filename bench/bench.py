@@ -26,39 +26,15 @@ import open_clip
 import rasterio
 import torch
 
+from common import CLASSES, JBU, SHARED, SIZE, extent, line, make_raster, timed
+from instances_bench import bench_dedup, bench_instances, bench_refine, bench_tiny_job
 from rsov.client import Client, ClientError
 from rsov.engine import FeatureCache, SegmentRequest, load_engine, resolve_device
-from rsov.instances import InstanceOptions, Mask, classify, mask_nms, merge_across_seams
-from rsov.models import DEFAULT_MODEL, cache_dir, find_weights, resolve_sam_spec, resolve_spec
+from rsov.models import DEFAULT_MODEL, cache_dir, find_weights, resolve_spec
 from rsov.precision import Calibration, calibration_key, cpu_capability, resolve_precision, save_calibration
 from rsov.predictor import FeatureOptions
 from rsov.vocabulary import build_vocabulary
 from scale import bench_scale
-
-SHARED = Path(os.environ.get("SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-JBU = SHARED / "weights" / "featup" / "clip_jbu_stack_cocostuff.ckpt"
-CLASSES = ("building,roof,house", "tree,forest", "grass", "road", "water,river", "bareland,barren", "pavement",
-           "cropland", "car", "swimming pool")
-SIZE = 1024
-
-
-def make_raster(folder: Path) -> Path:
-    """The OEM sample mirrored out to 1100 x 1100 (same CRS and pixel size)."""
-    with rasterio.open(SHARED / "data" / "openearthmap" / "oem_koeln_50.tif") as src:
-        data = src.read([1, 2, 3])
-        profile = src.profile | {"width": 1100, "height": 1100, "count": 3, "driver": "GTiff"}
-    path = folder / "bench.tif"
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(np.pad(data, ((0, 0), (0, 100), (0, 100)), mode="reflect"))
-    return path
-
-
-def extent(raster: Path, shift_px: int) -> tuple[float, float, float, float]:
-    """A SIZE x SIZE pixel extent, moved right and down by ``shift_px`` (a new extent for the caches)."""
-    with rasterio.open(raster) as src:
-        left, top, res = src.bounds.left + shift_px * src.res[0], src.bounds.top - shift_px * src.res[1], src.res[0]
-    return left, top - SIZE * res, left + SIZE * res, top
-
 
 def bench_model(folder: Path) -> tuple[str, str]:
     """The model name to load and a label saying whether its weights are real."""
@@ -70,19 +46,6 @@ def bench_model(folder: Path) -> tuple[str, str]:
     arch = f"{spec.arch}-quickgelu"  # what OpenAI's weights run on
     torch.save(open_clip.create_model(arch, pretrained=None).state_dict(), path)
     return f"{arch}@{path}", f"{arch} (random weights: timing only)"
-
-
-def timed(fn):
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    out = fn()
-    sync()
-    return out, time.perf_counter() - start
-
-
-def line(label: str, value: str) -> None:
-    print(f"  {label:<44}: {value}")
 
 
 def best_query(engine, request: SegmentRequest) -> torch.Tensor:
@@ -308,76 +271,6 @@ def bench_responsiveness(args: argparse.Namespace, model: str, device: torch.dev
     line("4 clients x 3 jobs", f"{60 * len(results) / total:8.1f} jobs/min ({results.count('done')} done)")
 
 
-def bench_instances(args: argparse.Namespace, model: str, device: torch.device, raster: Path, folder: Path) -> None:
-    """Instance mode on one 1024 x 1024 window: SAM encoder, proposals, classification; then a new vocabulary."""
-    from segment_anything import sam_model_registry
-
-    sam = "sam-vit-b"
-    if find_weights(resolve_sam_spec(sam)) is None:  # random ViT-B SAM, saved and loaded the real way
-        torch.manual_seed(0)
-        path = folder / "sam_vit_b_random.pth"
-        torch.save(sam_model_registry["vit_b"]().state_dict(), path)
-        sam = f"vit_b@{path}"
-    engine = load_engine(model, str(device), sam=sam)
-    options = InstanceOptions()
-    if "@" in sam:  # random weights pass no quality threshold: open them (and NMS), so there are masks to classify
-        options = replace(options, pred_iou_thresh=-1.0, stability_thresh=-1.0, score_threshold=0.0, nms_iou=1.0)
-    request = SegmentRequest(str(raster), CLASSES, bbox=extent(raster, 0), mode="instance", instance=options,
-                             features=FeatureOptions(long_side=args.long_side))
-    first, t_first = timed(lambda: engine.segment(request))
-    timings = engine.proposer.timings
-    encode_s, proposals_s = timings.sam_encode_s, timings.proposals_s
-    # Random SAM weights give one or two masks; time classification on 200 box masks as well.
-    rng = np.random.default_rng(0)
-    boxes = [Mask(np.ones((int(h), int(w)), bool), int(y), int(x)) for y, x, h, w in
-             zip(rng.integers(0, 900, 200), rng.integers(0, 900, 200), rng.integers(8, 120, 200), rng.integers(8, 120, 200))]
-    _, t_classify = timed(lambda: classify(engine.predictor(), first.chip.image, boxes, first.vocabulary,
-                                           request.scoring, options))
-    edited = replace(request, classes=CLASSES[:-1] + ("solar panel",))
-    second, t_second = timed(lambda: engine.segment(edited))
-    print(f"instances: one {SIZE}x{SIZE} window, {len(CLASSES)} classes, SAM {sam.split('@')[0]}, "
-          f"{request.instance.points_per_side}x{request.instance.points_per_side} grid + semantic prompts "
-          f"({first.proposals} masks classified, {len(first.instances)} objects kept)")
-    line("SAM image encoder", f"{encode_s:8.2f} s")
-    line("proposals (mask decoder, grid + prompts)", f"{proposals_s:8.2f} s  ({100 * proposals_s / encode_s:.0f} % of "
-         f"the encoder: decoder network {timings.sam_decode_s:.2f} s, post-processing {proposals_s - timings.sam_decode_s:.2f} s)")
-    line("classification (pooling, text, NMS)", f"{first.timings['classify_s']:8.2f} s")
-    line("classification of 200 box masks", f"{t_classify:8.2f} s  ({1000 * t_classify / 200:.1f} ms per mask)")
-    line("whole first run", f"{t_first:8.2f} s  (" + ", ".join(f"{k} {v:.2f}" for k, v in first.timings.items()) + ")")
-    line("second run, one class edited", f"{t_second:8.2f} s  (x{t_first / t_second:.1f} faster: SAM embedding, "
-         f"grid masks and CLIP features cached; SAM encoder {timings.sam_encode_s - encode_s:.2f} s)")
-
-
-def seam_masks(count: int, grid: int = 5, tile: int = 256, overlap: int = 64) -> tuple[list[Mask], list]:
-    """About ``count`` masks of random boxes and ellipses on ``grid`` x ``grid`` overlapping tiles, every
-    object seen (clipped) by each tile it touches: the duplicates seam merging and NMS must find."""
-    rng = np.random.default_rng(0)
-    step = tile - overlap
-    tiles = [(y, x, y + tile, x + tile) for y in range(0, grid * step, step) for x in range(0, grid * step, step)]
-    side = (grid - 1) * step + tile
-    masks: list[Mask] = []
-    while len(masks) < count:
-        h, w = rng.integers(6, 90, 2)
-        y0, x0 = rng.integers(0, side - h), rng.integers(0, side - w)
-        yy, xx = np.ogrid[:h, :w]
-        shape = ((2 * yy + 1 - h) / h) ** 2 + ((2 * xx + 1 - w) / w) ** 2 <= 1 if rng.random() < 0.5 else np.ones((h, w), bool)
-        for index, (ty0, tx0, ty1, tx1) in enumerate(tiles):
-            cy0, cx0, cy1, cx1 = max(y0, ty0), max(x0, tx0), min(y0 + h, ty1), min(x0 + w, tx1)
-            if cy0 < cy1 and cx0 < cx1 and shape[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0].any():
-                masks.append(Mask(shape[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0], cy0, cx0, float(rng.random()), index))
-    return masks, tiles
-
-
-def bench_dedup() -> None:
-    """Seam merging and mask NMS on 3,000 synthetic masks over 25 tiles (goal: under 1 s together)."""
-    masks, tiles = seam_masks(3000)
-    merged, t_merge = timed(lambda: merge_across_seams(masks, tiles))
-    kept, t_nms = timed(lambda: mask_nms(merged, [m.quality for m in merged], 0.5))
-    print(f"dedup: {len(masks)} synthetic masks over {len(tiles)} tiles")
-    line("seam merge", f"{t_merge:8.2f} s  ({len(merged)} masks after merging)")
-    line("mask NMS", f"{t_nms:8.2f} s  ({len(kept)} kept)")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
@@ -410,6 +303,8 @@ def main() -> int:
         if args.only in (None, "instances"):
             bench_dedup()
             bench_instances(args, model, device, raster, folder)
+            bench_tiny_job(device, folder)
+            bench_refine(args, model, device, raster, folder)
         if args.only in (None, "scale"):
             bench_scale(args, model, device.type, SHARED / "data" / "openearthmap" / "oem_koeln_50.tif", folder)
         if args.only in (None, "install"):

@@ -27,6 +27,7 @@ API_VERSION = 1  # the version of the backend's HTTP API this plugin speaks (hea
 # Where `rsov serve` keeps its token by default.
 DEFAULT_TOKEN_FILE = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "rsov" / "token"
 FINISHED_STATES = ("done", "failed", "cancelled")
+REFINE_SAM = "sam"  # the semantic option refine: SAM's automatic regions clean the class map
 
 
 class BackendError(Exception):
@@ -141,6 +142,24 @@ class ModelInfo:
         return f"{self.name} — {'present' if self.weights_present else 'missing'}, {megabytes(self.size_bytes)}"
 
 
+def rough_duration(seconds: float) -> str:
+    """``"under 1 s"``, ``"about 40 s"``, ``"about 3 min"`` or ``"about 2 h 5 min"`` (estimates, time left)."""
+    whole = int(seconds + 0.5)
+    if whole < 1:
+        return "under 1 s"
+    if whole < 60:
+        return f"about {whole} s"
+    minutes = int(seconds / 60 + 0.5)
+    if minutes < 60:
+        return f"about {minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"about {hours} h {minutes} min"
+
+
+# What to change when an instance job kept no object, by the reason its proposals were dropped
+NO_OBJECT_CURES = (("below_threshold", "lower the object threshold"), ("background", "check the vocabulary"))
+
+
 @dataclass(frozen=True)
 class JobStatus:
     """``GET /v1/jobs/{id}``."""
@@ -151,11 +170,40 @@ class JobStatus:
     stage: str = ""
     message: str = ""
     error: str | None = None
+    eta_s: float | None = None  # seconds left in the whole job; None while unknown (and once finished)
+    summary: dict[str, Any] | None = None  # an instance job's account of its proposals, once done
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobStatus:
+        """From the backend's JSON object (backends before ``eta_s`` and ``summary`` send neither)."""
+        eta_s, summary = data.get("eta_s"), data.get("summary")
+        return cls(str(data["job_id"]), str(data["state"]), float(data.get("progress") or 0.0),
+                   str(data.get("stage") or ""), str(data.get("message") or ""), data.get("error"),
+                   None if eta_s is None else float(eta_s), summary if isinstance(summary, dict) else None)
 
     @property
     def finished(self) -> bool:
         """Whether the job will not change any more."""
         return self.state in FINISHED_STATES
+
+    def progress_text(self) -> str:
+        """The stage with the time left, e.g. ``"proposing objects: tile 2/4 — about 40 s left"``."""
+        text = self.stage or self.state
+        if self.eta_s is None or self.finished:
+            return text
+        return f"{text} — {rough_duration(self.eta_s)} left"
+
+    @property
+    def summary_text(self) -> str:
+        """E.g. ``"57 proposals, 3 kept, 40 below the object threshold 0.30, …"``; "" without a summary."""
+        return str((self.summary or {}).get("text") or "")
+
+    def no_objects_text(self) -> str:
+        """Why an instance job kept no object, and what to change."""
+        summary = self.summary or {}
+        cures = " or ".join(cure for reason, cure in NO_OBJECT_CURES if summary.get(reason))
+        advice = f" {cures[0].upper()}{cures[1:]}." if cures else ""
+        return f"No objects: {self.summary_text}.{advice}"
 
 
 @dataclass
@@ -167,6 +215,7 @@ class SegmentOptions:
     bands: list[int] | None = None
     templates: str | None = None
     background: list[str] | None = None
+    refine: str | None = None  # semantic mode: REFINE_SAM cleans the map with SAM's regions; None: "none"
 
     def to_json(self) -> dict[str, Any]:
         """The options that are set."""
@@ -182,6 +231,7 @@ class InstanceOptions:
     pred_iou: float = 0.8  # minimum predicted mask quality (-1: keep all)
     stability: float = 0.9  # minimum mask stability (-1: keep all)
     class_prompts: bool = True  # extra point prompts where the semantic map is confident
+    points_per_batch: int = 64  # point prompts per mask-decoder call (fewer: less GPU memory)
 
     def to_json(self) -> dict[str, Any]:
         """All of them (the plugin always says what it asks for)."""
@@ -217,6 +267,7 @@ class JobRequest:
         """The JSON object the contract describes."""
         options = self.options.to_json()
         if self.instance is not None:
+            options.pop("refine", None)  # semantic mode's alone
             options.update(self.instance.to_json())
         body = {
             "bbox": list(self.bbox) if self.bbox else None, "bbox_crs": self.bbox_crs,
@@ -239,11 +290,10 @@ def describe_estimate(estimate: dict[str, Any]) -> str:
     height, width = (estimate.get("working_size") or (0, 0))[:2]
     windows, cached = int(estimate.get("windows") or 0), int(estimate.get("windows_cached") or 0)
     seconds = float(estimate.get("estimated_s") or 0.0)
-    duration = "under 1 s" if seconds < 1 else f"about {seconds:.0f} s" if seconds < 120 else f"about {seconds / 60:.0f} min"
     rule = RULES.get(str(estimate.get("rule")), str(estimate.get("rule") or "?"))
     return (f"{float(estimate['resolution_m']):.3g} m/px ({rule}), {width} × {height} px, "
             f"{windows} window{'' if windows == 1 else 's'}" + (f" ({cached} cached)" if cached else "")
-            + f", {duration}")
+            + f", {rough_duration(seconds)}")
 
 
 def read_token(path: str | Path) -> str:
@@ -419,8 +469,10 @@ class BackendClient:
     def status(self, job_id: str) -> JobStatus:
         """``GET /v1/jobs/{id}``."""
         data = self._json("GET", f"/v1/jobs/{urllib.parse.quote(job_id)}")
-        return JobStatus(str(data["job_id"]), str(data["state"]), float(data.get("progress") or 0.0),
-                         str(data.get("stage") or ""), str(data.get("message") or ""), data.get("error"))
+        try:
+            return JobStatus.from_json(data)
+        except (KeyError, TypeError, ValueError):
+            raise BackendError("bad_response", f"The backend at {self.url} answered a malformed job status.") from None
 
     def result_geojson(self, job_id: str) -> dict[str, Any]:
         """``GET /v1/jobs/{id}/result``: a GeoJSON FeatureCollection in the raster CRS (the backend

@@ -43,10 +43,12 @@ from qgis.PyQt.QtWidgets import (
 from . import review, schema
 from .area import AREAS, MASK, VISIBLE, area_request
 from .backend_client import (
+    REFINE_SAM,
     BackendClient,
     BackendError,
     Health,
     JobRequest,
+    JobStatus,
     SegmentOptions,
     describe_estimate,
     first_sentence,
@@ -61,6 +63,7 @@ from .instance_panel import InstancePanel
 from .models_panel import ModelsPanel
 from .paths import PRESETS
 from .results import is_result_layer, output_folder, result_path
+from .semantic import REFINE
 from .settings import Settings
 from .styling import is_instance_layer, renderer_classes
 from .task import SegmentTask
@@ -121,6 +124,12 @@ def not_ready(health: Health) -> str:
     while ASIDE.search(reason):  # innermost first: asides may nest
         reason = ASIDE.sub("", reason)
     return f"Not ready: {reason.rstrip('.')}; use Download or Import weights file… on the Backend tab."
+
+
+def done_text(count: str, layer_name: str, status: JobStatus | None) -> str:
+    """The stage line of a finished job: what came back, with an instance job's summary."""
+    summary = status.summary_text if status else ""
+    return f"Done: {count} in {layer_name}" + (f" ({summary})" if summary else "")
 
 
 def status_detail(lines: str) -> str:
@@ -276,9 +285,14 @@ class RsovDock(QDockWidget):
         self.resolution_spin.setToolTip("Ground resolution the image is analysed at. Auto: from the raster's own "
                                         "resolution (× 1024/448, the scale the method was tuned on). Auto or fixed, "
                                         "a pixel gets the same class at any zoom and for any area")
+        self.refine_check = QCheckBox(REFINE[0])
+        self.refine_check.setToolTip(REFINE[1])
+        self.refine_check.setChecked(self.settings.refine)
         self.threshold_spin.valueChanged.connect(self._remember_options)
         self.resolution_spin.valueChanged.connect(self._remember_options)
+        self.refine_check.toggled.connect(self._remember_options)
         self.resolution_spin.valueChanged.connect(self.schedule_estimate)
+        self.refine_check.toggled.connect(self.schedule_estimate)
 
         self.estimate_label = QLabel()
         self.estimate_label.setObjectName("rsovEstimate")
@@ -314,6 +328,7 @@ class RsovDock(QDockWidget):
         form.addRow("Mode", self.mode_combo)
         form.addRow("Threshold", self.threshold_spin)
         form.addRow("Resolution", self.resolution_spin)
+        form.addRow(self.refine_check)
         layout = QVBoxLayout(page)
         layout.addLayout(form)
         layout.addWidget(self.instance_panel)
@@ -484,6 +499,7 @@ class RsovDock(QDockWidget):
     def _remember_options(self, *_args) -> None:
         self.settings.threshold = self.threshold_spin.value()
         self.settings.resolution = self.resolution_spin.value()
+        self.settings.refine = self.refine_check.isChecked()
         self.settings.save()
 
     def _remember_vocabulary(self, *_args) -> None:
@@ -497,6 +513,7 @@ class RsovDock(QDockWidget):
         self.settings.mode = self.mode_combo.currentData()
         self.settings.save()
         self.instance_panel.setVisible(self.settings.mode == "instance")
+        self.refine_check.setVisible(self.settings.mode == "semantic")
         self.schedule_estimate()
 
     def _on_area_changed(self, *_args) -> None:
@@ -784,7 +801,8 @@ class RsovDock(QDockWidget):
         raster = area_request(self.area_combo.currentData(), self.iface.mapCanvas().mapSettings(), layer,
                               project.transformContext(), client.is_local, self.mask_combo.currentLayer())
         instance = self.instance_panel.options() if self.mode_combo.currentData() == "instance" else None
-        options = SegmentOptions(threshold=self.threshold_spin.value(), resolution=self.resolution_spin.value() or None)
+        options = SegmentOptions(threshold=self.threshold_spin.value(), resolution=self.resolution_spin.value() or None,
+                                 refine=REFINE_SAM if self.refine_check.isChecked() else None)
         job = raster.job(queries, options, instance)
         job.examples = self.instance_panel.job_examples(classes, layer, raster) if instance else None
         return Prepared(layer, classes, client, raster, job)
@@ -815,7 +833,7 @@ class RsovDock(QDockWidget):
         self.task = task
         self._crash_log = None
         task.progressChanged.connect(lambda value: self.progress.setValue(round(value)))
-        task.stageChanged.connect(self.stage_label.setText)  # the backend's stage as it reads
+        task.stageChanged.connect(self.stage_label.setText)  # the backend's stage as it reads, and the time left
         task.succeeded.connect(self._on_task_succeeded)
         task.failed.connect(self._on_task_failed)
         task.cancelled.connect(self._on_task_cancelled)
@@ -867,13 +885,17 @@ class RsovDock(QDockWidget):
 
     def _on_task_succeeded(self, layer) -> None:
         count = counted(layer.featureCount(), "object" if is_instance_layer(layer) else "polygon")
+        status = self.task.status
         self._set_busy(False)
         self.progress.setValue(100)
         self.task = None
-        self.stage_label.setText(f"Done: {count} in {layer.name()}")
+        self.stage_label.setText(done_text(count, layer.name(), status))
         self.results_combo.setLayer(layer)
         self.iface.setActiveLayer(layer)  # ready for the selection tools of the review
-        self.message(f"{count} saved to {layer.source().split('|')[0]}", "Success")
+        if layer.featureCount() == 0 and status is not None and status.summary:
+            self.message(status.no_objects_text(), "Warning")  # why nothing came back, and what to change
+        else:
+            self.message(f"{count} saved to {layer.source().split('|')[0]}", "Success")
 
     def _on_task_failed(self, text: str) -> None:
         task = self.task

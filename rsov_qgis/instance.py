@@ -35,6 +35,9 @@ NUMBER_OPTIONS = (
                  "Masks of lower predicted quality (IoU) are dropped; -1 keeps all", -1.0, 1.0),
     NumberOption("stability", "Minimum mask stability",
                  "Masks that change more with the mask threshold are dropped; -1 keeps all", -1.0, 1.0),
+    NumberOption("points_per_batch", "Prompts per batch",
+                 "Point prompts Segment Anything decodes at once: fewer need less GPU memory, more "
+                 "are faster", 1, 1024, 0),
 )
 CLASS_PROMPTS = ("Prompt with the semantic map",
                  "Also prompt Segment Anything with points in the confident regions of the semantic "

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
+from typing import Callable
 
 from qgis.core import (
     Qgis,
@@ -34,16 +36,48 @@ from qgis.PyQt.QtGui import QIcon
 
 from . import schema
 from .area import mask_request
-from .backend_client import BackendError, InstanceOptions, JobCancelled, JobStatus, SegmentOptions, describe_estimate
+from .backend_client import (
+    REFINE_SAM,
+    BackendError,
+    InstanceOptions,
+    JobCancelled,
+    JobStatus,
+    SegmentOptions,
+    describe_estimate,
+)
 from .compat import enum_value
 from .examples import ExampleError, ExampleSet
 from .extent import ExtentError, chip_pipe, raster_request, write_chip
 from .instance import CLASS_PROMPTS, NUMBER_OPTIONS
 from .paths import ICON
 from .results import layer_uri, status_field
+from .semantic import REFINE
 from .settings import Settings
 from .styling import apply_result_style
 from .vocabulary import VocabularyClass, VocabularyError, parse_classes_string, validate
+
+PROGRESS_TEXT_EVERY_S = 5.0  # within one stage (the backend is polled twice a second)
+
+
+class ProgressTexts:
+    """Which progress texts to pass on: Processing's dialog writes each one into its log, so a new
+    stage goes at once, but the same stage's counts and time left at most every ``every_s``. A
+    stage is what its text says before a colon ("proposing objects: tile 2/4, prompts 128/320")."""
+
+    def __init__(self, every_s: float = PROGRESS_TEXT_EVERY_S, clock: Callable[[], float] = time.monotonic):
+        self.every_s = every_s
+        self.clock = clock
+        self._stage: str | None = None
+        self._text = ""
+        self._at = 0.0
+
+    def due(self, status: JobStatus) -> str | None:
+        """The text to show for ``status``, or None when it should wait."""
+        text, stage, now = status.progress_text(), status.stage.split(":")[0], self.clock()
+        if text == self._text or (stage == self._stage and now - self._at < self.every_s):
+            return None
+        self._stage, self._text, self._at = stage, text, now
+        return text
 
 
 class _StyleOutput(QgsProcessingLayerPostProcessorInterface):
@@ -63,7 +97,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
 
     INPUT, CLASSES, EXTENT, THRESHOLD, RESOLUTION, OUTPUT = "INPUT", "CLASSES", "EXTENT", "THRESHOLD", "RESOLUTION", "OUTPUT"
     MODE, EXAMPLES, EXAMPLES_CLASS, CLASS_PROMPTS = "MODE", "EXAMPLES", "EXAMPLES_CLASS", "CLASS_PROMPTS"
-    MASK = "MASK"
+    MASK, REFINE = "MASK", "REFINE"
     MODES = ("semantic", "instance")
     _post_processors: list[_StyleOutput] = []  # kept alive until QGIS has used them
 
@@ -110,11 +144,14 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             double, 0.0, True, 0.0))
         self.addParameter(QgsProcessingParameterEnum(self.MODE, "Mode", list(self.MODES), False, self.MODES[0],
                                                      False, True))
+        advanced = enum_value((Qgis, "ProcessingParameterFlag.Advanced"), (QgsProcessingParameterDefinition, "FlagAdvanced"))
+        refine = QgsProcessingParameterBoolean(self.REFINE, f"{REFINE[0]} (semantic mode)", False)
+        refine.setHelp(REFINE[1])
+        self._add_advanced(refine, advanced)
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.EXAMPLES, "Example objects (instance mode)", [polygons], optional=True))
         self.addParameter(QgsProcessingParameterField(
             self.EXAMPLES_CLASS, "Class field of the examples", schema.CLASS, self.EXAMPLES, optional=True))
-        advanced = enum_value((Qgis, "ProcessingParameterFlag.Advanced"), (QgsProcessingParameterDefinition, "FlagAdvanced"))
         integer = enum_value((Qgis, "ProcessingNumberParameterType.Integer"), (QgsProcessingParameterNumber, "Integer"))
         for option in NUMBER_OPTIONS:
             parameter = QgsProcessingParameterNumber(option.key.upper(), f"{option.label} (instance mode)",
@@ -164,20 +201,24 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(exc)) from None
         settings = Settings.load()
         resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context)
+        refine = self.parameterAsBoolean(parameters, self.REFINE, context)
         options = SegmentOptions(threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
-                                 resolution=resolution or None)
+                                 resolution=resolution or None, refine=REFINE_SAM if refine else None)
         instance = self._instance(parameters, context)
         extent = None
         if parameters.get(self.EXTENT) is not None:
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
         mask = self.parameterAsSource(parameters, self.MASK, context)
-        stages: list[str] = []
+        texts = ProgressTexts()
+        last: JobStatus | None = None
 
         def on_status(status: JobStatus) -> None:
+            nonlocal last
+            last = status
             feedback.setProgress(100.0 * status.progress)
-            if status.stage and status.stage not in stages[-1:]:
-                stages.append(status.stage)
-                feedback.pushInfo(status.stage)
+            text = texts.due(status)
+            if text:
+                feedback.setProgressText(text)
 
         with tempfile.TemporaryDirectory(prefix="rsov_") as folder:
             try:
@@ -197,6 +238,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
                     feedback.pushInfo(f"Instance mode; examples sent: {len((job.examples or {}).get('features', []))}.")
                 chip = None if request.path else write_chip(chip_pipe(layer), request, Path(folder) / "chip.tif")
                 job_id = client.run_job(job, chip, on_status, feedback.isCanceled)
+                self._report_summary(last, feedback)
                 result = Path(folder) / "result.gpkg"
                 result.write_bytes(client.result_gpkg(job_id))
             except JobCancelled:
@@ -210,6 +252,12 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             self._post_processors[:] = [*self._post_processors[-7:], post]
             context.layerToLoadOnCompletionDetails(dest_id).setPostProcessor(post)
         return {self.OUTPUT: dest_id}
+
+    @staticmethod
+    def _report_summary(status: JobStatus, feedback) -> None:
+        """An instance job's account of its proposals; why there are no objects when none was kept."""
+        if status.summary:
+            feedback.pushInfo(status.summary_text if status.summary.get("kept") else status.no_objects_text())
 
     @staticmethod
     def _report_estimate(client, job, feedback) -> None:

@@ -51,12 +51,14 @@ class Settings:
     area: str = "visible"  # the processing area: "visible" (extent), "layer" (whole) or "mask" (selected polygons)
     vocabulary: str = ""  # the last vocabulary, in the text format
     mode: str = "semantic"  # or "instance"
+    refine: bool = False  # semantic mode: clean the map with SAM's regions (refine "sam")
     # instance mode (InstanceOptions' fields)
     object_threshold: float = InstanceOptions.object_threshold
     points_per_side: int = InstanceOptions.points_per_side
     pred_iou: float = InstanceOptions.pred_iou
     stability: float = InstanceOptions.stability
     class_prompts: bool = InstanceOptions.class_prompts
+    points_per_batch: int = InstanceOptions.points_per_batch
     # the backend installer (install_backend's options)
     install_prefix: str = ""  # empty: install_backend.default_prefix()
     install_python: str = ""  # empty: a Python 3.10+ found on PATH

@@ -25,8 +25,8 @@ LOG_TAG = "rsov"
 
 
 class SegmentTask(QgsTask):
-    """Segment one extent; emits ``stageChanged(str)`` while running, then ``succeeded(layer)``,
-    ``failed(message)`` or ``cancelled()`` on the main thread."""
+    """Segment one extent; emits ``stageChanged(str)`` (the stage and the time left) while running,
+    then ``succeeded(layer)``, ``failed(message)`` or ``cancelled()`` on the main thread."""
 
     stageChanged = pyqtSignal(str)  # noqa: N815 (Qt naming)
     succeeded = pyqtSignal(object)
@@ -48,6 +48,7 @@ class SegmentTask(QgsTask):
         self.error = ""
         self.error_code = ""  # the BackendError's code ("unreachable", ...) when the backend failed the job
         self.job_id: str | None = None
+        self.status: JobStatus | None = None  # the backend's last word: once done, its message and summary
         self.layer: QgsVectorLayer | None = None
 
     def again(self) -> SegmentTask:
@@ -56,9 +57,9 @@ class SegmentTask(QgsTask):
                            self.chip, self.project)
 
     def _on_status(self, status: JobStatus) -> None:
-        self.job_id = status.job_id
+        self.job_id, self.status = status.job_id, status
         self.setProgress(10.0 + 85.0 * max(0.0, min(1.0, status.progress)))
-        self.stageChanged.emit(status.stage or status.state)
+        self.stageChanged.emit(status.progress_text())
 
     def run(self) -> bool:  # worker thread
         folder = Path(tempfile.mkdtemp(prefix="rsov_chip_"))

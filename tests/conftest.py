@@ -56,3 +56,19 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("weights") / "tiny.pt"
     torch.save(tiny.model.state_dict(), path)
     return f"{TINY_ARCH}@{path}"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> tuple[str, str]:
+    """The tiny CLIP and the tiny SAM saved to disk: ARCH@FILE names that load through the real paths."""
+    import torch
+
+    from rsov.models import TINY_ARCH, TINY_MODEL, load_model, load_sam
+
+    folder = tmp_path_factory.mktemp("tiny")
+    with pytest.warns(UserWarning):
+        clip = load_model(TINY_MODEL)
+        sam, _ = load_sam(TINY_MODEL)
+    torch.save(clip.model.state_dict(), folder / "clip.pt")
+    torch.save(sam.state_dict(), folder / "sam.pth")
+    return f"{TINY_ARCH}@{folder / 'clip.pt'}", f"tiny@{folder / 'sam.pth'}"

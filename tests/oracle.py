@@ -73,7 +73,7 @@ class OracleProposer:
     def __init__(self) -> None:
         self.tiles: list[tuple[int, int]] = []
 
-    def propose(self, tile, key, points, options):
+    def propose(self, tile, key, points, options, precision="fp32", progress=None):
         import numpy as np
         from scipy import ndimage
 

@@ -1,6 +1,8 @@
 """Instance mode: known answers with oracle proposals and features, and the real SAM path with tiny models."""
 
 import json
+import re
+from dataclasses import replace
 
 import numpy as np
 import pyogrio
@@ -15,9 +17,9 @@ from shapely.geometry import box, mapping
 
 from rsov import cli
 from rsov.engine import Engine, SegmentRequest, load_engine
-from rsov.instances import (InstanceOptions, Mask, SamProposer, _crop, mask_nms, merge_across_seams, prompt_points,
+from rsov.instances import (InstanceOptions, Mask, _crop, mask_nms, merge_across_seams, prompt_points,
                             read_examples)
-from rsov.models import TINY_ARCH, TINY_MODEL, load_model, load_sam
+from rsov.sam_proposer import SamProposer
 from rsov.predictor import FeatureOptions, ScoreOptions
 
 TRANSFORM = Affine(0.5, 0, 356000.0, 0, -0.5, 5645000.0)  # EPSG:25832, 0.5 m
@@ -46,8 +48,8 @@ def request(path, **kw):
     kw.setdefault("scoring", ScoreOptions(cls_lambda=0.0))
     kw.setdefault("features", FeatureOptions(long_side=448))  # these 448 px rasters at their own pixels
     kw.setdefault("instance", TILES)
-    return SegmentRequest(raster=str(path), classes=("building,roof", "water"), background=("background",),
-                          mode="instance", **kw)
+    kw.setdefault("background", ("background",))
+    return SegmentRequest(raster=str(path), classes=("building,roof", "water"), mode="instance", **kw)
 
 
 def test_each_object_once_with_its_class_across_tile_seams(make_geotiff):
@@ -141,17 +143,6 @@ def test_prompt_points_sit_inside_confident_regions():
     assert 5 <= x <= 25 and 5 <= y <= 15
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoints(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    with pytest.warns(UserWarning):
-        clip = load_model(TINY_MODEL)
-        sam, _ = load_sam(TINY_MODEL)
-    torch.save(clip.model.state_dict(), folder / "clip.pt")
-    torch.save(sam.state_dict(), folder / "sam.pth")
-    return f"{TINY_ARCH}@{folder / 'clip.pt'}", f"tiny@{folder / 'sam.pth'}"
-
-
 # Random SAM weights give poor masks: accept them all, and keep the (CPU-costly) decoder calls few.
 PERMISSIVE = InstanceOptions(points_per_side=3, pred_iou_thresh=-1.0, stability_thresh=-1.0, score_threshold=0.0,
                              nms_iou=0.9, max_prompts=8)
@@ -202,7 +193,9 @@ def test_cli_instance_mode_with_examples_and_oriented_boxes(shared_data, tiny_ch
     info = pyogrio.read_info(out, layer="rsov")
     assert "instance_id" in info["fields"] and info["crs"] == "EPSG:25832"
     assert pyogrio.read_info(out, layer="rsov_obb")["features"] == info["features"] > 0
-    assert "objects" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "objects" in printed and f"summary: {info['features']} kept" not in printed
+    assert re.search(r"summary: \d+ proposals, %d kept, \d+ below the object threshold 0.00" % info["features"], printed)
 
 
 def test_mask_paste_on_a_window():
@@ -458,3 +451,42 @@ def test_vectorised_dedup_matches_the_pairwise_reference():
     for iou in (0.0, 0.3, 0.5, 0.9):
         assert mask_nms(masks, scores, iou) == reference_nms(masks, scores, iou)
     assert mask_nms([], [], 0.5) == [] and merge_across_seams([], tiles) == []
+
+
+# --- what the analyst is told: progress and the summary --------------------------------------------------------
+
+
+def test_the_summary_says_where_every_proposal_went(make_geotiff):
+    objects = {**OBJECTS, "tree": (16, 304, 64, 352, "green"), "sand": (288, 32, 352, 96, "yellow"),
+               "shed": (416, 416, 432, 432, "red")}  # on the oracle's 16 px patches, so each is seen pure
+    path = make_geotiff(paint(objects), crs="EPSG:25832", transform=TRANSFORM)
+
+    class LeaningText(OracleText):  # 'water' leans a little towards yellow: sand is water, unsure (p = 0.45)
+        def embed(self, queries):
+            vectors = super().embed(queries)
+            vectors[torch.tensor([q == "water" for q in queries])] = F.normalize(torch.tensor([0, 0, 1.0, 0, 0.01, 0, 0, 0]), dim=0)
+            return vectors
+
+    engine = oracle_instance_engine(LeaningText())
+    stages = []
+    result = engine.segment(request(path, background=("background", "tree"), min_area_m2=100.0,
+                                    instance=replace(TILES, score_threshold=0.5)),
+                            stage=lambda name, fraction: stages.append((fraction, name)))
+    s = result.summary
+    # the seam roof is one proposal after merging; the tree is background; the shed is 64 m2
+    assert (s.proposals, s.kept, s.background, s.below_threshold, s.too_small) == (6, 3, 1, 1, 1)
+    assert s.kept + s.below_threshold + s.background + s.duplicates + s.outside_extent + s.too_small == s.proposals
+    assert len(result.features) == s.kept
+    assert s.text == ("6 proposals, 3 kept, 1 below the object threshold 0.50, 1 background, 1 too small")
+    fractions = [f for f, _ in stages]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any(name.startswith("proposing objects: tile 4/4") for _, name in stages)
+    assert stages[-1][1] == f"done: {s.text}"
+
+
+def test_objects_outside_the_extent_are_counted(make_geotiff):
+    path = make_geotiff(paint(OBJECTS), crs="EPSG:25832", transform=TRANSFORM)
+    part = oracle_instance_engine().segment(request(path, features=FeatureOptions(resolution_m=0.5),
+                                                    bbox=world_box(300, 300, 440, 440).bounds))
+    s = part.summary
+    assert s.kept == 1 and s.outside_extent == s.proposals - 1  # the whole tile was proposed, one object touches

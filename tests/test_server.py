@@ -208,9 +208,11 @@ def test_job_runs_to_done_with_growing_progress(server, oem):
 def test_cancel_mid_job(server, oem):
     job = server.client.submit(oem, ["building"], **slow_options())
     deadline = time.monotonic() + 120
-    while server.client.status(job)["progress"] < 0.1:
-        assert time.monotonic() < deadline
+    while (status := server.client.status(job))["progress"] < 0.1 or status["eta_s"] is None:
+        assert time.monotonic() < deadline, status  # the time left is known once 2 % and half a second are done
         time.sleep(0.05)
+    elapsed = time.monotonic() - deadline + 120
+    assert 0 < status["eta_s"] < elapsed * (1 - status["progress"]) / status["progress"] + 1, status  # the rate so far
     answer = server.client.cancel(job)  # the truth: running until its next window, then cancelled
     assert (answer["state"], answer["stage"]) == ("running", "cancelling") or answer["state"] == "cancelled"
     started = time.monotonic()
@@ -347,9 +349,14 @@ def test_instance_job_with_examples(server, oem):
     response = server.http("POST", "/v1/jobs", json=body)
     assert response.status_code == 202, response.text
     job = response.json()["job_id"]
-    assert server.client.wait(job, timeout=300)["state"] == "done"
+    status = server.client.wait(job, timeout=300)
+    assert status["state"] == "done" and status["eta_s"] is None
     features = server.client.result(job)["features"]
     assert features and all("instance_id" in f["properties"] for f in features)
+    summary = status["summary"]  # where every proposal went, and the same words as the message
+    assert summary["kept"] == len(features) and status["message"] == summary["text"]
+    assert summary["proposals"] == sum(summary[k] for k in ("kept", "below_threshold", "background", "duplicates",
+                                                            "outside_extent", "too_small"))
     bad = dict(body, examples={"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {},
                                                                           "geometry": None}]})
     response = server.http("POST", "/v1/jobs", json=bad)
@@ -622,3 +629,17 @@ def test_hostile_options_on_a_real_raster_never_get_a_server_error(tmp_path, oem
         assert srv.http("GET", "/v1/health", token=None).status_code == 200
     finally:
         srv.close()
+
+
+def test_a_semantic_job_refined_with_sam_regions(server, oem):
+    body = {"raster": oem, "classes": ["building", "tree"], "options": {"refine": "sam", "points_per_side": 4}}
+    response = server.http("POST", "/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    status = server.client.wait(response.json()["job_id"], timeout=300)
+    assert status["state"] == "done", status
+    assert status["summary"] is None and status["message"].endswith("polygons")
+    decimated = dict(body, options={"refine": "sam", "max_side": 256})
+    response = server.http("POST", "/v1/jobs", json=decimated)
+    assert response.status_code == 400 and "raster's own pixels" in response.json()["error"]["message"]
+    response = server.http("POST", "/v1/jobs", json=dict(body, options={"refine": "crf"}))
+    assert response.status_code == 422

@@ -31,6 +31,7 @@ class EngineSpec:
     upsampler: str = "bilinear"
     upsampler_checkpoint: str | None = None
     cache_mb: int = 256
+    sam: str | None = None  # Segment Anything, for --refine sam (None: load_engine's default)
 
 
 class EnginePlugin(WorkerPlugin):
@@ -52,7 +53,7 @@ class EnginePlugin(WorkerPlugin):
             torch.set_num_threads(self.threads)  # workers on one machine share its cores
         s = self.spec
         self.engine = load_engine(s.model, s.device, s.upsampler, s.upsampler_checkpoint,
-                                  cache=FeatureCache(s.cache_mb << 20))
+                                  cache=FeatureCache(s.cache_mb << 20), sam=s.sam)
 
     def teardown(self, worker) -> None:
         self.engine = None

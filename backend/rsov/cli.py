@@ -21,6 +21,7 @@ from .evaluation.cli import add_eval_parser, run_eval
 from .errors import CancelledError, InputError, RsovError, WeightsMissingError
 from .models import DEFAULT_MODEL, MODELS, cache_dir, download_weights, import_weights, list_models, resolve_any
 from .precision import resolve_precision
+from .progress import ProgressClock, describe_remaining
 from .predictor import FeatureOptions, ScoreOptions
 from .grid import BLOCK_SIDE
 from .raster_io import parse_bands
@@ -81,6 +82,11 @@ def _add_job_arguments(seg: argparse.ArgumentParser) -> None:
     seg.add_argument("--rotations", type=_rotations, default=(0,), help="rotation ensemble in degrees, e.g. 0,90,180,270")
     seg.add_argument("--dec", type=float, dest="dec_keep", help="ZoRI DEC: keep this fraction of embedding channels (e.g. 0.39)")
     seg.add_argument("--max-side", type=int, help="explicitly coarser output: at most this many pixels on the long side")
+    seg.add_argument("--refine", default="none", choices=["none", "sam"],
+                     help="semantic mode: sam averages the class probabilities inside each of SAM's automatic regions, "
+                          "so boundaries follow them (a SAM pass per 1024 px tile; default: none)")
+    seg.add_argument("--sam", help="Segment Anything model for instance mode and --refine sam (see `rsov models`) or "
+                                   "ARCH@/path/to/ckpt (default: sam-vit-b)")
     seg.add_argument("--simplify", type=float, default=1.0, help="polygon simplification tolerance in pixels (0 = none)")
     seg.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this many square metres")
     seg.add_argument("--layer-per-class", action="store_true", help="one GeoPackage layer per class")
@@ -109,9 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--preview", help="also write a PNG preview (image with classes overlaid, at most 2048 px)")
     inst = seg.add_argument_group("instance mode (--mode instance): every object its own polygon")
     inst.add_argument("--mode", default="semantic", choices=["semantic", "instance"])
-    inst.add_argument("--sam", help="Segment Anything model (see `rsov models`) or ARCH@/path/to/ckpt (default: sam-vit-b)")
     inst.add_argument("--examples", help="GeoJSON of example polygons with a 'class' property (ZoRI cache bank)")
     inst.add_argument("--points-per-side", type=int, default=16, help="automatic SAM point grid per tile (0: prompts only)")
+    inst.add_argument("--points-per-batch", type=int, default=64,
+                      help="point prompts per batch (bounds memory; the decoder call size is measured per machine)")
     inst.add_argument("--pred-iou", type=float, default=0.8, help="SAM predicted-IoU threshold for grid masks")
     inst.add_argument("--stability", type=float, default=0.9, help="SAM stability-score threshold for grid masks")
     inst.add_argument("--no-class-prompts", action="store_true", help="no point prompts from the semantic map")
@@ -177,9 +184,10 @@ def _request(args: argparse.Namespace, raster: str) -> SegmentRequest:
     if args.precision == "fast" and not args.quiet:
         print(f"rsov: precision fast is {choice.precision} here: {choice.reason}", file=sys.stderr)
     instance = InstanceOptions()
-    if getattr(args, "mode", "semantic") == "instance":
+    if hasattr(args, "points_per_side"):  # `segment` has SAM's options (instance mode, --refine sam); `batch` not
         instance = InstanceOptions(
-            points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou, stability_thresh=args.stability,
+            points_per_side=args.points_per_side, points_per_batch=args.points_per_batch, pred_iou_thresh=args.pred_iou,
+            stability_thresh=args.stability,
             class_prompts=not args.no_class_prompts, tile=args.tile, tile_overlap=args.tile_overlap,
             nms_iou=args.nms_iou, score_threshold=args.object_threshold, context_weight=args.context_weight,
             context_dilation=args.context_dilation, crop_weight=args.crop_weight, exemplar_alpha=args.exemplar_alpha,
@@ -195,18 +203,22 @@ def _request(args: argparse.Namespace, raster: str) -> SegmentRequest:
         max_side=args.max_side, simplify_px=args.simplify, min_area_m2=args.min_area,
         mode=getattr(args, "mode", "semantic"), instance=instance,
         examples=read_examples(args.examples) if getattr(args, "examples", None) else (),
-        area=args.area, block_size=args.block_size,
+        area=args.area, block_size=args.block_size, refine=args.refine,
     )
 
 
 def _progress(args: argparse.Namespace):
     from tqdm import tqdm
 
-    bar = tqdm(total=100, disable=args.quiet, file=sys.stderr, unit="%", bar_format="{l_bar}{bar}| {elapsed}")
+    bar = tqdm(total=100, disable=args.quiet, file=sys.stderr, unit="%", bar_format="{l_bar}{bar}| {elapsed}{postfix}")
+    clock = ProgressClock()
 
     def stage(name: str, fraction: float) -> None:
-        bar.set_description(name)
+        bar.set_description(name, refresh=False)
+        left = describe_remaining(clock.remaining(fraction))
+        bar.set_postfix_str(f", {left}" if left else "", refresh=False)
         bar.update(max(0, round(fraction * 100) - bar.n))
+        bar.refresh()
 
     return bar, stage
 
@@ -236,10 +248,10 @@ def _runner(args: argparse.Namespace, stage, stats):
 
     if args.workers is None and args.scheduler is None:
         engine = load_engine(args.model, args.device, args.upsampler, args.upsampler_checkpoint,
-                             cache=FeatureCache(args.cache_mb << 20))
+                             cache=FeatureCache(args.cache_mb << 20), sam=args.sam)
         yield in_process(engine, stats, stage), engine.name, str(engine.device)
         return
-    spec = EngineSpec(args.model, args.device, args.upsampler, args.upsampler_checkpoint, args.cache_mb)
+    spec = EngineSpec(args.model, args.device, args.upsampler, args.upsampler_checkpoint, args.cache_mb, args.sam)
     with dask_client(args.workers, args.scheduler) as client:
         threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers else None
         label = args.scheduler or f"{args.workers} local Dask workers"
@@ -343,6 +355,7 @@ def _segment_instances(args: argparse.Namespace) -> int:
     h, w = result.prediction.class_map.shape
     print(f"{len(result.features)} objects ({per_class}) from {w}x{h} px of {Path(args.raster).name} "
           f"with {args.model} on {engine.device} in {time.perf_counter() - started:.1f} s -> {out}")
+    print(f"summary: {result.summary.text}")
     return 0
 
 

@@ -24,12 +24,14 @@ from torch import nn
 
 from .dense_clip import DenseEncoder, SegEarthCLIP
 from .errors import CancelledError, InputError, WeightsMissingError
-from .grid import BLOCK_SIDE, WorkingGrid
-from .instances import (Example, Instance, InstanceOptions, Proposer, SamProposer, build_example_bank, classify,
+from .grid import BLOCK_SIDE, tile_slide
+from .instances import (Example, Instance, InstanceOptions, InstanceSummary, Proposer, build_example_bank, classify,
                         instance_features, prompt_points, propose)
 from .models import DEFAULT_MODEL, DEFAULT_SAM, TINY_MODEL, cache_dir, load_model, load_sam, resolve_sam_spec
 from .precision import resolve_precision
 from .predictor import FeatureOptions, Prediction, Predictor, ScoreOptions
+from .sam_proposer import SamProposer
+from .refine import REFINE_MODES, SamRefiner
 from .raster_io import RasterChip, bounded_gdal_cache, open_raster, read_chip, window_bounds
 from .tiled import (DEFAULT_WINDOWS_PER_S, BlockResult, GridPredictor, Plan, WindowStats, estimate, plan,
                     rasterize_area)
@@ -65,6 +67,7 @@ class SegmentRequest:
     vectorize: bool = True  # False: class map / instances only (evaluation needs no polygons)
     area: dict | str | None = None  # processing area: GeoJSON polygons (dict or file); pixels outside get no class
     block_size: int = BLOCK_SIDE  # output pixels per block side (memory per block; the unit of resume and Dask)
+    refine: str = "none"  # semantic mode: "sam" cleans the map with SAM's regions (see ``refine``)
 
 
 @dataclass
@@ -81,7 +84,7 @@ class SegmentResult:
     windows_cached: int = 0
     chip: RasterChip | None = None  # instance mode: the pixels SAM saw
     instances: list[Instance] = field(default_factory=list)  # instance mode
-    proposals: int = 0  # instance mode: masks that were classified
+    summary: InstanceSummary | None = None  # instance mode: where every proposal went
 
     @property
     def features_cached(self) -> bool:
@@ -91,8 +94,20 @@ class SegmentResult:
 
 def plan_request(request: SegmentRequest) -> Plan:
     """The request's grids, blocks and area, from the raster header (no model needed)."""
-    return plan(request.raster, request.bbox, request.bbox_crs, request.bands, request.features, request.max_side,
-                request.area, request.block_size)
+    if request.refine not in REFINE_MODES:
+        raise InputError(f"Unknown refinement '{request.refine}': use one of {', '.join(REFINE_MODES)}.")
+    job_plan = plan(request.raster, request.bbox, request.bbox_crs, request.bands, request.features, request.max_side,
+                    request.area, request.block_size)
+    if request.refine == "sam" and request.mode == "semantic" and (job_plan.out.step_x, job_plan.out.step_y) != (1, 1):
+        raise InputError(f"Refining with SAM works on the raster's own pixels, and this output is decimated to "
+                         f"{job_plan.out.width}x{job_plan.out.height} px by max_side: drop max_side, or do not refine.")
+    return job_plan
+
+
+def sam_tile_key(job_plan: Plan) -> str:
+    """What names a raster's pixels as SAM sees them (with a tile's place, the key of its cached embedding):
+    instance mode and the SAM refinement share the tiles of one raster."""
+    return repr((job_plan.raster_id, job_plan.indexes, job_plan.area))
 
 
 # In-memory results (``Engine.segment``) hold whole maps; larger extents stream (see ``streaming``).
@@ -100,6 +115,9 @@ IN_MEMORY_MAX_PX = 64_000_000
 
 
 INSTANCE_MAX_SIDE = 2048  # instance mode holds its chip in memory: longer extents are read decimated
+# Seconds per SAM tile (encoder and decoding) before this engine has measured any: the share of an
+# instance job's progress bar that proposals take, until measured.
+DEFAULT_SAM_TILE_S = {"cpu": 60.0, "cuda": 1.5}
 
 
 class FeatureCache:
@@ -152,6 +170,7 @@ class Engine:
         self._proposer_factory = proposer_factory
         self._proposer: Proposer | None = None
         self.windows_per_s = DEFAULT_WINDOWS_PER_S.get(self.device.type, 4.0)  # updated as windows are encoded
+        self.sam_tile_s = DEFAULT_SAM_TILE_S.get(self.device.type, 60.0)  # updated after each instance job
 
     @property
     def proposer(self) -> Proposer:
@@ -199,23 +218,30 @@ class Engine:
         grid = self.grid_predictor(request.templates)
         if stats is not None:
             grid.stats = stats
+        # with a refinement, SAM's tiles take the second half of each block's share of the progress bar
+        encoding_share = 0.5 if request.refine == "sam" else 1.0
         with bounded_gdal_cache(), open_raster(request.raster) as ds:
             grid.set_raster(ds, job_plan, request.features)
+            refiner = SamRefiner(self.proposer, grid, ds, job_plan, vocabulary, request.scoring, request.instance,
+                                 request.features.precision, sam_tile_key(job_plan)) if request.refine == "sam" else None
             for done, block in enumerate(blocks):
                 if cancelled is not None and cancelled():
                     raise CancelledError("The job was cancelled.")
                 name = f"segmenting block {done + 1}/{len(blocks)}"
 
-                def progress(encoded: int, total: int, name=name, done=done) -> None:
+                def report(text: str, part: float, name=name, done=done) -> None:
                     if stage is not None:
-                        stage(f"{name}: encoding windows {encoded}/{total}", (done + encoded / total) / len(blocks))
+                        stage(f"{name}: {text}" if text else name, (done + part) / len(blocks))
 
-                if stage is not None:
-                    stage(name, done / len(blocks))
+                report("", 0.0)
                 t, encoded = time.perf_counter(), grid.stats.encoded
-                result = grid.predict_block(vocabulary, request.scoring, block, cancelled, progress)
+                result = grid.predict_block(vocabulary, request.scoring, block, cancelled, lambda n, total: report(
+                    f"encoding windows {n}/{total}", encoding_share * n / total))
                 if grid.stats.encoded > encoded:  # keep the measured speed for estimates
                     self.windows_per_s = (grid.stats.encoded - encoded) / max(time.perf_counter() - t, 1e-6)
+                if refiner is not None:
+                    result = refiner.refine(result, cancelled, lambda n, total: report(
+                        f"refining with SAM, tile {n}/{total}", encoding_share + (1 - encoding_share) * n / total))
                 yield result
 
     def segment(self, request: SegmentRequest, stage: StageFn | None = None, cancelled: CancelFn | None = None) -> SegmentResult:
@@ -283,7 +309,8 @@ class Engine:
 
         t = time.perf_counter()
         stats = WindowStats()
-        class_map, score_map, _ = self._in_memory(request, work, lambda name, f: report(name, 0.85 * f), cancelled,
+        semantic = self._semantic_share(request, work, len(tiles) if tiles is not None else 1)
+        class_map, score_map, _ = self._in_memory(request, work, lambda name, f: report(name, semantic * f), cancelled,
                                                   stats)
         class_map[~chip.valid], score_map[~chip.valid] = 0, 0.0
         prediction = Prediction(class_map, score_map, vocabulary.names)
@@ -294,8 +321,8 @@ class Engine:
             grid.set_raster(ds, work, request.features)
             predictor.set_features(grid.image_features(cancelled))  # from the cache: nothing is encoded again
         timings["semantic_s"] = time.perf_counter() - t
-        instances, proposals = self._instances(request, chip, predictor, prediction, vocabulary, work, tiles, timings,
-                                               report, cancelled)
+        instances, summary = self._instances(request, chip, predictor, prediction, vocabulary, work, tiles, timings,
+                                             lambda name, f: report(name, semantic + (0.93 - semantic) * f), cancelled)
         # back to the extent asked for: its pixels, and the objects that touch it
         oy, ox = asked.out.row0 - work.out.row0, asked.out.col0 - work.out.col0
         h, w = asked.out.height, asked.out.width
@@ -306,15 +333,28 @@ class Engine:
             prediction = Prediction(class_map[oy:oy + h, ox:ox + w], score_map[oy:oy + h, ox:ox + w], vocabulary.names)
             instances = [replace(i, mask=replace(i.mask, y0=i.mask.y0 - oy, x0=i.mask.x0 - ox), shape=(h, w))
                          for i in instances]
-            instances = [i for i in instances if i.full_mask.any()]
+            inside = [i for i in instances if i.full_mask.any()]
+            summary = replace(summary, outside_extent=len(instances) - len(inside))
+            instances = inside
         t = time.perf_counter()
         report("vectorizing", 0.95)
         features = instance_features(instances, chip, request.simplify_px, request.instance,
                                      request.min_area_m2) if request.vectorize else []
         timings["vectorize_s"] = time.perf_counter() - t
-        report("done", 1.0)
+        if request.vectorize:
+            summary = replace(summary, kept=len(features), too_small=summary.too_small + len(instances) - len(features))
+        report(f"done: {summary.text}", 1.0)
         return SegmentResult(vocabulary, prediction, features, chip.transform, chip.crs, chip.bounds, asked, timings,
-                             stats.encoded, stats.cached, chip=chip, instances=instances, proposals=proposals)
+                             stats.encoded, stats.cached, chip=chip, instances=instances, summary=summary)
+
+    def _semantic_share(self, request: SegmentRequest, work: Plan, tiles: int) -> float:
+        """The fraction of an instance job's time the semantic pass is expected to take (windows to encode
+        at the measured rate, against SAM tiles at theirs), so its progress bar moves with time."""
+        grid = self.grid_predictor(request.templates)
+        grid.set_raster(None, work, request.features)
+        to_encode = sum(1 for box in work.windows() if self.cache.get(grid.key(box)) is None)
+        semantic_s = to_encode / self.windows_per_s
+        return 0.9 * semantic_s / (semantic_s + tiles * self.sam_tile_s)
 
     def _sam_tiles(self, request: SegmentRequest,
                    asked: Plan) -> tuple[list[tuple[int, int, int, int]] | None, Plan]:
@@ -324,9 +364,7 @@ class Engine:
         if asked.out.step_x != 1.0 or asked.out.step_y != 1.0:
             return None, asked
         options = request.instance
-        height, width = asked.raster_size
-        slide = WorkingGrid(0.0, 0.0, 1.0, 1.0, width, height, options.tile, options.tile - options.tile_overlap,
-                            asked.pixel_size_m or 1.0, "tiles")
+        slide = tile_slide(asked.raster_size, options.tile, options.tile_overlap, asked.pixel_size_m)
         e = asked.extent
         tiles = slide.windows_touching((int(e.row_off), int(e.row_off + e.height)),
                                        (int(e.col_off), int(e.col_off + e.width)))
@@ -338,34 +376,37 @@ class Engine:
 
     def _instances(self, request: SegmentRequest, chip: RasterChip, predictor: Predictor, prediction: Prediction,
                    vocabulary: Vocabulary, work: Plan, tiles: list | None, timings: dict, report: StageFn,
-                   cancelled: CancelFn | None) -> tuple[list[Instance], int]:
-        """Instance mode after the semantic pass: proposals, examples, classification (and the mask count)."""
+                   cancelled: CancelFn | None) -> tuple[list[Instance], InstanceSummary]:
+        """Instance mode after the semantic pass: proposals, examples, classification; ``report`` from 0 to 1."""
         options = request.instance
-        report("proposing objects", 0.9)
+        report("proposing objects", 0.0)
         t = time.perf_counter()
         points = prompt_points(prediction.class_map, prediction.score_map, options) if options.class_prompts \
             else np.zeros((0, 3))
         origin = (work.out.row0, work.out.col0)
         local = None if tiles is None else [(y0 - origin[0], x0 - origin[1], y1 - origin[0], x1 - origin[1])
                                             for y0, x0, y1, x1 in tiles]
-        key = repr((work.raster_id, work.indexes) if tiles is not None else (work.raster_id, work.indexes, work.out))
+        key = sam_tile_key(work) if tiles is not None else repr((sam_tile_key(work), work.out))
+        proposals = propose(self.proposer, chip.image, key, points, options, cancelled, local, origin,
+                            request.features.precision, lambda f, text: report(f"proposing objects: {text}", 0.95 * f))
         masks = []
-        for mask in propose(self.proposer, chip.image, key, points, options, cancelled, local, origin):
+        for mask in proposals:
             y0, x0, y1, x1 = mask.box
             mask.crop = mask.crop & chip.valid[y0:y1, x0:x1]  # nodata is never an object
             if mask.area >= options.min_area_px:
                 masks.append(mask)
         timings["proposals_s"] = time.perf_counter() - t
-        report("classifying objects", 0.93)
+        self.sam_tile_s = timings["proposals_s"] / max(len(local or ()), 1)
+        report(f"classifying {len(masks)} objects", 0.95)
         t = time.perf_counter()
         bank = None
         if request.examples:
             helper = Predictor(self.encoder, predictor.text, self.upsampler, self.device)  # keeps ours intact
             bank = build_example_bank(helper, request.raster, request.examples, vocabulary, request.bands,
                                       request.features, work.grid.resolution_m)
-        instances = classify(predictor, chip.image, masks, vocabulary, request.scoring, options, bank)
+        instances, summary = classify(predictor, chip.image, masks, vocabulary, request.scoring, options, bank)
         timings["classify_s"] = time.perf_counter() - t
-        return instances, len(masks)
+        return instances, replace(summary, proposals=len(proposals), too_small=len(proposals) - len(masks))
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -433,4 +474,4 @@ def load_engine(model: str = DEFAULT_MODEL, device: str = "auto", upsampler: str
     sam = sam or (TINY_MODEL if model == TINY_MODEL else DEFAULT_SAM)
     resolve_sam_spec(sam)  # a wrong name fails now, not at the first instance job
     return Engine(encoder, lambda templates: ClipTextEmbedder(loaded, templates), up, dev, name, cache,
-                  proposer_factory=lambda: SamProposer(*load_sam(sam, dev)))
+                  proposer_factory=lambda: SamProposer(*load_sam(sam, dev), calibration_dir=cache_dir()))

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 import torch
 from affine import Affine
 from rasterio.windows import Window
@@ -113,6 +114,26 @@ class OutputGrid:
         """Blocks (r0, c0, r1, c1) in output pixels, row-major."""
         return [(r, c, min(r + self.block, self.height), min(c + self.block, self.width))
                 for r in range(0, self.height, self.block) for c in range(0, self.width, self.block)]
+
+
+def tile_slide(raster_size: tuple[int, int], tile: int, overlap: int, pixel_size_m: float | None) -> WorkingGrid:
+    """SAM's tiles on a raster of (H, W) native pixels: one slide over the whole raster, so a tile (and
+    its cached embedding) is the same whatever extent asks for it."""
+    height, width = raster_size
+    return WorkingGrid(0.0, 0.0, 1.0, 1.0, width, height, tile, tile - overlap, pixel_size_m or 1.0, "tiles")
+
+
+def owning_starts(grid: WorkingGrid, axis: int, lo: int, hi: int) -> np.ndarray:
+    """For pixels [lo, hi) along ``axis`` (0: rows), the start of the window that owns each: of the
+    windows holding the pixel, the one whose centre is nearest (a property of the grid, not of any
+    extent). Rows and columns are owned independently, so a window owns a rectangle."""
+    n = grid.height if axis == 0 else grid.width
+    starts = np.array(grid._row_starts if axis == 0 else grid._col_starts)
+    size = min(grid.window, n)
+    centre = np.arange(lo, hi)[:, None] + 0.5
+    inside = (starts[None] <= centre) & (centre < starts[None] + size)
+    distance = np.where(inside, np.abs(centre - (starts[None] + size / 2)), np.inf)
+    return starts[distance.argmin(1)]
 
 
 def working_grid(raster_size: tuple[int, int], extent: Window, pixel_size_m: float | None,

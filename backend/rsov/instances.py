@@ -14,11 +14,8 @@
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
-from dataclasses import dataclass, replace
-from functools import lru_cache
-from typing import Protocol
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Protocol
 
 from pathlib import Path
 
@@ -132,201 +129,36 @@ class ExampleBank:
 class Proposer(Protocol):
     """Class-agnostic mask proposals for one tile (SAM, or a test oracle)."""
 
-    def propose(self, tile: np.ndarray, key: str, points: np.ndarray, options: InstanceOptions) -> list[Mask]:
+    def propose(self, tile: np.ndarray, key: str, points: np.ndarray, options: InstanceOptions,
+                precision: str = "fp32", progress: Callable[[float, str], None] | None = None) -> list[Mask]:
         """tile (h, w, 3) uint8, ``key`` identifying its pixels (for caches), points (P, 3) x, y, class hint
-        -> masks in tile pixels (grid masks have hint 0)."""
+        -> masks in tile pixels (grid masks have hint 0). ``progress(fraction of the tile, text)``."""
         ...
 
 
-@dataclass
-class InstanceTimings:
-    """Seconds spent by a SamProposer since it was built."""
-
-    sam_encode_s: float = 0.0
-    sam_decode_s: float = 0.0  # SAM's prompt encoder and mask decoder, part of proposals_s
-    proposals_s: float = 0.0
-
-
-class SamProposer:
-    """Segment Anything as a proposer, keeping each tile's image embedding and grid masks."""
-
-    def __init__(self, sam: torch.nn.Module, weights_id: str, cache_size: int = 32) -> None:
-        from segment_anything import SamPredictor
-
-        self.predictor = SamPredictor(sam)
-        self.weights_id = weights_id
-        self.cache_size = cache_size
-        self._embeddings: OrderedDict[str, tuple] = OrderedDict()
-        self._grid: OrderedDict[tuple, list[Mask]] = OrderedDict()
-        self.timings = InstanceTimings()
-        self.encoded_tiles = 0
-
-    @torch.inference_mode()
-    def propose(self, tile: np.ndarray, key: str, points: np.ndarray, options: InstanceOptions) -> list[Mask]:
-        self._set_tile(tile, key)
-        t = time.perf_counter()
-        grid_key = (key, options.points_per_side, options.pred_iou_thresh, options.stability_thresh)
-        if grid_key not in self._grid:
-            self._remember(self._grid, grid_key, self._grid_masks(tile.shape[:2], options))
-        masks = list(self._grid[grid_key])
-        if len(points):
-            masks += self._prompted_masks(points, options)
-        self.timings.proposals_s += time.perf_counter() - t
-        return masks
-
-    def _set_tile(self, tile: np.ndarray, key: str) -> None:
-        p = self.predictor
-        if key in self._embeddings:
-            p.features, p.original_size, p.input_size = self._embeddings[key]
-            p.is_image_set = True
-            self._embeddings.move_to_end(key)
-            return
-        t = time.perf_counter()
-        p.set_image(tile)
-        self.timings.sam_encode_s += time.perf_counter() - t
-        self.encoded_tiles += 1
-        self._remember(self._embeddings, key, (p.features, p.original_size, p.input_size))
-
-    def _remember(self, cache: OrderedDict, key, value) -> None:
-        cache[key] = value
-        while len(cache) > self.cache_size:
-            cache.popitem(last=False)
-
-    def _decode(self, xy: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, _Upsampler]:
-        """Points (P, 2) in tile pixels -> low-resolution logits (P, 3, Lh, Lw) of the tile's unpadded part,
-        predicted IoU (P, 3), and the map from those logits to tile pixels.
-
-        Calls SAM's prompt encoder and mask decoder directly: ``predict_torch`` would upsample every
-        candidate to full resolution, which costs more than the decoder itself.
-        """
-        p = self.predictor
-        t = time.perf_counter()
-        coords = p.transform.apply_coords_torch(torch.as_tensor(xy, dtype=torch.float32, device=p.device), p.original_size)
-        labels = torch.ones(coords.shape[0], 1, dtype=torch.int64, device=p.device)
-        prompts, dense = p.model.prompt_encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
-        logits, iou = p.model.mask_decoder(image_embeddings=p.features, image_pe=p.model.prompt_encoder.get_dense_pe(),
-                                           sparse_prompt_embeddings=prompts, dense_prompt_embeddings=dense,
-                                           multimask_output=True)
-        self.timings.sam_decode_s += time.perf_counter() - t
-        up = _upsampler(tuple(p.input_size), tuple(p.original_size), p.model.image_encoder.img_size, logits.shape[-1],
-                        str(logits.device))
-        return logits[..., :up.rows.low, :up.cols.low].float(), iou.float(), up
-
-    def _grid_masks(self, size: tuple[int, int], options: InstanceOptions) -> list[Mask]:
-        from segment_anything.utils.amg import build_point_grid, calculate_stability_score
-        from torchvision.ops import batched_nms
-
-        if options.points_per_side <= 0:
-            return []
-        threshold = self.predictor.model.mask_threshold
-        xy = build_point_grid(options.points_per_side) * np.array(size[::-1])
-        candidates: list[Mask] = []
-        for start in range(0, len(xy), options.points_per_batch):
-            logits, iou, up = self._decode(xy[start:start + options.points_per_batch])
-            logits, iou = logits.flatten(0, 1), iou.flatten()
-            stability = calculate_stability_score(logits, threshold, 1.0)  # on the low-res logits: 16x fewer pixels
-            keep = (iou > options.pred_iou_thresh) & (stability > options.stability_thresh)
-            quality = (iou * stability)[keep]
-            candidates += up.masks(logits[keep], quality, np.zeros(len(quality), dtype=int), threshold)
-        if not candidates:
-            return []
-        boxes = torch.tensor([(m.x0, m.y0, m.box[3] - 1, m.box[2] - 1) for m in candidates], dtype=torch.float32)
-        scores = torch.tensor([m.quality for m in candidates])
-        keep = batched_nms(boxes, scores, torch.zeros(len(boxes)), iou_threshold=0.7)  # SAM's own dedupe
-        return [candidates[i] for i in keep.tolist()]
-
-    def _prompted_masks(self, points: np.ndarray, options: InstanceOptions) -> list[Mask]:
-        from segment_anything.utils.amg import calculate_stability_score
-
-        threshold = self.predictor.model.mask_threshold
-        out: list[Mask] = []
-        for start in range(0, len(points), options.points_per_batch):
-            batch = points[start:start + options.points_per_batch]
-            logits, iou, up = self._decode(batch[:, :2])
-            best = iou.argmax(dim=1)
-            rows = torch.arange(len(best))
-            logits, iou = logits[rows, best], iou[rows, best]
-            quality = iou * calculate_stability_score(logits, threshold, 1.0)
-            out += up.masks(logits, quality, batch[:, 2].astype(int), threshold)
-        return out
-
-
 @dataclass(frozen=True)
-class _Axis:
-    """One axis of SAM's ``postprocess_masks`` (bilinear to the padded square, crop, bilinear to the tile) as
-    a banded linear map: each tile pixel is a weighted sum of at most K consecutive low-res pixels."""
+class InstanceSummary:
+    """Where every proposal went: the counts add up to ``proposals``."""
 
-    index: torch.Tensor  # (n, K) the low-res pixels each tile pixel reads
-    weight: torch.Tensor  # (n, K) their weights (0 past the band)
-    reach: np.ndarray  # (L, 2) the tile pixels [first, last + 1) each low-res pixel contributes to
+    proposals: int  # masks after seam merging
+    kept: int  # objects returned
+    below_threshold: int  # best class under the object threshold
+    threshold: float
+    background: int  # best class was a background word
+    duplicates: int = 0  # suppressed by mask NMS
+    outside_extent: int = 0  # touch no pixel of the extent asked for
+    too_small: int = 0  # under the minimum area (after nodata and the processing area were cut away)
 
     @property
-    def low(self) -> int:
-        """L: the low-res pixels of the unpadded part (the rest lie in SAM's padding)."""
-        return len(self.reach)
+    def text(self) -> str:
+        parts = [f"{self.proposals} proposals", f"{self.kept} kept",
+                 f"{self.below_threshold} below the object threshold {self.threshold:.2f}", f"{self.background} background"]
+        parts += [f"{n} {what}" for n, what in ((self.duplicates, "duplicates"), (self.outside_extent, "outside the extent"),
+                                                  (self.too_small, "too small")) if n]
+        return ", ".join(parts)
 
-
-@lru_cache(maxsize=32)
-def _axis(n_in: int, n_out: int, padded: int, low: int, device: str) -> _Axis:
-    """The axis SAM resized from ``n_out`` tile pixels to ``n_in`` inside a ``padded`` side, read from
-    ``low`` decoder pixels; tensors on ``device``."""
-    dense = (_resize_matrix(n_in, n_out) @ _resize_matrix(low, padded)[:n_in]).numpy()  # (n_out, low)
-    nonzero = dense > 0
-    first, last = nonzero.argmax(1), low - nonzero[:, ::-1].argmax(1)
-    used = int(last.max())
-    band = int((last - first).max())
-    index = first[:, None] + np.arange(band)
-    weight = np.where(index < last[:, None], np.take_along_axis(dense, np.minimum(index, low - 1), 1), 0.0)
-    index = np.minimum(index, used - 1)
-    hit = nonzero[:, :used]  # a low-res pixel no tile pixel reads (SAM shrank the tile) reaches all of them: safe
-    reach = np.stack([hit.argmax(0), n_out - hit[::-1].argmax(0)], axis=1)
-    reach[~hit.any(0)] = (0, n_out)
-    return _Axis(torch.from_numpy(index).to(device), torch.from_numpy(weight).float().to(device), reach)
-
-
-def _resize_matrix(n: int, m: int) -> torch.Tensor:
-    """(m, n) weights of ``F.interpolate(mode="bilinear", align_corners=False)`` from n to m samples along one axis."""
-    return F.interpolate(torch.eye(n)[None], size=m, mode="linear", align_corners=False)[0].T
-
-
-@dataclass(frozen=True)
-class _Upsampler:
-    """Low-res decoder logits to tile pixels, one mask at a time and only inside its box."""
-
-    rows: _Axis
-    cols: _Axis
-
-    def masks(self, logits: torch.Tensor, quality: torch.Tensor, hints: np.ndarray, threshold: float) -> list[Mask]:
-        """logits (N, Lh, Lw), quality (N,), class hints (N,) -> the non-empty masks in tile pixels."""
-        from segment_anything.utils.amg import batched_mask_to_box
-
-        low = logits > threshold
-        present = low.flatten(1).any(1)
-        logits, low = logits[present], low[present]
-        quality, hints = quality[present].tolist(), hints[present.cpu().numpy()].tolist()
-        out = []
-        for i, (c0, r0, c1, r1) in enumerate(batched_mask_to_box(low).tolist()):
-            # bilinear weights are non-negative: tile pixels outside the reach of the low-res box stay below threshold
-            y0, y1 = self.rows.reach[r0, 0], self.rows.reach[r1, 1]
-            x0, x1 = self.cols.reach[c0, 0], self.cols.reach[c1, 1]
-            crop = self._window(logits[i], slice(y0, y1), slice(x0, x1)) > threshold
-            if crop.any():
-                m = _crop(crop.cpu().numpy(), quality[i], hints[i])
-                out.append(Mask(m.crop, m.y0 + int(y0), m.x0 + int(x0), m.quality, hint=m.hint))
-        return out
-
-    def _window(self, logits: torch.Tensor, ys: slice, xs: slice) -> torch.Tensor:
-        """logits (Lh, Lw) -> full-resolution logits (h, w) of the tile window ``ys``, ``xs``."""
-        # both passes gather whole rows (contiguous copies): ~8x faster than gathering columns
-        rows = (logits[self.rows.index[ys]] * self.rows.weight[ys, :, None]).sum(1)  # (h, Lw)
-        return (rows.T.contiguous()[self.cols.index[xs]] * self.cols.weight[xs, :, None]).sum(1).T  # (h, w)
-
-
-def _upsampler(input_size: tuple[int, int], original_size: tuple[int, int], padded: int, low: int,
-               device: str) -> _Upsampler:
-    """The upsampler of a tile whose longest side SAM resized to ``input_size`` in a ``padded`` square,
-    from ``low`` x ``low`` decoder logits on ``device``."""
-    return _Upsampler(*(_axis(n_in, n_out, padded, low, device) for n_in, n_out in zip(input_size, original_size)))
+    def to_json(self) -> dict:
+        return {**asdict(self), "text": self.text}
 
 
 def _crop(mask: np.ndarray, quality: float, hint: int = 0) -> Mask:
@@ -397,8 +229,8 @@ def merge_across_seams(masks: list[Mask], tiles: list[tuple[int, int, int, int]]
     Each mask lies in its own tile (tile -1: merged already, left as it is).
     Only pixels seen by two tiles can join masks, so only those enter the pairwise counts.
     """
-    if not masks:
-        return []
+    if len(masks) < 2:  # nothing to merge (and a single tile-sized mask would still cost a Gram product)
+        return list(masks)
     height, width = np.maximum(_canvas_shape(masks), np.max(np.array(tiles)[:, 2:], axis=0))
     seen = np.zeros((height, width), dtype=np.int32)
     for y0, x0, y1, x1 in tiles:
@@ -501,11 +333,13 @@ def prompt_points(class_map: np.ndarray, score_map: np.ndarray, options: Instanc
 
 def propose(proposer: Proposer, image: np.ndarray, key: str, points: np.ndarray, options: InstanceOptions,
             cancelled=None, tiles: list[tuple[int, int, int, int]] | None = None,
-            origin: tuple[int, int] = (0, 0)) -> list[Mask]:
+            origin: tuple[int, int] = (0, 0), precision: str = "fp32",
+            progress: Callable[[float, str], None] | None = None) -> list[Mask]:
     """Tile the chip, propose masks per tile (prompts go to the tile whose centre they are nearest), merge seams.
 
     ``tiles`` (y0, x0, y1, x1) in chip pixels default to a slide over the chip; ``origin`` is the
     chip's place on the raster, so a tile's cache key names the same pixels whatever the chip.
+    ``progress(fraction of all tiles, text)`` follows every prompt batch.
     """
     height, width = image.shape[:2]
     if tiles is None:
@@ -518,8 +352,14 @@ def propose(proposer: Proposer, image: np.ndarray, key: str, points: np.ndarray,
         if cancelled is not None and cancelled():
             raise CancelledError("The job was cancelled.")
         mine = points[owner == index] - np.array([x0, y0, 0]) if len(points) else points
+
+        def tile_progress(fraction: float, text: str, index: int = index) -> None:
+            if progress is not None:
+                progress((index + fraction) / len(tiles), f"tile {index + 1}/{len(tiles)}" + (f", {text}" if text else ""))
+
+        tile_progress(0.0, "")
         where = f"{y0 + origin[0]},{x0 + origin[1]},{y1 + origin[0]},{x1 + origin[1]}"
-        for m in proposer.propose(image[y0:y1, x0:x1], f"{key}|{where}", mine, options):
+        for m in proposer.propose(image[y0:y1, x0:x1], f"{key}|{where}", mine, options, precision, tile_progress):
             masks.append(Mask(m.crop, m.y0 + y0, m.x0 + x0, m.quality, index, m.hint))
     masks = [c for c in (clean_mask(m, options.min_area_px) for m in masks) if c is not None]
     return merge_across_seams(masks, tiles) if len(tiles) > 1 else masks
@@ -612,10 +452,11 @@ def crop_features(encoder, image: np.ndarray, masks: list[Mask], device: torch.d
 
 
 def classify(predictor: Predictor, image: np.ndarray, masks: list[Mask], vocabulary: Vocabulary, scoring: ScoreOptions,
-             options: InstanceOptions, bank: ExampleBank | None = None) -> list[Instance]:
-    """Give each mask a class and a score; drop background and unsure masks; mask NMS across classes."""
+             options: InstanceOptions, bank: ExampleBank | None = None) -> tuple[list[Instance], InstanceSummary]:
+    """Give each mask a class and a score; drop background and unsure masks; mask NMS across classes.
+    Returns the objects, best first, and where every mask went."""
     if not masks:
-        return []
+        return [], InstanceSummary(0, 0, 0, options.score_threshold, 0)
     shape = image.shape[:2]
     feats = pooled_features(predictor, masks, shape, options)
     crops = crop_features(predictor.encoder, image, masks, predictor.device) if options.crop_weight > 0 else None
@@ -624,8 +465,11 @@ def classify(predictor: Predictor, image: np.ndarray, masks: list[Mask], vocabul
     keep = [i for i in range(len(masks)) if label[i] > 0 and score[i] >= options.score_threshold]
     order = mask_nms([masks[i] for i in keep], [float(score[i]) for i in keep], options.nms_iou)
     names = vocabulary.names
+    background = int((label == 0).sum())
+    summary = InstanceSummary(len(masks), len(order), len(masks) - len(keep) - background, options.score_threshold,
+                              background, duplicates=len(keep) - len(order))
     return [Instance(masks[keep[k]], shape, int(label[keep[k]]), names[int(label[keep[k]]) - 1], float(score[keep[k]]))
-            for k in order]
+            for k in order], summary
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ import torch
 from .atomic import atomic_output
 from .engine import EngineSlot, SegmentRequest
 from .errors import CancelledError, InputError, RsovError
+from .instances import InstanceSummary
+from .progress import ProgressClock
 from .streaming import Outputs, in_process, segment_streamed
 from .tiled import WindowStats
 from .vectorize import features_to_geojson, read_vector, write_vector
@@ -63,6 +65,8 @@ class Job:
     created: float = field(default_factory=time.time)
     finished: float | None = None
     features: int = 0  # polygons in the result, once done
+    eta_s: float | None = None  # seconds left, while running and known
+    summary: dict | None = None  # instance mode, once done: where every proposal went (InstanceSummary.to_json)
     cancel: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -74,8 +78,9 @@ class Job:
         return self.folder / "result.gpkg"
 
     def status(self) -> dict:
+        eta = round(self.eta_s, 1) if self.eta_s is not None and self.state == RUNNING else None
         return {"job_id": self.id, "state": self.state, "progress": round(self.progress, 4), "stage": self.stage,
-                "message": self.message, "error": self.error}
+                "message": self.message, "error": self.error, "eta_s": eta, "summary": self.summary}
 
     def save(self) -> None:
         """Write the job's record beside its results (atomically)."""
@@ -89,7 +94,8 @@ class Job:
         try:
             record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
             job = cls(record["job_id"], None, folder, record["state"], record["progress"], record["stage"],
-                      record["message"], record["error"], record["created"], record["finished"], features=record["features"])
+                      record["message"], record["error"], record["created"], record["finished"], features=record["features"],
+                      summary=record.get("summary"))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         if job.state not in FINAL:
@@ -189,12 +195,13 @@ class JobManager:
                 job.state, job.stage = RUNNING, "starting"
                 job.save()
             try:
-                count = self._run(job)
+                count, summary = self._run(job)
                 if job.cancel.is_set():  # cancelled after the last window: honour it anyway
                     raise CancelledError("The job was cancelled.")
                 with self._lock:
                     job.features = count
-                    job.message = f"{count} polygons"
+                    job.summary = summary.to_json() if summary is not None else None
+                    job.message = summary.text if summary is not None else f"{count} polygons"
                     job.progress = 1.0
                     self._finish(job, DONE, "done")
             except CancelledError:
@@ -213,10 +220,14 @@ class JobManager:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()  # a cancelled or failed job must not keep GPU memory
 
-    def _run(self, job: Job) -> int:
-        """Run the job, writing its GeoPackage (and the GeoJSON of a small result); the polygon count."""
+    def _run(self, job: Job) -> tuple[int, InstanceSummary | None]:
+        """Run the job, writing its GeoPackage (and the GeoJSON of a small result); the polygon count and,
+        in instance mode, the summary."""
+        clock = ProgressClock()
+
         def stage(name: str, fraction: float) -> None:
             job.stage, job.progress = name, max(job.progress, min(fraction, 0.99))
+            job.eta_s = clock.remaining(job.progress)
 
         with self._pinned(job) as request:
             return self._run_pinned(job, request, stage)
@@ -240,33 +251,33 @@ class JobManager:
         finally:
             os.close(fd)
 
-    def _run_pinned(self, job: Job, request: SegmentRequest, stage) -> int:
+    def _run_pinned(self, job: Job, request: SegmentRequest, stage) -> tuple[int, InstanceSummary | None]:
         try:
-            count = self._segment(request, job, stage)
+            count, summary = self._segment(request, job, stage)
         except torch.cuda.OutOfMemoryError:
             # One retry, one window at a time, before giving up.
             torch.cuda.empty_cache()
             job.message = "GPU out of memory: retrying one window at a time"
             features = dataclasses.replace(request.features, batch_size=1)
-            count = self._segment(dataclasses.replace(request, features=features), job, stage)
+            count, summary = self._segment(dataclasses.replace(request, features=features), job, stage)
         job.stage = "writing results"
         if count <= self.max_geojson_features:
             crs, features = read_vector(job.gpkg_path)
             with atomic_output(job.geojson_path) as tmp:
                 tmp.write_text(json.dumps(features_to_geojson(features, crs)), encoding="utf-8")
-        return count
+        return count, summary
 
-    def _segment(self, request: SegmentRequest, job: Job, stage) -> int:
+    def _segment(self, request: SegmentRequest, job: Job, stage) -> tuple[int, InstanceSummary | None]:
         engine = self.engines.get()
         if request.mode == "instance":
             result = engine.segment(request, stage, job.cancel.is_set)
             write_vector(result.features, job.gpkg_path, result.crs, instances=True)
-            return len(result.features)
+            return len(result.features), result.summary
         # semantic jobs stream block by block: any raster size, progress per block
-        summary = segment_streamed(request, engine.plan(request), Outputs(vector=job.gpkg_path),
-                                   in_process(engine, WindowStats(), stage), stage=stage,
-                                   cancelled=job.cancel.is_set)
-        return summary.polygons
+        streamed = segment_streamed(request, engine.plan(request), Outputs(vector=job.gpkg_path),
+                                    in_process(engine, WindowStats(), stage), stage=stage,
+                                    cancelled=job.cancel.is_set)
+        return streamed.polygons, None
 
     def _finish(self, job: Job, state: str, stage: str) -> None:
         if job.state in FINAL:

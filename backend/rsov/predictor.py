@@ -365,12 +365,21 @@ def window_logits(f: torch.Tensor, text: torch.Tensor, bias: torch.Tensor, size:
 
 def classify_logits(logits: torch.Tensor, owner: torch.Tensor, n_classes: int,
                     options: ScoreOptions) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (Q, ...) -> class ids and winning probabilities (...): softmax(scale x logits) over queries,
-    max over each class's synonyms (``owner`` (Q,) class of each query), background under the threshold."""
+    """Logits (Q, ...) -> class ids and winning probabilities (...), background under the threshold."""
+    return best_class(class_probabilities(logits, owner, n_classes, options), options)
+
+
+def class_probabilities(logits: torch.Tensor, owner: torch.Tensor, n_classes: int, options: ScoreOptions) -> torch.Tensor:
+    """Logits (Q, ...) -> (N + 1, ...) class probabilities: softmax(scale x logits) over queries, max over each
+    class's synonyms (``owner`` (Q,) class of each query); classes without a query get -1."""
     probs = torch.softmax(options.logit_scale * logits, dim=0)
     per_class = torch.full((n_classes, *probs.shape[1:]), -1.0, device=probs.device)
     index = owner.view(-1, *([1] * (probs.dim() - 1))).expand_as(probs)
-    per_class = per_class.scatter_reduce_(0, index, probs, "amax")
+    return per_class.scatter_reduce_(0, index, probs, "amax")
+
+
+def best_class(per_class: torch.Tensor, options: ScoreOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N + 1, ...) class probabilities -> class ids and their probabilities (...), background under the threshold."""
     best, label = per_class.max(dim=0)
     label[best < options.threshold] = 0
     return label, best

@@ -79,8 +79,11 @@ class JobOptions(BaseModel):
         "fp32", description="fp32 reproduces the paper; fast is what is fast on this backend's hardware (see health)")
     max_side: int | None = Field(None, ge=16, description="explicitly coarser output: long side in pixels")
     block_size: int = Field(BLOCK_SIDE, ge=64, le=8192, description="output pixels per block side")
+    refine: Literal["none", "sam"] = Field("none", description="semantic mode: sam averages the class probabilities "
+                                                               "inside each of SAM's automatic regions")
     # instance mode
     points_per_side: int = Field(16, ge=0, le=64)
+    points_per_batch: int = Field(64, ge=1, le=1024, description="point prompts per batch (bounds memory)")
     pred_iou: float = Field(0.8, ge=-1, le=1)
     stability: float = Field(0.9, ge=-1, le=1)
     class_prompts: bool = True
@@ -258,9 +261,10 @@ def create_app(engines: EngineSlot, config: ServerConfig) -> FastAPI:
                                         precision=engines.fast.precision if o.precision == "fast" else o.precision),
                 scoring=ScoreOptions(threshold=o.threshold, cls_lambda=o.cls_lambda, dec_keep=o.dec_keep),
                 max_side=o.max_side, simplify_px=o.simplify, min_area_m2=o.min_area, mode=body.mode,
-                block_size=o.block_size,
+                block_size=o.block_size, refine=o.refine,
                 instance=InstanceOptions(
-                    points_per_side=o.points_per_side, pred_iou_thresh=o.pred_iou, stability_thresh=o.stability,
+                    points_per_side=o.points_per_side, points_per_batch=o.points_per_batch, pred_iou_thresh=o.pred_iou,
+                    stability_thresh=o.stability,
                     class_prompts=o.class_prompts, tile=o.tile, tile_overlap=o.tile_overlap, nms_iou=o.nms_iou,
                     score_threshold=o.object_threshold, context_weight=o.context_weight,
                     context_dilation=o.context_dilation, crop_weight=o.crop_weight, exemplar_alpha=o.exemplar_alpha,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import rasterio.features
@@ -25,7 +25,8 @@ from rasterio.windows import Window
 
 from .errors import CancelledError, InputError
 from .grid import BLOCK_SIDE, OutputGrid, WorkingGrid, interpolation, output_grid, working_grid, working_positions
-from .predictor import FeatureOptions, ImageFeatures, Predictor, ScoreOptions, classify_logits, scoring_vectors, window_logits
+from .predictor import (FeatureOptions, ImageFeatures, Predictor, ScoreOptions, best_class, class_probabilities,
+                        scoring_vectors, window_logits)
 from .raster_io import (area_in_raster_crs, check_real, extent_window, open_raster, raster_pixel_size_m, read_area, read_rgb,
                         read_valid, select_bands, window_bounds)
 from .vocabulary import Vocabulary
@@ -207,34 +208,43 @@ class GridPredictor:
 
     @torch.inference_mode()
     def predict_block(self, vocabulary: Vocabulary, options: ScoreOptions, block: tuple[int, int, int, int],
-                      cancelled: CancelFn | None = None, progress: Callable[[int, int], None] | None = None,
-                      rows_per_chunk: int = 256) -> BlockResult:
+                      cancelled: CancelFn | None = None, progress: Callable[[int, int], None] | None = None) -> BlockResult:
         """Class and score maps of output block (r0, c0, r1, c1).
 
         Each working pixel averages the logits of every grid window over it, and output pixels
         interpolate working pixels bilinearly by their global position: the same numbers
         whichever block, extent or process computes them.
         """
+        r0, c0, r1, c1 = block
+        class_map = np.zeros((r1 - r0, c1 - c0), dtype=np.int16)
+        score_map = np.zeros((r1 - r0, c1 - c0), dtype=np.float32)
+        for start, probs in self.class_probabilities(vocabulary, options, block, cancelled, progress):
+            label, best = best_class(probs, options)
+            class_map[start:start + probs.shape[1]] = label.cpu().numpy()
+            score_map[start:start + probs.shape[1]] = best.cpu().numpy()
+        valid = self.valid(block)
+        class_map[~valid] = 0
+        score_map[~valid] = 0.0
+        return BlockResult(block, class_map, score_map, valid)
+
+    @torch.inference_mode()
+    def class_probabilities(self, vocabulary: Vocabulary, options: ScoreOptions, block: tuple[int, int, int, int],
+                            cancelled: CancelFn | None = None, progress: Callable[[int, int], None] | None = None,
+                            rows_per_chunk: int = 256) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row, (N + 1, rows, c1 - c0) class probabilities) of output pixels (r0, c0, r1, c1), a chunk of
+        rows at a time (memory stays bounded at any vocabulary size). The box may reach outside the
+        planned extent, as long as it stays on the raster."""
         device = self.predictor.device
         r0, c0, r1, c1 = block
         (ry, y0, y1), (rx, x0, x1) = self._plan.working_span((r0, r1), (c0, c1))
         queries, owners = vocabulary.queries()
         logits = self.working_logits(queries, options, (y0, y1), (x0, x1), cancelled, progress)
         owner = torch.tensor(owners, device=device)
-        height, width = r1 - r0, c1 - c0
-        class_map = np.zeros((height, width), dtype=np.int16)
-        score_map = np.zeros((height, width), dtype=np.float32)
         cols = torch.einsum("qhw,xw->qhx", logits, rx.to(device))
         ry = ry.to(device)
-        for start in range(0, height, rows_per_chunk):
+        for start in range(0, r1 - r0, rows_per_chunk):
             rows = torch.einsum("yh,qhx->qyx", ry[start:start + rows_per_chunk], cols)
-            label, best = classify_logits(rows, owner, len(vocabulary.classes) + 1, options)
-            class_map[start:start + rows.shape[1]] = label.cpu().numpy()
-            score_map[start:start + rows.shape[1]] = best.cpu().numpy()
-        valid = self.valid(block)
-        class_map[~valid] = 0
-        score_map[~valid] = 0.0
-        return BlockResult(block, class_map, score_map, valid)
+            yield start, class_probabilities(rows, owner, len(vocabulary.classes) + 1, options)
 
     @torch.inference_mode()
     def working_logits(self, queries: list[str], options: ScoreOptions, rows: tuple[int, int], cols: tuple[int, int],

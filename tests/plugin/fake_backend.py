@@ -1,9 +1,12 @@
 """A small stand-in for ``rsov serve`` that follows the HTTP contract, for client and GUI tests.
 
-Jobs go queued -> running ("segmenting block k/n") -> done over a few polls (or stay running
+Jobs go queued -> running ("segmenting block k/n", or "proposing objects: tile k/n, prompts
+p/q" in instance mode, with a decreasing ``eta_s``) -> done over a few polls (or stay running
 with ``hold``, or fail with ``fail_with``); the result is one rectangle per class inside the
 requested bbox (the mask's bounds when bbox is null), cut to the ``mask`` when one is sent,
-written with GDAL in the raster's CRS (with an ``instance_id`` in instance mode). The GeoJSON
+written with GDAL in the raster's CRS. In instance mode each rectangle is an object proposal
+(with an ``instance_id``) kept when its score reaches ``object_threshold``, besides one
+background proposal; a done instance job tells them in its ``summary`` (and message). The GeoJSON
 result is refused as ``too_large`` (413) past ``geojson_limit`` features; ``?format=gpkg`` always
 answers. ``POST /v1/estimate`` answers figures derived from the raster's resolution (or the fixed
 one) and the bbox. Job bodies are recorded in ``requests``, estimate bodies in ``estimates``;
@@ -47,6 +50,7 @@ class FakeBackend:
     model: str = "fake-model"
     api_version: int = 1  # of health (the handshake); 0 plays a backend from before it
     blocks: int = 3  # of a job's "segmenting block k/n" stages
+    seconds_per_poll: float = 40.0  # what eta_s counts per poll still to come
     geojson_limit: int = 1  # GeoJSON results with more features answer 413 too_large
     estimate_delay_s: float = 0.0  # how long /v1/estimate takes
     max_resolution_m: float = 1e5  # coarser resolutions are refused as absurd
@@ -172,6 +176,11 @@ class FakeBackend:
             kinds = {(f.get("geometry") or {}).get("type") for f in mask.get("features", [])}
             if not name or not kinds or not kinds <= {"Polygon", "MultiPolygon"}:
                 return 400, "bad_mask", "The mask must be polygons with a crs member."
+        options = request.get("options") or {}
+        if options.get("refine", "none") not in ("none", "sam"):
+            return 400, "bad_request", "refine must be 'none' or 'sam'."
+        if not 1 <= options.get("points_per_batch", 64) <= 1024:
+            return 400, "bad_request", "points_per_batch must be within 1..1024."
         return None
 
     @staticmethod
@@ -232,13 +241,73 @@ class FakeBackend:
                 job.state = "running"
             else:
                 job.state = "done"
+        instance = job.request.get("mode") == "instance"
+        running = job.state == "running"
         progress = 1.0 if job.state == "done" else min(0.9, job.polls / max(1, self.polls_until_done))
-        block = min(job.polls, self.blocks)
+        summary = self._summary(job) if instance and job.state == "done" else None
+        message = summary["text"] if summary else f"{len(self._objects(job))} polygons" if job.state == "done" else ""
         return {"job_id": job.job_id, "state": job.state, "progress": progress,
-                "stage": f"segmenting block {block}/{self.blocks}" if job.state == "running" else job.state, "message": "",
-                "error": self.fail_with if job.state == "failed" else None}
+                "stage": self._stage(job, instance) if running else job.state, "message": message,
+                "error": self.fail_with if job.state == "failed" else None,
+                "eta_s": self.seconds_per_poll * max(1, self.polls_until_done - job.polls) if running else None,
+                "summary": summary}
+
+    def _stage(self, job: FakeJob, instance: bool) -> str:
+        block = min(job.polls, self.blocks)
+        if instance:
+            return f"proposing objects: tile {block}/{self.blocks}, prompts {64 * block}/{64 * self.blocks}"
+        return f"segmenting block {block}/{self.blocks}"
 
     # --- result -----------------------------------------------------------------------------
+    @staticmethod
+    def _score(index: int, classes: list) -> float:
+        return round(0.3 + 0.6 * index / max(1, len(classes) - 1), 3)
+
+    def _proposals(self, job: FakeJob) -> list[tuple[int, str, ogr.Geometry | None]]:
+        """(index, class name, geometry) per class: vertical strips of the bbox, inset by 10 %, cut
+        to the mask (None: nothing of it inside)."""
+        minx, miny, maxx, maxy = self._bbox(job.request)
+        mask = self._mask_geometry(job.request)
+        classes = job.request["classes"]
+        width = (maxx - minx) / len(classes)
+        proposals = []
+        for i, query in enumerate(classes):
+            x0, x1 = minx + width * (i + 0.1), minx + width * (i + 0.9)
+            y0, y1 = miny + (maxy - miny) * 0.1, maxy - (maxy - miny) * 0.1
+            geometry = ogr.CreateGeometryFromWkt(f"MULTIPOLYGON((({x0} {y0},{x1} {y0},{x1} {y1},{x0} {y1},{x0} {y0})))")
+            if mask is not None:
+                geometry = ogr.ForceToMultiPolygon(geometry.Intersection(mask))
+            proposals.append((i, query.split(",")[0].strip(), None if geometry.IsEmpty() else geometry))
+        return proposals
+
+    def _object_threshold(self, job: FakeJob) -> float:
+        """The minimum score of what the result keeps (every polygon of a semantic job)."""
+        if job.request.get("mode") != "instance":
+            return 0.0
+        return float((job.request.get("options") or {}).get("object_threshold", 0.3))
+
+    def _objects(self, job: FakeJob) -> list[tuple[int, str, ogr.Geometry]]:
+        """The proposals the result keeps."""
+        classes = job.request["classes"]
+        return [(i, name, geometry) for i, name, geometry in self._proposals(job)
+                if geometry is not None and self._score(i, classes) >= self._object_threshold(job)]
+
+    def _summary(self, job: FakeJob) -> dict:
+        """What happened to the proposals, as the backend tells it (one background proposal besides)."""
+        proposals, threshold = self._proposals(job), self._object_threshold(job)
+        outside = sum(geometry is None for _, _, geometry in proposals)
+        kept = len(self._objects(job))
+        counts = {"proposals": len(proposals) + 1, "kept": kept,
+                  "below_threshold": len(proposals) - outside - kept, "threshold": threshold, "background": 1,
+                  "duplicates": 0, "outside_extent": outside, "too_small": 0}
+        text = ", ".join([f"{counts['proposals']} proposals", f"{kept} kept",
+                          f"{counts['below_threshold']} below the object threshold {threshold:.2f}",
+                          f"{counts['background']} background",
+                          *(f"{counts[key]} {words}" for words, key in (
+                              ("duplicates", "duplicates"), ("outside the extent", "outside_extent"),
+                              ("too small", "too_small")) if counts[key])])
+        return {**counts, "text": text}
+
     def _raster_wkt(self, job: FakeJob) -> str:
         if job.chip is None:
             return gdal.Open(job.request["raster"]).GetProjection()
@@ -248,9 +317,7 @@ class FakeBackend:
             return gdal.Open(str(path)).GetProjection()
 
     def _gpkg(self, job: FakeJob) -> bytes:
-        """One rectangle per class: vertical strips of the bbox, inset by 10 %, cut to the mask."""
-        minx, miny, maxx, maxy = self._bbox(job.request)
-        mask = self._mask_geometry(job.request)
+        """The kept proposals."""
         srs = osr.SpatialReference()
         srs.ImportFromWkt(self._raster_wkt(job))
         with tempfile.TemporaryDirectory() as folder:
@@ -261,24 +328,14 @@ class FakeBackend:
             for name, kind in (("class", ogr.OFTString), ("class_id", ogr.OFTInteger), ("score", ogr.OFTReal),
                                ("area_m2", ogr.OFTReal), *([("instance_id", ogr.OFTInteger)] if instance else [])):
                 layer.CreateField(ogr.FieldDefn(name, kind))
-            classes = job.request["classes"]
-            width = (maxx - minx) / len(classes)
-            for i, query in enumerate(classes):
-                x0, x1 = minx + width * (i + 0.1), minx + width * (i + 0.9)
-                y0, y1 = miny + (maxy - miny) * 0.1, maxy - (maxy - miny) * 0.1
-                geometry = ogr.CreateGeometryFromWkt(
-                    f"MULTIPOLYGON((({x0} {y0},{x1} {y0},{x1} {y1},{x0} {y1},{x0} {y0})))")
-                if mask is not None:
-                    geometry = ogr.ForceToMultiPolygon(geometry.Intersection(mask))
-                    if geometry.IsEmpty():
-                        continue
+            for number, (i, name, geometry) in enumerate(self._objects(job), start=1):
                 feature = ogr.Feature(layer.GetLayerDefn())
-                feature.SetField("class", query.split(",")[0].strip())
+                feature.SetField("class", name)
                 feature.SetField("class_id", i + 1)
-                feature.SetField("score", round(0.3 + 0.6 * i / max(1, len(classes) - 1), 3))
+                feature.SetField("score", self._score(i, job.request["classes"]))
                 feature.SetField("area_m2", geometry.GetArea())
                 if instance:
-                    feature.SetField("instance_id", i + 1)
+                    feature.SetField("instance_id", number)
                 feature.SetGeometry(geometry)
                 layer.CreateFeature(feature)
             ds = None  # noqa: F841 (closes the file)

@@ -11,11 +11,13 @@ from rsov_qgis.backend_client import (
     InstanceOptions,
     JobCancelled,
     JobRequest,
+    JobStatus,
     ModelInfo,
     SegmentOptions,
     Transfer,
     first_sentence,
     is_loopback_url,
+    rough_duration,
 )
 
 
@@ -66,7 +68,51 @@ def test_request_json_follows_the_contract(oem_raster):
     body = instance.to_json()
     assert body["mode"] == "instance" and body["examples"] == examples
     assert body["options"] == {"threshold": 0.4, "object_threshold": 0.3, "points_per_side": 4, "pred_iou": 0.8,
-                               "stability": 0.9, "class_prompts": True}
+                               "stability": 0.9, "class_prompts": True, "points_per_batch": 64}
+
+
+def test_refine_goes_with_semantic_jobs_only_and_points_per_batch_with_instance_jobs(oem_raster):
+    request = _request(oem_raster)
+    request.options.refine = "sam"
+    assert request.to_json()["options"] == {"threshold": 0.4, "refine": "sam"}
+    request.instance = InstanceOptions(points_per_batch=16)
+    options = request.to_json()["options"]
+    assert "refine" not in options and options["points_per_batch"] == 16  # instance mode has no refine
+    assert request.options.refine == "sam"  # the request itself keeps it, for a semantic job again
+
+
+def test_rough_durations():
+    known = {0: "under 1 s", 0.4: "under 1 s", 0.6: "about 1 s", 40: "about 40 s", 59.4: "about 59 s",
+             59.6: "about 1 min", 89: "about 1 min", 90: "about 2 min", 150: "about 3 min", 3569: "about 59 min",
+             3570: "about 1 h 0 min", 3910: "about 1 h 5 min", 26 * 3600: "about 26 h 0 min"}
+    assert {seconds: rough_duration(seconds) for seconds in known} == known
+
+
+SUMMARY = {"proposals": 57, "kept": 0, "below_threshold": 50, "threshold": 0.3, "background": 7, "duplicates": 0,
+           "outside_extent": 0, "too_small": 0,
+           "text": "57 proposals, 0 kept, 50 below the object threshold 0.30, 7 background"}
+
+
+def test_job_status_with_and_without_eta_and_summary():
+    running = JobStatus.from_json({"job_id": "j", "state": "running", "progress": 0.4, "eta_s": 40,
+                                   "stage": "proposing objects: tile 2/4, prompts 128/320", "summary": None})
+    assert running.eta_s == 40.0 and running.summary is None and running.summary_text == ""
+    assert running.progress_text() == "proposing objects: tile 2/4, prompts 128/320 — about 40 s left"
+    older = JobStatus.from_json({"job_id": "j", "state": "running", "stage": "segmenting block 1/3"})
+    assert (older.eta_s, older.summary) == (None, None) and older.progress_text() == "segmenting block 1/3"
+    assert JobStatus.from_json({"job_id": "j", "state": "queued", "eta_s": None}).progress_text() == "queued"
+    done = JobStatus.from_json({"job_id": "j", "state": "done", "progress": 1.0, "stage": "done", "eta_s": 0,
+                                "message": SUMMARY["text"], "summary": SUMMARY})
+    assert done.progress_text() == "done" and done.summary == SUMMARY and done.summary_text == SUMMARY["text"]
+    assert done.no_objects_text() == ("No objects: 57 proposals, 0 kept, 50 below the object threshold 0.30, "
+                                      "7 background. Lower the object threshold or check the vocabulary.")
+    text = "57 proposals, 0 kept, 0 below the object threshold 0.30, 57 background"
+    only_background = JobStatus("j", "done", summary={**SUMMARY, "below_threshold": 0, "background": 57, "text": text})
+    assert only_background.no_objects_text() == f"No objects: {text}. Check the vocabulary."
+    text = "0 proposals, 0 kept, 0 below the object threshold 0.30, 0 background"
+    nothing = JobStatus("j", "done", summary={**SUMMARY, "proposals": 0, "below_threshold": 0, "background": 0,
+                                              "text": text})
+    assert nothing.no_objects_text() == f"No objects: {text}."  # nothing to lower or check
 
 
 def test_whole_job_by_path_reports_progress(client, fake_backend, oem_raster):
@@ -74,6 +120,7 @@ def test_whole_job_by_path_reports_progress(client, fake_backend, oem_raster):
     job_id = client.run_job(_request(oem_raster), on_status=seen.append, poll_s=0.01)
     assert [s.state for s in seen] == ["running", "done"]
     assert seen[-1].progress == 1.0 and seen[0].stage == "segmenting block 1/3"
+    assert seen[0].eta_s == 40.0 and seen[-1].eta_s is None and seen[-1].message == "2 polygons"
     assert fake_backend.requests[0]["json"]["raster"] == str(oem_raster)
     assert client.result_gpkg(job_id)[:16] == b"SQLite format 3\x00"
 

@@ -8,13 +8,16 @@ import pytest
 from qgis.core import Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsProject, QgsRasterLayer, QgsRectangle, QgsVectorLayer
 from qgis.PyQt.QtGui import QColor
 
+from conftest import REPO
 from helpers import free_port, polygon_layer, xyz_layer
 from rsov_qgis import classFactory, schema
+from rsov_qgis.dock import RsovDock
 from rsov_qgis.results import GROUP
 from rsov_qgis.settings import Settings
 from rsov_qgis.vocabulary import parse_vocabulary
 
 TIMEOUT_MS = 30000
+SCREENSHOTS = REPO / "docs" / "screenshots"
 
 
 def _messages(iface, level):
@@ -214,9 +217,10 @@ def test_cancel_mid_job(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, 
     dock.segment()
     assert dock.cancel_button.isEnabled() and not dock.segment_button.isEnabled()
     qtbot.waitUntil(lambda: any(job.polls >= 2 for job in fake_backend.jobs.values()), timeout=TIMEOUT_MS)
-    # the backend's stage as it reads (the poll's answer reaches the label a moment after the fake counts it)
-    qtbot.waitUntil(lambda: bool(re.fullmatch(r"segmenting block [23]/3", dock.stage_label.text())),
-                    timeout=TIMEOUT_MS)
+    # the backend's stage as it reads, with the time left (the poll's answer reaches the label a
+    # moment after the fake counts it)
+    qtbot.waitUntil(lambda: re.fullmatch(r"segmenting block [23]/3 — about 40 s left", dock.stage_label.text())
+                    is not None, timeout=TIMEOUT_MS)
     assert dock.progress.value() > 0
     dock.cancel()
     qtbot.waitUntil(lambda: dock.task is None, timeout=TIMEOUT_MS)
@@ -326,14 +330,15 @@ def test_instance_mode_sends_its_options_and_the_examples_of_its_classes(
     sent = fake_backend.requests[0]["json"]
     assert sent["mode"] == "instance" and sent["classes"] == ["building,roof,house", "tree,forest"]
     assert sent["options"] == {"threshold": 0.3, "object_threshold": 0.3, "points_per_side": 8, "pred_iou": 0.8,
-                               "stability": 0.9, "class_prompts": False}
+                               "stability": 0.9, "class_prompts": False, "points_per_batch": 64}
     assert sent["examples"]["crs"] == {"type": "name", "properties": {"name": "EPSG:25832"}}
     assert [f["properties"]["class"] for f in sent["examples"]["features"]] == ["building"]
     assert sent["examples"]["features"][0]["geometry"]["coordinates"][0][0] == pytest.approx([346100, 5647600])
     [layer] = _result_layers()
     assert layer.name().startswith("oem_koeln_50 objects ") and "_objects_" in layer.source()
     assert schema.INSTANCE_ID in layer.fields().names() and layer.featureCount() == 2
-    assert dock.stage_label.text().startswith("Done: 2 objects")
+    assert dock.stage_label.text() == (f"Done: 2 objects in {layer.name()} "  # with the backend's summary
+                                       "(3 proposals, 2 kept, 0 below the object threshold 0.30, 1 background)")
     looks = [(c.value(), c.symbol().color().alpha(), c.symbol().symbolLayer(0).strokeColor().name())
              for c in layer.renderer().categories()]
     assert looks == [("building", 40, "#e31a1c"), ("tree", 40, "#33a02c")]  # outlines in the class colours, light fill
@@ -349,3 +354,54 @@ def test_instance_mode_sends_its_options_and_the_examples_of_its_classes(
     # remembered
     settings = Settings.load()
     assert settings.mode == "instance" and settings.points_per_side == 8 and settings.class_prompts is False
+
+
+def test_an_instance_job_without_objects_says_why(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot):
+    dock.resize(520, 1000)  # room for the instance options
+    dock.mode_combo.setCurrentIndex(dock.mode_combo.findData("instance"))
+    dock.instance_panel.spins["object_threshold"].setValue(0.95)  # over every score of the fake's objects
+    _show_central_half(qgis_canvas, oem_layer)
+    _run(dock, qtbot)
+    [layer] = _result_layers()
+    summary = "4 proposals, 0 kept, 3 below the object threshold 0.95, 1 background"
+    assert layer.featureCount() == 0 and dock.stage_label.text() == f"Done: 0 objects in {layer.name()} ({summary})"
+    assert _messages(qgis_iface, "Warning") == [
+        f"No objects: {summary}. Lower the object threshold or check the vocabulary."]
+    assert _messages(qgis_iface, "Success") == [] and _messages(qgis_iface, "Critical") == []
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    assert dock.grab().save(str(SCREENSHOTS / "no_objects.png"))
+
+
+def test_refine_with_sam_regions_is_sent_remembered_and_semantic_only(fake_backend, dock, oem_layer, qgis_canvas,
+                                                                      qgis_iface, qtbot):
+    assert dock.refine_check.isVisibleTo(dock) and not dock.refine_check.isChecked()
+    assert "1024 px tile" in dock.refine_check.toolTip()
+    dock.refine_check.setChecked(True)
+    assert Settings.load().refine is True
+    _show_central_half(qgis_canvas, oem_layer)
+    _run(dock, qtbot)
+    assert fake_backend.requests[0]["json"]["options"] == {"threshold": 0.3, "refine": "sam"}
+    dock.mode_combo.setCurrentIndex(dock.mode_combo.findData("instance"))
+    assert not dock.refine_check.isVisibleTo(dock)  # instance mode has no refine
+    _run(dock, qtbot)
+    assert "refine" not in fake_backend.requests[1]["json"]["options"]
+    assert _messages(qgis_iface, "Critical") == []
+    again = RsovDock(qgis_iface)  # the next session
+    qtbot.addWidget(again)
+    try:
+        assert again.refine_check.isChecked() and not again.refine_check.isVisibleTo(again)
+    finally:
+        again.shutdown()
+
+
+def test_the_stage_line_tells_the_time_left(fake_backend, dock, oem_layer, qgis_canvas, qtbot):
+    dock.resize(520, 900)
+    dock.refine_check.setChecked(True)  # to be seen in the picture
+    fake_backend.hold, fake_backend.seconds_per_poll = True, 150.0
+    _show_central_half(qgis_canvas, oem_layer)
+    dock.segment()
+    qtbot.waitUntil(lambda: dock.stage_label.text() == "segmenting block 3/3 — about 3 min left", timeout=TIMEOUT_MS)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    assert dock.grab().save(str(SCREENSHOTS / "progress.png"))
+    dock.cancel()
+    qtbot.waitUntil(lambda: dock.task is None, timeout=TIMEOUT_MS)

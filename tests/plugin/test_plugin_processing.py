@@ -13,7 +13,8 @@ from qgis.core import (
 )
 
 from helpers import polygon_layer
-from rsov_qgis.processing_provider import RsovProvider
+from rsov_qgis.backend_client import JobStatus
+from rsov_qgis.processing_provider import ProgressTexts, RsovProvider
 
 
 @pytest.fixture
@@ -27,12 +28,16 @@ def provider(qgis_processing):
 class Feedback(QgsProcessingFeedback):
     def __init__(self):
         super().__init__()
-        self.infos, self.progress_values = [], []
+        self.infos, self.progress_values, self.progress_texts = [], [], []
         self.progressChanged.connect(self.progress_values.append)
 
     def pushInfo(self, info):  # noqa: N802
         self.infos.append(info)
         super().pushInfo(info)
+
+    def setProgressText(self, text):  # noqa: N802
+        self.progress_texts.append(text)
+        super().setProgressText(text)
 
 
 def test_segment_algorithm_writes_features(fake_backend, provider, oem_layer, tmp_path):
@@ -57,7 +62,9 @@ def test_segment_algorithm_writes_features(fake_backend, provider, oem_layer, tm
     assert {"class", "class_id", "score", "area_m2", "status"} <= set(layer.fields().names())
     for feature in layer.getFeatures():
         assert box.contains(feature.geometry().boundingBox())
-    assert "segmenting block 1/3" in feedback.infos and feedback.progress_values[-1] == 100
+    assert feedback.progress_texts[0] == "segmenting block 1/3 — about 40 s left"
+    assert feedback.progress_values[-1] == 100
+    assert not [info for info in feedback.infos if "proposals" in info]  # semantic jobs have no summary
 
 
 def test_whole_raster_by_default_and_errors_are_processing_exceptions(fake_backend, provider, oem_layer, tmp_path):
@@ -113,10 +120,12 @@ def test_instance_mode_with_an_examples_layer(fake_backend, provider, oem_layer)
     sent = fake_backend.requests[0]["json"]
     assert sent["mode"] == "instance"
     assert sent["options"] == {"threshold": 0.3, "object_threshold": 0.3, "points_per_side": 4, "pred_iou": -1,
-                               "stability": 0.9, "class_prompts": False}
+                               "stability": 0.9, "class_prompts": False, "points_per_batch": 64}
     assert sent["examples"]["crs"]["properties"]["name"] == "EPSG:25832"
     assert [f["properties"]["class"] for f in sent["examples"]["features"]] == ["water"]
     assert "Instance mode; examples sent: 1." in feedback.infos
+    assert feedback.progress_texts[0] == "proposing objects: tile 1/3, prompts 64/192 — about 40 s left"
+    assert "3 proposals, 2 kept, 0 below the object threshold 0.30, 1 background" in feedback.infos  # the summary
     layer = QgsProject.instance().mapLayer(result["OUTPUT"])
     assert "instance_id" in layer.fields().names() and layer.featureCount() == 2
     assert isinstance(layer.renderer(), QgsCategorizedSymbolRenderer)
@@ -199,3 +208,41 @@ def test_mask_off_the_raster_or_outside_the_extent_is_refused(fake_backend, prov
                                         "EXTENT": "346400,346500,5647900,5648000 [EPSG:25832]",
                                         "OUTPUT": "TEMPORARY_OUTPUT"})
     assert fake_backend.requests == []
+
+
+def test_an_instance_job_without_objects_and_the_refine_parameter(fake_backend, provider, oem_layer):
+    import processing
+
+    feedback = Feedback()
+    processing.run("rsov:segment", {"INPUT": oem_layer, "CLASSES": "building; water", "MODE": "instance",
+                                    "OBJECT_THRESHOLD": 0.95, "POINTS_PER_BATCH": 16, "REFINE": True,
+                                    "OUTPUT": "TEMPORARY_OUTPUT"}, feedback=feedback)
+    options = fake_backend.requests[0]["json"]["options"]
+    assert options["points_per_batch"] == 16 and "refine" not in options  # semantic mode's alone
+    assert ("No objects: 3 proposals, 0 kept, 2 below the object threshold 0.95, 1 background. "
+            "Lower the object threshold or check the vocabulary.") in feedback.infos
+    processing.run("rsov:segment", {"INPUT": oem_layer, "CLASSES": "water", "REFINE": True,
+                                    "OUTPUT": "TEMPORARY_OUTPUT"})
+    assert fake_backend.requests[1]["json"]["options"] == {"threshold": 0.3, "refine": "sam"}
+    processing.run("rsov:segment", {"INPUT": oem_layer, "CLASSES": "water", "OUTPUT": "TEMPORARY_OUTPUT"})
+    assert fake_backend.requests[2]["json"]["options"] == {"threshold": 0.3}  # unchecked: the backend's "none"
+    algorithm = QgsApplication.processingRegistry().algorithmById("rsov:segment")
+    refine = algorithm.parameterDefinition("REFINE")
+    assert refine.description() == "Refine with SAM regions (semantic mode)" and "1024 px tile" in refine.help()
+
+
+def test_progress_texts_go_at_once_for_a_new_stage_and_every_few_seconds_within_one():
+    now = [0.0]
+    texts = ProgressTexts(every_s=5.0, clock=lambda: now[0])
+
+    def at(seconds, stage, eta_s):
+        now[0] = seconds
+        return texts.due(JobStatus("j", "running", stage=stage, eta_s=eta_s))
+
+    assert at(0, "encoding windows: 3/9", None) == "encoding windows: 3/9"
+    assert at(1, "encoding windows: 4/9", None) is None  # the same stage, too soon
+    assert at(5, "encoding windows: 5/9", 30) == "encoding windows: 5/9 — about 30 s left"
+    assert at(6, "proposing objects: tile 1/4, prompts 64/320", 25) == (
+        "proposing objects: tile 1/4, prompts 64/320 — about 25 s left")  # a new stage: at once
+    assert at(20, "proposing objects: tile 1/4, prompts 64/320", 25) is None  # nothing new
+    assert texts.due(JobStatus("j", "done", stage="done")) == "done"

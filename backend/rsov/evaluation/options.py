@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from ..engine import SegmentRequest
 from ..errors import InputError
 from ..models import DEFAULT_MODEL
+from ..refine import REFINE_MODES
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,12 @@ def _upsampler(text: str) -> str:
     return text
 
 
+def _refine(text: str) -> str:
+    if text not in REFINE_MODES:
+        raise ValueError(text)
+    return text
+
+
 INSTANCE = ("instance",)
 METHOD_OPTIONS: tuple[MethodOption, ...] = (
     MethodOption("model", "engine", "model", str,
@@ -93,6 +100,8 @@ METHOD_OPTIONS: tuple[MethodOption, ...] = (
     MethodOption("threshold", "scoring", "threshold", float, "minimum class probability (default: the preset's, else 0.3)"),
     MethodOption("cls_lambda", "scoring", "cls_lambda", float, "global-bias subtraction strength (default 0.3)"),
     MethodOption("dec", "scoring", "dec_keep", _optional_float, "ZoRI DEC: fraction of embedding channels kept, or none"),
+    MethodOption("refine", "request", "refine", _refine, "clean the semantic map with SAM's regions: none or sam",
+                 ("semantic",)),
     MethodOption("sam", "engine", "sam", str, "Segment Anything model for instance mode (see `rsov models`)",
                  INSTANCE),
     MethodOption("points_per_side", "instance", "points_per_side", int, "SAM point grid per tile (0: prompts only)",
@@ -116,11 +125,13 @@ def options_for(task: str) -> tuple[MethodOption, ...]:
     return tuple(o for o in METHOD_OPTIONS if task in o.tasks)
 
 
-def find_option(name: str, task: str = "instance") -> MethodOption:
-    known = {o.name: o for o in options_for(task)}
+def find_option(name: str, task: str | None = None) -> MethodOption:
+    """The option called ``name``, among those that matter to ``task`` (None: any)."""
+    known = {o.name: o for o in (options_for(task) if task else METHOD_OPTIONS)}
     option = known.get(name.strip().replace("-", "_"))
     if option is None:
-        raise InputError(f"Unknown option '{name}' for {task} evaluation: choose from {', '.join(known)}.")
+        where = f"for {task} evaluation" if task else "known"
+        raise InputError(f"Unknown option '{name}' {where}: choose from {', '.join(known)}.")
     return option
 
 
