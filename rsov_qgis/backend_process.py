@@ -4,23 +4,38 @@
 The executable is the backend environment's ``rsov`` script, or its Python interpreter (then
 ``python -m rsov.cli serve`` is run). Readiness is polled on ``GET /v1/health`` from a timer,
 so QGIS stays responsive while the model loads; meanwhile the elapsed time and the process's
-latest output lines are reported on each poll.
+latest output lines are reported on each poll. Processing, which runs in a worker thread or
+(qgis_process) in the main thread, starts one and waits for it with :func:`start_and_wait`.
 """
 
 from __future__ import annotations
 
+import queue
+import shlex
 import shutil
 import time
 import urllib.parse
 from pathlib import Path
+from typing import Callable
 
-from qgis.PyQt.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, pyqtSignal
+from qgis.PyQt.QtCore import (
+    QEventLoop,
+    QObject,
+    QProcess,
+    QProcessEnvironment,
+    Qt,
+    QThread,
+    QTimer,
+    pyqtSignal,
+    pyqtSlot,
+)
 
-from .backend_client import BackendClient, BackendError, Health
+from .backend_client import BackendClient, BackendError, Health, JobCancelled
 from .compat import enum_value
 
 START_TIMEOUT_S = 180.0  # loading a large model on a CPU takes a while
 POLL_MS = 500
+WAIT_REPORT_S = 5.0  # how often a waiting Processing run says how long it has waited
 
 
 def find_executable(configured: str) -> str:
@@ -42,6 +57,12 @@ def serve_command(executable: str, url: str, token_file: str, model: str = "") -
     return executable, args
 
 
+def serve_shell_command(url: str, token_file: str, model: str = "") -> str:
+    """``rsov serve ...`` for a shell: the backend the plugin's settings point at."""
+    program, args = serve_command("rsov", url, token_file, model)
+    return shlex.join([program, *args])
+
+
 class BackendProcess(QObject):
     """One backend process started by the plugin. While it starts it emits ``starting(elapsed
     seconds, latest output lines)``, then ``ready(Health)`` or ``failed(message, missing)``,
@@ -53,9 +74,11 @@ class BackendProcess(QObject):
     ready = pyqtSignal(object)
     failed = pyqtSignal(str, bool)
     stopped = pyqtSignal(str)
+    _start_requested = pyqtSignal(str, str, str, str)
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
+        self._start_requested.connect(self.start)  # queued into this object's thread when emitted from another
         self.process: QProcess | None = None
         self.client: BackendClient | None = None
         self._output = ""
@@ -71,6 +94,12 @@ class BackendProcess(QObject):
         not_running = enum_value((QProcess, "ProcessState.NotRunning"), (QProcess, "NotRunning"))
         return self.process is not None and self.process.state() != not_running
 
+    def request_start(self, executable: str, url: str, token_file: str, model: str = "") -> None:
+        """:meth:`start`, from any thread: it runs in this object's thread, where the QProcess
+        and the timer must live (at once when that is the calling thread)."""
+        self._start_requested.emit(executable, url, token_file, model)
+
+    @pyqtSlot(str, str, str, str)
     def start(self, executable: str, url: str, token_file: str, model: str = "") -> None:
         """Launch ``rsov serve`` unless one runs already; the outcome arrives as a signal."""
         if self.is_running():
@@ -158,3 +187,58 @@ class BackendProcess(QObject):
             self.stopped.emit(self.output_tail(3, since_ready=True))
         else:
             self.failed.emit(f"The rsov backend exited (code {exit_code}): {self.output_tail() or 'no output'}", False)
+
+
+def start_and_wait(backend: BackendProcess, executable: str, url: str, token_file: str, model: str,
+                   cancelled: Callable[[], bool], waiting: Callable[[float, str], None]) -> Health:
+    """Start ``backend`` (unless it runs already) and block until the backend at ``url`` answers,
+    from any thread; ``waiting(elapsed s, latest output lines)`` is called every WAIT_REPORT_S
+    meanwhile. Raises BackendError ``not_started`` with the reason, or JobCancelled."""
+    failures: queue.Queue = queue.Queue()
+
+    def on_failed(text: str, _missing: bool) -> None:
+        failures.put(text)
+
+    direct = enum_value((Qt, "ConnectionType.DirectConnection"), (Qt, "DirectConnection"))
+    backend.failed.connect(on_failed, direct)  # run in the backend's thread: the queue carries the reason over
+    wait = _wait_in_event_loop if QThread.currentThread() == backend.thread() else _wait_on_queue
+    client = BackendClient(url, token_file)
+    started, report_at = time.monotonic(), WAIT_REPORT_S
+    try:
+        backend.request_start(executable, url, token_file, model)
+        while (failure := wait(failures)) is None:
+            try:
+                return client.health(timeout=1.0)
+            except BackendError:
+                pass
+            if cancelled():
+                raise JobCancelled()
+            elapsed = time.monotonic() - started
+            if elapsed > START_TIMEOUT_S + WAIT_REPORT_S:  # e.g. a process that runs but never answers
+                raise BackendError("not_started", f"The backend did not answer within {START_TIMEOUT_S:.0f} s.")
+            if elapsed >= report_at:
+                waiting(elapsed, backend.output_tail(3))
+                report_at += WAIT_REPORT_S
+        raise BackendError("not_started", failure)
+    finally:
+        backend.failed.disconnect(on_failed)
+
+
+def _wait_on_queue(failures: queue.Queue) -> str | None:
+    """A failure within one poll interval, or None (another thread runs the backend's events)."""
+    try:
+        return failures.get(timeout=POLL_MS / 1000)
+    except queue.Empty:
+        return None
+
+
+def _wait_in_event_loop(failures: queue.Queue) -> str | None:
+    """A failure within one poll interval, or None, processing this thread's events meanwhile:
+    the backend's timer, output and exit need them, and nothing else runs them now."""
+    loop = QEventLoop()
+    QTimer.singleShot(POLL_MS, loop.quit)
+    loop.exec()
+    try:
+        return failures.get_nowait()
+    except queue.Empty:
+        return None

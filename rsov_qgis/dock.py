@@ -8,39 +8,30 @@ results, vocabulary, backend_process).
 from __future__ import annotations
 
 import re
-from collections import Counter
 from datetime import datetime
 from html import escape
-from pathlib import Path
 from typing import NamedTuple
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
-from qgis.gui import QgsColorButton, QgsDoubleSpinBox, QgsFileWidget, QgsMapLayerComboBox
+from qgis.gui import QgsDoubleSpinBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt, QTimer
-from qgis.PyQt.QtGui import QColor, QKeySequence
 from qgis.PyQt.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QComboBox,
     QDockWidget,
-    QFileDialog,
     QFormLayout,
+    QFrame,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QSlider,
-    QTableWidget,
-    QTableWidgetItem,
+    QScrollArea,
     QTabWidget,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
-from . import review, schema
 from .area import AREAS, MASK, VISIBLE, area_request
 from .backend_client import (
     REFINE_SAM,
@@ -55,34 +46,24 @@ from .backend_client import (
 )
 from .backend_process import BackendProcess, find_executable
 from .background import BackgroundCalls
-from .compat import QAction, enum_value
+from .compat import enum_value
 from .examples import ExampleError
 from .extent import ExtentError, RasterRequest, chip_pipe
 from .install_panel import InstallPanel
 from .instance_panel import InstancePanel
 from .models_panel import ModelsPanel
 from .paths import PRESETS
-from .results import is_result_layer, output_folder, result_path
+from .results import output_folder, result_path
+from .review_panel import ReviewPanel
 from .semantic import REFINE
 from .settings import Settings
-from .styling import is_instance_layer, renderer_classes
+from .styling import is_instance_layer
 from .task import SegmentTask
-from .vocabulary import (
-    PALETTE,
-    VocabularyClass,
-    VocabularyError,
-    format_vocabulary,
-    list_presets,
-    parse_synonyms,
-    parse_vocabulary,
-    validate,
-)
-from .widgets import counted, fill_class_combo, theme_button
+from .vocabulary import VocabularyClass, VocabularyError, format_vocabulary, list_presets, parse_vocabulary, validate
+from .vocabulary_editor import VocabularyEditor
+from .widgets import counted, polygon_layers, theme_button
 
-DEFAULT_VOCABULARY = "building, roof, house  # #e31a1c\ntree, forest  # #33a02c\nwater, river  # #1f78b4\n"
-# Shortcuts of the review actions (active while the panel is open; configurable in QGIS's
-# Settings > Keyboard Shortcuts).
-SHORTCUTS = {"accept": "Alt+Shift+A", "reject": "Alt+Shift+R", "next": "Alt+Shift+N"}  # free in QGIS 3.22
+DEFAULT_VOCABULARY = "building, roof, house\ntree, forest\nwater, river\n"  # in the palette's colours
 OK_COLOUR, BAD_COLOUR, IDLE_COLOUR = "#2e7d32", "#c62828", "#757575"
 ESTIMATE_DELAY_MS = 400  # the estimate is asked for once the area, raster, resolution or view stop changing
 ESTIMATE_TIMEOUT_S = 5.0
@@ -91,6 +72,14 @@ ASIDE = re.compile(r"\s*\([^()]*\)")
 CRASHED = "The backend stopped (killed, or out of memory?)"
 CRASH_WAIT_MS = 1000  # how long a job that lost its backend waits to learn whether the process died
 LOG_LINE_CHARS = 90  # longer log lines are cut in the status (a long path must not widen the panel)
+# why Segment waits (its tooltip then)
+NO_BACKEND = "No backend answers: start it on the Backend tab (or check its URL there)."
+NO_WEIGHTS = "The backend's model has no weights yet: use Download or Import weights file… on the Backend tab."
+SEGMENT_TIPS = {
+    VISIBLE: "Segment what the map shows of the chosen raster",
+    MASK: "Segment the chosen raster inside the selected polygons of the chosen layer",
+}
+WHOLE_TIP = "Segment the whole chosen raster"
 
 
 class Prepared(NamedTuple):
@@ -138,9 +127,13 @@ def status_detail(lines: str) -> str:
     return "<br>".join(escape(line, quote=False) for line in cut)
 
 
-def polygon_layers():
-    """The layer combo filter of polygon layers."""
-    return enum_value((Qgis, "LayerFilter.PolygonLayer"), (QgsMapLayerProxyModel, "PolygonLayer"))
+def scrolling(page: QWidget) -> QScrollArea:
+    """``page`` in a frameless scroll area: a short panel scrolls rather than squeezing it."""
+    area = QScrollArea()
+    area.setWidget(page)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    return area
 
 
 def _level(name: str):
@@ -156,7 +149,7 @@ class RsovDock(QDockWidget):
         self.iface = iface
         self.settings = Settings.load()
         self.task: SegmentTask | None = None
-        self._model_ready = True  # False while the backend reports its model without weights
+        self._segment_hold = ""  # why Segment waits for the backend ("" when it need not)
         self._backend_model = ""  # the model of the backend last checked
         self._crash_log: str | None = None  # the last lines of a backend that stopped during the job
         self._crashed_job: SegmentTask | None = None  # the job it took along (Restart and retry sends it again)
@@ -169,7 +162,9 @@ class RsovDock(QDockWidget):
 
         self.tabs = QTabWidget()
         self.tabs.addTab(self._segment_tab(), "Segment")
-        self.tabs.addTab(self._review_tab(), "Review")
+        self.review_panel = ReviewPanel(iface, self.message)
+        self.addActions(self.review_panel.shortcut_actions)  # their shortcuts work whichever tab shows
+        self.tabs.addTab(self.review_panel, "Review")
         self.backend_page = self._backend_tab()
         self.tabs.addTab(self.backend_page, "Backend")
         self.status_label = QLabel()
@@ -200,7 +195,6 @@ class RsovDock(QDockWidget):
         self.set_vocabulary(parse_vocabulary(self.settings.vocabulary or DEFAULT_VOCABULARY))
         self._select_active_raster(iface.activeLayer())
         iface.currentLayerChanged.connect(self._select_active_raster)
-        self._on_results_layer_changed(self.results_combo.currentLayer())
         iface.mapCanvas().extentsChanged.connect(self._on_view_changed)
         self.raster_combo.layerChanged.connect(self.schedule_estimate)
         self.schedule_estimate()
@@ -226,36 +220,8 @@ class RsovDock(QDockWidget):
         area_row.addWidget(self.area_combo)
         area_row.addWidget(self.mask_combo, 1)
 
-        self.preset_combo = QComboBox()
-        self.preset_combo.addItem("Load a preset…")
-        for preset in list_presets(PRESETS):
-            self.preset_combo.addItem(preset.title, preset)
-        self.preset_combo.activated.connect(self._on_preset_chosen)
-
-        self.vocab_table = QTableWidget(0, 2)
-        self.vocab_table.setHorizontalHeaderLabels(["", "Class, synonyms (comma-separated)"])
-        header = self.vocab_table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
-        self.vocab_table.verticalHeader().setVisible(False)
-        self.vocab_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.vocab_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.vocab_table.setToolTip("One class per row; the first word names the class, the others are "
-                                    "synonyms (each is a text query; the class takes the best)")
-        self.vocab_table.itemChanged.connect(self._remember_vocabulary)
-
-        vocab_buttons = QHBoxLayout()
-        for icon, tip, slot in (
-            ("/symbologyAdd.svg", "Add a class", self.add_class),
-            ("/symbologyRemove.svg", "Remove the selected class", self.remove_class),
-            ("/mActionArrowUp.svg", "Move the selected class up", lambda: self.move_class(-1)),
-            ("/mActionArrowDown.svg", "Move the selected class down", lambda: self.move_class(1)),
-            ("/mActionFileOpen.svg", "Open a vocabulary file", self._open_vocabulary_dialog),
-            ("/mActionFileSave.svg", "Save the vocabulary to a file", self._save_vocabulary_dialog),
-        ):
-            vocab_buttons.addWidget(theme_button(icon, tip, slot))
-        vocab_buttons.addStretch(1)
-        vocab_buttons.addWidget(self.preset_combo)
+        self.vocabulary_editor = VocabularyEditor(list_presets(PRESETS), self.message)
+        self.vocabulary_editor.changed.connect(self._remember_vocabulary)
 
         self.mode_combo = QComboBox()
         self.mode_combo.addItem("Semantic (classes per pixel)", "semantic")
@@ -333,8 +299,7 @@ class RsovDock(QDockWidget):
         layout.addLayout(form)
         layout.addWidget(self.instance_panel)
         layout.addWidget(QLabel("<b>Vocabulary</b>"))
-        layout.addLayout(vocab_buttons)
-        layout.addWidget(self.vocab_table, 1)
+        layout.addWidget(self.vocabulary_editor, 1)
         layout.addWidget(self.estimate_label)
         layout.addWidget(self.segment_button)
         layout.addLayout(progress_row)
@@ -344,75 +309,7 @@ class RsovDock(QDockWidget):
         self.area_combo.currentIndexChanged.connect(self._on_area_changed)
         self.mask_combo.layerChanged.connect(self._on_mask_layer_changed)
         self._on_mask_layer_changed(self.mask_combo.currentLayer())
-        return page
-
-    def _review_tab(self) -> QWidget:
-        polygons = polygon_layers()
-        self.results_combo = QgsMapLayerComboBox()
-        self.results_combo.setFilters(polygons)
-        self.results_combo.layerChanged.connect(self._on_results_layer_changed)
-        self.score_slider = QSlider(Qt.Orientation.Horizontal)
-        self.score_slider.setRange(0, 100)
-        self.score_label = QLabel("all")
-        self.score_slider.valueChanged.connect(self._on_score_changed)
-        self.score_slider.sliderReleased.connect(self.apply_score_filter)
-        score_row = QHBoxLayout()
-        score_row.addWidget(self.score_slider, 1)
-        score_row.addWidget(self.score_label)
-
-        self.accept_action = self._review_action("Accept", SHORTCUTS["accept"], "/mActionSaveEdits.svg",
-                                                 lambda: self.set_selected_status(schema.ACCEPTED))
-        self.reject_action = self._review_action("Reject", SHORTCUTS["reject"], "/mActionDeleteSelected.svg",
-                                                 lambda: self.set_selected_status(schema.REJECTED))
-        self.next_action = self._review_action("Next unreviewed", SHORTCUTS["next"], "/mActionZoomToSelected.svg",
-                                               self.zoom_to_next_unreviewed)
-        actions_row = QHBoxLayout()
-        for action in (self.accept_action, self.reject_action, self.next_action):
-            button = QToolButton()
-            button.setDefaultAction(action)
-            button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-            actions_row.addWidget(button)
-        actions_row.addStretch(1)
-        self.advance_check = QCheckBox("Go to the next unreviewed feature after accept/reject")
-        self.advance_check.setChecked(True)
-
-        self.relabel_combo = QComboBox()
-        relabel_button = QPushButton("Relabel selected")
-        relabel_button.clicked.connect(self.relabel_selected)
-        relabel_row = QHBoxLayout()
-        relabel_row.addWidget(self.relabel_combo, 1)
-        relabel_row.addWidget(relabel_button)
-
-        self.target_combo = QgsMapLayerComboBox()
-        self.target_combo.setFilters(polygons)
-        self.target_combo.setAllowEmptyLayer(True)
-        merge_button = QPushButton("Merge accepted into target")
-        merge_button.clicked.connect(self.merge_accepted)
-        self.review_summary = QLabel()
-
-        page = QWidget()
-        form = QFormLayout()
-        form.addRow("Result layer", self.results_combo)
-        form.addRow("Minimum score", score_row)
-        form.addRow("Relabel as", relabel_row)
-        form.addRow("Target layer", self.target_combo)
-        layout = QVBoxLayout(page)
-        layout.addLayout(form)
-        layout.addLayout(actions_row)
-        layout.addWidget(self.advance_check)
-        layout.addWidget(merge_button)
-        layout.addWidget(self.review_summary)
-        layout.addStretch(1)
-        return page
-
-    def _review_action(self, text: str, shortcut: str, icon: str, slot) -> QAction:
-        action = QAction(QgsApplication.getThemeIcon(icon), text, self)
-        action.setShortcut(QKeySequence(shortcut))
-        action.setToolTip(f"{text} ({shortcut})")
-        action.setObjectName(f"rsov{text.title().replace(' ', '')}")
-        action.triggered.connect(slot)
-        self.addAction(action)  # the shortcut works while the panel is open, whichever tab shows
-        return action
+        return scrolling(page)
 
     def _backend_tab(self) -> QWidget:
         self.url_edit = QLineEdit(self.settings.backend_url)
@@ -523,10 +420,7 @@ class RsovDock(QDockWidget):
         button = next(text for key, _, text in AREAS if key == area)
         layer = self.mask_combo.currentLayer()
         self.segment_button.setText(f"{button} of {layer.name()}" if area == MASK and layer else button)
-        self.segment_button.setToolTip({
-            VISIBLE: "Segment what the map shows of the chosen raster",
-            MASK: "Segment the chosen raster inside the selected polygons of the chosen layer",
-        }.get(area, "Segment the whole chosen raster"))
+        self._update_segment_button()
         self.mask_combo.setEnabled(area == MASK)
         self.schedule_estimate()
 
@@ -547,121 +441,32 @@ class RsovDock(QDockWidget):
 
     # --- vocabulary editor --------------------------------------------------------------------
     def vocabulary(self) -> list[VocabularyClass]:
-        """The classes in the table (rows without words are left out)."""
-        return [c for c in self._rows() if c.synonyms]
+        """The classes of the vocabulary editor."""
+        return self.vocabulary_editor.classes()
 
     def set_vocabulary(self, classes: list[VocabularyClass]) -> None:
-        """Replace the table's content."""
-        self.vocab_table.blockSignals(True)
-        self.vocab_table.setRowCount(0)
-        for cls in classes:
-            self._append_row(cls)
-        self.vocab_table.blockSignals(False)
-        self._remember_vocabulary()
-
-    def _append_row(self, cls: VocabularyClass) -> int:
-        row = self.vocab_table.rowCount()
-        self.vocab_table.insertRow(row)
-        button = QgsColorButton()
-        button.setAllowOpacity(False)
-        button.setShowNoColor(False)
-        button.setColor(QColor(cls.color or PALETTE[row % len(PALETTE)]))
-        button.setMinimumWidth(44)
-        button.setColorDialogTitle(f"Colour of {cls.name or 'the class'}")
-        button.colorChanged.connect(self._remember_vocabulary)
-        self.vocab_table.setCellWidget(row, 0, button)
-        self.vocab_table.setItem(row, 1, QTableWidgetItem(", ".join(cls.synonyms)))
-        return row
-
-    def add_class(self, text: str = "") -> None:
-        """Add a row (with a free palette colour) and start editing it."""
-        used = {c.color for c in self.vocabulary()}
-        colour = next((c for c in PALETTE if c not in used), PALETTE[self.vocab_table.rowCount() % len(PALETTE)])
-        row = self._append_row(VocabularyClass(parse_synonyms(text or ""), colour))
-        self.vocab_table.setCurrentCell(row, 1)
-        if not text:
-            self.vocab_table.editItem(self.vocab_table.item(row, 1))
-        self._remember_vocabulary()
-
-    def remove_class(self) -> None:
-        """Remove the selected row."""
-        row = self.vocab_table.currentRow()
-        if row >= 0:
-            self.vocab_table.removeRow(row)
-            self._remember_vocabulary()
-
-    def move_class(self, step: int) -> None:
-        """Move the selected class up (-1) or down (+1)."""
-        row = self.vocab_table.currentRow()
-        classes = self._rows()
-        target = row + step
-        if row < 0 or not 0 <= target < len(classes):
-            return
-        classes[row], classes[target] = classes[target], classes[row]
-        self.set_vocabulary(classes)
-        self.vocab_table.setCurrentCell(target, 1)
-
-    def _rows(self) -> list[VocabularyClass]:
-        """Every row, empty ones included (so moving keeps the rows in place)."""
-        rows = []
-        for row in range(self.vocab_table.rowCount()):
-            item = self.vocab_table.item(row, 1)
-            rows.append(VocabularyClass(parse_synonyms(item.text() if item else ""),
-                                        self.vocab_table.cellWidget(row, 0).color().name()))
-        return rows
-
-    def _on_preset_chosen(self, index: int) -> None:
-        preset = self.preset_combo.itemData(index)
-        self.preset_combo.setCurrentIndex(0)
-        if preset is not None:
-            self.set_vocabulary(preset.load())
-
-    def load_vocabulary(self, path: str | Path) -> None:
-        """Replace the vocabulary by a text file's."""
-        try:
-            classes = parse_vocabulary(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            self.message(f"Cannot read the vocabulary {path}: {exc}", "Critical")
-            return
-        if not classes:
-            self.message(f"{path} holds no classes (one class per line, synonyms comma-separated).", "Warning")
-            return
-        self.set_vocabulary(classes)
-
-    def save_vocabulary(self, path: str | Path) -> None:
-        """Write the vocabulary as a text file (readable by `rsov segment --classes-file` too)."""
-        try:
-            Path(path).write_text(format_vocabulary(self.vocabulary()), encoding="utf-8")
-        except OSError as exc:
-            self.message(f"Cannot write {path}: {exc.strerror}", "Critical")
-
-    def _open_vocabulary_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open vocabulary", "", "Vocabulary (*.txt);;All files (*)")
-        if path:
-            self.load_vocabulary(path)
-
-    def _save_vocabulary_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save vocabulary", "vocabulary.txt", "Vocabulary (*.txt)")
-        if path:
-            self.save_vocabulary(path)
+        """Replace the vocabulary editor's classes."""
+        self.vocabulary_editor.set_classes(classes)
 
     # --- backend ---------------------------------------------------------------------------
     def check_backend(self) -> bool:
         """Update the status line and the model list from ``/v1/health`` and ``/v1/models`` (a
         token check too); True when the backend can segment."""
-        self._set_model_ready(True)  # only a backend that says so holds the button back
         try:
             client = self.settings.client(timeout=3.0)
             health = client.health()
         except BackendError as exc:
             self._set_status(f"Not connected: {exc}", BAD_COLOUR)
             self.install_offer.setVisible(not find_executable(self.settings.backend_executable))
+            self._hold_segment(NO_BACKEND)
             return False
         self.restart_button.setVisible(False)  # a backend answers: nothing to restart
         self.install_offer.setVisible(bool(health.incompatibility()))
         if health.incompatibility():
             self._set_status(f"{health.incompatibility()} (found {health.describe()}).", BAD_COLOUR)
+            self._hold_segment(f"{health.incompatibility()}.")
             return False
+        self._hold_segment(NO_WEIGHTS if not health.model_ready else "")
         try:
             self.models_panel.set_models(client.models())
         except BackendError as exc:
@@ -669,7 +474,6 @@ class RsovDock(QDockWidget):
             return False
         self._backend_model = health.model
         if not health.model_ready:
-            self._set_model_ready(False)
             self.models_panel.set_model(health.model)  # what Download and Import then fetch
             self._set_status(not_ready(health), BAD_COLOUR)
             return False
@@ -677,10 +481,19 @@ class RsovDock(QDockWidget):
         self.schedule_estimate()
         return True
 
-    def _set_model_ready(self, ready: bool) -> None:
-        """Segmenting waits for a model with weights."""
-        self._model_ready = ready
-        self.segment_button.setEnabled(ready and self.task is None)
+    def _hold_segment(self, reason: str) -> None:
+        """Segment waits while ``reason`` ("" when it need not): no backend answers, or it cannot
+        segment yet. When the wait ends, the stage line of the job that failed meanwhile goes."""
+        if self._segment_hold and not reason and self.task is None:
+            self.stage_label.setText("Idle")
+        self._segment_hold = reason
+        self._update_segment_button()
+
+    def _update_segment_button(self) -> None:
+        """Segment is enabled unless a job runs or it waits; its tooltip says what it segments, or
+        what it waits for."""
+        self.segment_button.setEnabled(self.task is None and not self._segment_hold)
+        self.segment_button.setToolTip(self._segment_hold or SEGMENT_TIPS.get(self.area_combo.currentData(), WHOLE_TIP))
 
     def _on_weights_transferred(self, name: str) -> None:
         """Weights of the backend's own model arrived (or did not): its status may have changed."""
@@ -715,6 +528,7 @@ class RsovDock(QDockWidget):
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
         self._set_status("Backend stopped.", IDLE_COLOUR)
+        self._hold_segment(NO_BACKEND)
 
     def restart_backend(self) -> None:
         """Start the backend that stopped again, then send the job it took along once more."""
@@ -733,7 +547,7 @@ class RsovDock(QDockWidget):
             self.message(f"Backend started: {health.describe()}", "Success")
             if retry is not None and self.task is None:  # unless another job was started meanwhile
                 self._start_task(retry)
-        elif self._model_ready:  # a model without weights is in the status line, with its cure beside
+        elif self._segment_hold != NO_WEIGHTS:  # a model without weights is in the status line, with its cure beside
             self.message(self.status_text, "Critical")
 
     def _on_backend_failed(self, text: str, missing: bool) -> None:
@@ -742,6 +556,7 @@ class RsovDock(QDockWidget):
         self.stop_button.setEnabled(False)
         self._set_status(text, BAD_COLOUR)
         self.install_offer.setVisible(missing)
+        self._hold_segment(NO_BACKEND)
         self.message(text, "Critical")
 
     def _on_backend_stopped(self, log: str) -> None:
@@ -749,6 +564,7 @@ class RsovDock(QDockWidget):
         reports it (one message); otherwise it is reported here."""
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
+        self._hold_segment(NO_BACKEND)
         if self.task is not None:
             self._crash_log = log
         else:
@@ -878,7 +694,7 @@ class RsovDock(QDockWidget):
             self.task.cancel()
 
     def _set_busy(self, busy: bool) -> None:
-        self.segment_button.setEnabled(not busy and self._model_ready)
+        self.segment_button.setEnabled(not busy and not self._segment_hold)
         self.cancel_button.setEnabled(busy)
         self.progress.setValue(0)
         self.stage_label.setText("Starting…" if busy else "Idle")
@@ -890,7 +706,7 @@ class RsovDock(QDockWidget):
         self.progress.setValue(100)
         self.task = None
         self.stage_label.setText(done_text(count, layer.name(), status))
-        self.results_combo.setLayer(layer)
+        self.review_panel.show_result(layer)
         self.iface.setActiveLayer(layer)  # ready for the selection tools of the review
         if layer.featureCount() == 0 and status is not None and status.summary:
             self.message(status.no_objects_text(), "Warning")  # why nothing came back, and what to change
@@ -915,115 +731,6 @@ class RsovDock(QDockWidget):
         self.stage_label.setText("Cancelled")
         self.message("Segmentation cancelled.", "Info")
 
-    # --- review ----------------------------------------------------------------------------------
-    def _results_layer(self):
-        layer = self.results_combo.currentLayer()
-        if not is_result_layer(layer):
-            self.message("Choose an rsov result layer on the Review tab.", "Warning")
-            return None
-        return layer
-
-    def _on_results_layer_changed(self, layer) -> None:
-        if not is_result_layer(layer):
-            self.relabel_combo.clear()
-            self.review_summary.setText("Segment something, or choose an rsov result layer.")
-            return
-        fill_class_combo(self.relabel_combo, renderer_classes(layer))
-        self.score_slider.blockSignals(True)
-        self.score_slider.setValue(round(review.current_score_filter(layer) * 100))
-        self.score_slider.blockSignals(False)
-        self._on_score_changed(self.score_slider.value())
-        self._update_summary()
-
-    def _update_summary(self) -> None:
-        layer = self.results_combo.currentLayer()
-        if not is_result_layer(layer):
-            return
-        counts = Counter(f[schema.STATUS] or schema.NEW for f in layer.getFeatures())
-        shown = f"score ≥ {self.score_slider.value() / 100:.2f} shown" if self.score_slider.value() else "all shown"
-        self.review_summary.setText(", ".join(f"{counts.get(s, 0)} {s}" for s in schema.STATUSES) + f" ({shown})")
-
-    def _on_score_changed(self, value: int) -> None:
-        self.score_label.setText(f"≥ {value / 100:.2f}" if value else "all")
-        if not self.score_slider.isSliderDown():
-            self.apply_score_filter()
-
-    def apply_score_filter(self) -> None:
-        """Show only features of the result layer scoring at least the slider's value."""
-        layer = self.results_combo.currentLayer()
-        if not is_result_layer(layer):
-            return
-        try:
-            review.score_filter(layer, self.score_slider.value() / 100)
-        except review.ReviewError as exc:
-            self.message(str(exc), "Warning")
-        self._update_summary()
-
-    def _selected(self):
-        layer = self._results_layer()
-        if layer is None:
-            return None, []
-        ids = layer.selectedFeatureIds()
-        if not ids:
-            self.message(f"Select features of {layer.name()} first (or use Next unreviewed).", "Warning")
-        return layer, ids
-
-    def set_selected_status(self, status: str) -> None:
-        """Accept or reject the selected features."""
-        layer, ids = self._selected()
-        if not ids:
-            return
-        try:
-            review.set_status(layer, ids, status)
-        except review.ReviewError as exc:
-            self.message(str(exc), "Critical")
-            return
-        self._update_summary()
-        if self.advance_check.isChecked():
-            self.zoom_to_next_unreviewed()
-
-    def relabel_selected(self) -> None:
-        """Give the selected features the class chosen in the combo box."""
-        layer, ids = self._selected()
-        if not ids or self.relabel_combo.currentIndex() < 0:
-            return
-        try:
-            review.relabel(layer, ids, self.relabel_combo.currentText(), self.relabel_combo.currentData())
-        except review.ReviewError as exc:
-            self.message(str(exc), "Critical")
-
-    def zoom_to_next_unreviewed(self) -> None:
-        """Select and zoom to the next feature still marked ``new``."""
-        layer = self._results_layer()
-        if layer is None:
-            return
-        selected = layer.selectedFeatureIds()
-        feature = review.next_unreviewed(layer, max(selected) if selected else None)
-        if feature is None:
-            layer.removeSelection()
-            self.message(f"Every shown feature of {layer.name()} is reviewed.", "Success")
-            return
-        layer.selectByIds([feature.id()])
-        canvas = self.iface.mapCanvas()
-        canvas.zoomToFeatureIds(layer, [feature.id()])
-        canvas.flashFeatureIds(layer, [feature.id()])
-
-    def merge_accepted(self) -> None:
-        """Copy the accepted features into the target layer."""
-        layer = self._results_layer()
-        target = self.target_combo.currentLayer()
-        if layer is None:
-            return
-        if target is None:
-            self.message("Choose a target polygon layer to merge the accepted features into.", "Warning")
-            return
-        try:
-            count = review.merge_accepted(layer, target, QgsProject.instance().transformContext())
-        except review.ReviewError as exc:
-            self.message(str(exc), "Critical")
-            return
-        self.message(f"{count} accepted features added to {target.name()}.", "Success" if count else "Info")
-
     # --- lifetime ------------------------------------------------------------------------------
     def check_backend_later(self) -> None:
         """Check the backend once the event loop runs (so opening the panel stays instant)."""
@@ -1039,6 +746,7 @@ class RsovDock(QDockWidget):
         self.install_panel.shutdown()
         self.models_panel.shutdown()
         self.instance_panel.shutdown()
+        self.review_panel.shutdown()
         self._follow_mask_layer(None)
         for signal, slot in ((self.iface.currentLayerChanged, self._select_active_raster),
                              (self.iface.mapCanvas().extentsChanged, self._on_view_changed)):

@@ -9,9 +9,10 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 
 from .compat import QAction
-from .dock import SHORTCUTS, RsovDock
+from .dock import RsovDock
 from .paths import ICON
 from .processing_provider import RsovProvider
+from .review_panel import SHORTCUTS
 
 MENU = "&rsov"
 VISIBLE_KEY = "rsov/dock_visible"
@@ -37,6 +38,7 @@ class RsovPlugin:
         self.initProcessing()
         window = self.iface.mainWindow()
         self.dock = RsovDock(self.iface, window)
+        self.provider.use_backend(self.dock.backend)  # one backend process, whoever starts it
         self.action = QAction(QIcon(str(ICON)), "rsov segmentation panel", window)
         self.action.setObjectName("rsovShowPanel")
         self.action.setCheckable(True)
@@ -54,7 +56,7 @@ class RsovPlugin:
         self.dock.check_backend_later()
 
     def _review_actions(self) -> list[QAction]:
-        return [self.dock.accept_action, self.dock.reject_action, self.dock.next_action]
+        return self.dock.review_panel.shortcut_actions
 
     def _shutdown(self) -> None:
         if self.dock is not None:

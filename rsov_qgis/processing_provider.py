@@ -1,5 +1,13 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Processing provider ``rsov`` with ``rsov:segment``, run against the configured backend."""
+"""Processing provider ``rsov`` with ``rsov:segment``, run against the configured backend.
+
+Its output is a result GeoPackage like the dock's (``results.save_result``: status field, the
+class style as its default, layer ``rsov``). When no backend answers, it starts one with the
+dock's settings (the dock's own process, in QGIS; its own one in qgis_process) and leaves it
+running: a batch or a model runs the algorithm many times, and loading the model each time
+would cost more than the job. The dock's Stop backend, unloading the plugin or quitting QGIS
+(or qgis_process) stops it.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +18,6 @@ from typing import Callable
 
 from qgis.core import (
     Qgis,
-    QgsFeature,
-    QgsFeatureSink,
-    QgsFields,
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
@@ -23,12 +28,12 @@ from qgis.core import (
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
-    QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
     QgsProcessingProvider,
     QgsVectorLayer,
 )
@@ -38,6 +43,7 @@ from . import schema
 from .area import mask_request
 from .backend_client import (
     REFINE_SAM,
+    BackendClient,
     BackendError,
     InstanceOptions,
     JobCancelled,
@@ -45,15 +51,15 @@ from .backend_client import (
     SegmentOptions,
     describe_estimate,
 )
+from .backend_process import BackendProcess, find_executable, serve_shell_command, start_and_wait
 from .compat import enum_value
 from .examples import ExampleError, ExampleSet
 from .extent import ExtentError, chip_pipe, raster_request, write_chip
 from .instance import CLASS_PROMPTS, NUMBER_OPTIONS
 from .paths import ICON
-from .results import layer_uri, status_field
+from .results import ResultError, layer_uri, save_result
 from .semantic import REFINE
 from .settings import Settings
-from .styling import apply_result_style
 from .vocabulary import VocabularyClass, VocabularyError, parse_classes_string, validate
 
 PROGRESS_TEXT_EVERY_S = 5.0  # within one stage (the backend is polled twice a second)
@@ -80,16 +86,26 @@ class ProgressTexts:
         return text
 
 
-class _StyleOutput(QgsProcessingLayerPostProcessorInterface):
-    """Gives the loaded output layer the vocabulary's categorized style."""
+def cannot_start_text(settings: Settings, client: BackendClient) -> str:
+    """Why Processing cannot start a backend, and how to start one from a shell, in one sentence."""
+    if not client.is_local:
+        why = "the backend URL is not on this machine"
+    elif settings.backend_executable:
+        why = f"the rsov executable '{settings.backend_executable}' set in the rsov settings does not exist"
+    else:
+        why = "no rsov executable is set in the rsov settings or found on PATH"
+    command = serve_shell_command(settings.backend_url, settings.token_file, settings.model)
+    return (f"No rsov backend answers at {client.url} and Processing cannot start one ({why}): start one from a "
+            f"shell with `{command}`.")
 
-    def __init__(self, classes: list[VocabularyClass]):
-        super().__init__()
-        self.classes = classes
+
+class _EmbeddedStyle(QgsProcessingLayerPostProcessorInterface):
+    """Gives the loaded output layer the style saved in its GeoPackage (QGIS loads Processing
+    outputs without their default style)."""
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS's name)
         if isinstance(layer, QgsVectorLayer):
-            apply_result_style(layer, self.classes)
+            layer.loadDefaultStyle()
 
 
 class SegmentAlgorithm(QgsProcessingAlgorithm):
@@ -99,7 +115,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
     MODE, EXAMPLES, EXAMPLES_CLASS, CLASS_PROMPTS = "MODE", "EXAMPLES", "EXAMPLES_CLASS", "CLASS_PROMPTS"
     MASK, REFINE = "MASK", "REFINE"
     MODES = ("semantic", "instance")
-    _post_processors: list[_StyleOutput] = []  # kept alive until QGIS has used them
+    _post_processors: list[_EmbeddedStyle] = []  # kept alive until QGIS has used them
 
     def name(self):
         return "segment"
@@ -109,7 +125,8 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
 
     def shortHelpString(self):  # noqa: N802
         return ("Segments a raster extent into polygons of the classes you type, with the rsov backend "
-                "(start it from the rsov panel or with `rsov serve`). Classes are separated by ';', "
+                "(when none answers, it is started with the rsov panel's settings and keeps running for "
+                "the next runs). Classes are separated by ';', "
                 "synonyms by ',': 'building,roof,house; tree,forest; water'. Pixels whose best class "
                 "probability is under the threshold are left out.\n\n"
                 "The processing area is the whole raster, or the extent given; with polygons as the mask "
@@ -119,7 +136,9 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
                 "Mode 'instance' gives one polygon per object (with an instance_id) instead of class "
                 "regions. Its optional examples are polygons of objects like those wanted, their class "
                 "(one of the vocabulary's class names) in the examples' class field; examples of other "
-                "classes, or off the raster, are not used. The instance options are under Advanced.")
+                "classes, or off the raster, are not used. The instance options are under Advanced.\n\n"
+                "The output is a GeoPackage (layer 'rsov') with the review status field and the class style "
+                "saved inside.")
 
     def createInstance(self):  # noqa: N802
         return SegmentAlgorithm()
@@ -161,7 +180,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             self._add_advanced(parameter, advanced)
         self._add_advanced(QgsProcessingParameterBoolean(self.CLASS_PROMPTS, f"{CLASS_PROMPTS[0]} (instance mode)",
                                                          InstanceOptions.class_prompts), advanced)
-        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Segments", polygons))
+        self.addParameter(QgsProcessingParameterVectorDestination(self.OUTPUT, "Segments", polygons))
 
     def _add_advanced(self, parameter, advanced) -> None:
         parameter.setFlags(parameter.flags() | advanced)
@@ -209,6 +228,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         if parameters.get(self.EXTENT) is not None:
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
         mask = self.parameterAsSource(parameters, self.MASK, context)
+        output = self._output_path(parameters, context)
         texts = ProgressTexts()
         last: JobStatus | None = None
 
@@ -222,7 +242,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
 
         with tempfile.TemporaryDirectory(prefix="rsov_") as folder:
             try:
-                client = settings.client()
+                client = self._backend(settings, feedback)
                 if mask is not None:
                     request = mask_request((f.geometry() for f in mask.getFeatures()), mask.sourceCrs(), layer,
                                            context.transformContext(), client.is_local, within=extent,
@@ -239,19 +259,55 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
                 chip = None if request.path else write_chip(chip_pipe(layer), request, Path(folder) / "chip.tif")
                 job_id = client.run_job(job, chip, on_status, feedback.isCanceled)
                 self._report_summary(last, feedback)
-                result = Path(folder) / "result.gpkg"
-                result.write_bytes(client.result_gpkg(job_id))
+                save_result(client.result_gpkg(job_id), output, classes)
             except JobCancelled:
                 feedback.reportError("Cancelled.")
                 return {self.OUTPUT: None}
-            except (BackendError, ExtentError, ExampleError) as exc:
+            except (BackendError, ExtentError, ExampleError, ResultError) as exc:
                 raise QgsProcessingException(str(exc)) from None
-            dest_id = self._write_sink(result, parameters, context, feedback)
-        if context.willLoadLayerOnCompletion(dest_id):
-            post = _StyleOutput(classes)
-            self._post_processors[:] = [*self._post_processors[-7:], post]
-            context.layerToLoadOnCompletionDetails(dest_id).setPostProcessor(post)
-        return {self.OUTPUT: dest_id}
+        if context.willLoadLayerOnCompletion(str(output)):
+            self._load_result_layer(context, output)
+        return {self.OUTPUT: layer_uri(output)}
+
+    def _load_result_layer(self, context, output: Path) -> None:
+        """Have QGIS load the result layer, with its embedded style, rather than the file's first layer."""
+        layers = context.layersToLoadOnCompletion()
+        details = layers.pop(str(output))
+        post = _EmbeddedStyle()
+        self._post_processors[:] = [*self._post_processors[-7:], post]
+        details.setPostProcessor(post)
+        context.setLayersToLoadOnCompletion({**layers, layer_uri(output): details})
+
+    def _output_path(self, parameters, context) -> Path:
+        """The GeoPackage file to write (a temporary one for a temporary output)."""
+        destination = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        if not destination.lower().endswith(".gpkg") or destination.startswith("ogr:"):
+            raise QgsProcessingException(f"The segments are saved as a GeoPackage file (.gpkg), not to {destination}.")
+        return Path(destination)
+
+    def _backend(self, settings: Settings, feedback) -> BackendClient:
+        """A client of the configured backend, started (with the rsov panel's settings) when none
+        answers and it runs on this machine."""
+        client = settings.client()
+        try:
+            client.health(timeout=2.0)
+            return client
+        except BackendError as exc:
+            if exc.code != "unreachable":
+                raise
+        if not client.is_local or not find_executable(settings.backend_executable):
+            raise BackendError("unreachable", cannot_start_text(settings, client))
+        feedback.pushInfo(f"No rsov backend answers at {client.url}: starting one.")
+
+        def waiting(elapsed: float, log: str) -> None:
+            feedback.setProgressText(f"Starting the rsov backend (loading the model): {elapsed:.0f} s"
+                                     + (f" — {log.splitlines()[-1]}" if log else ""))
+
+        health = start_and_wait(self.provider().backend, settings.backend_executable, settings.backend_url,
+                                settings.token_file, settings.model, feedback.isCanceled, waiting)
+        feedback.pushInfo(f"Started {health.describe()}; it keeps running for the next runs, until the rsov "
+                          "panel's Stop backend or the end of this QGIS (or qgis_process).")
+        return client
 
     @staticmethod
     def _report_summary(status: JobStatus, feedback) -> None:
@@ -271,31 +327,30 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
                 raise  # the job would fail the same way: say so now
             feedback.pushInfo(f"No estimate: {exc}")
 
-    def _write_sink(self, result: Path, parameters, context, feedback) -> str:
-        source = QgsVectorLayer(layer_uri(result), "rsov", "ogr")
-        if not source.isValid():
-            raise QgsProcessingException("The backend's result is not a readable GeoPackage.")
-        fields = QgsFields()
-        for field in source.fields():
-            if field.name() != "fid":
-                fields.append(field)
-        fields.append(status_field())
-        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, source.wkbType(), source.crs())
-        if sink is None:
-            raise QgsProcessingException("The output layer cannot be created.")
-        fast = enum_value((QgsFeatureSink, "Flag.FastInsert"), (QgsFeatureSink, "FastInsert"))
-        for feature in source.getFeatures():
-            out = QgsFeature(fields)
-            out.setGeometry(feature.geometry())
-            for field in fields:
-                out[field.name()] = schema.NEW if field.name() == schema.STATUS else feature[field.name()]
-            sink.addFeature(out, fast)
-        del source
-        return dest_id
-
 
 class RsovProvider(QgsProcessingProvider):
-    """The ``rsov`` provider."""
+    """The ``rsov`` provider; its outputs are GeoPackage files (they carry the style)."""
+
+    def __init__(self):
+        super().__init__()
+        self._own_backend = BackendProcess()  # qgis_process has no dock to share one with
+        self.backend = self._own_backend  # the one Processing starts when no backend answers
+
+    def use_backend(self, backend: BackendProcess) -> None:
+        """Start the dock's backend process: the Backend tab shows it and its Stop button stops it."""
+        self.backend = backend
+
+    def unload(self):
+        self._own_backend.stop()
+
+    def supportsNonFileBasedOutput(self):  # noqa: N802
+        return False
+
+    def supportedOutputVectorLayerExtensions(self):  # noqa: N802
+        return ["gpkg"]
+
+    def defaultVectorFileExtension(self, hasGeometry=True):  # noqa: N802, N803
+        return "gpkg"
 
     def id(self):
         return "rsov"

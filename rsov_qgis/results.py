@@ -2,8 +2,9 @@
 """Result GeoPackages: written completely (status field, style) before they are shown.
 
 The backend's GeoPackage is written to a hidden temporary file beside the destination, given
-the ``status`` field and the class style, closed, and only then renamed into place, so a
-failure never leaves a half-written result behind.
+the ``status`` field and the class style (replacing the one the backend wrote, ``rsov/qml.py``),
+closed, checked complete, and only then renamed into place, so a failure never leaves a
+half-written result behind. The dock and Processing save results through :func:`save_result`.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def save_result(data: bytes, path: Path, classes: list[VocabularyClass]) -> Path
     try:
         partial.write_bytes(data)
         _prepare(partial, classes)
+        _check_complete(partial)
         os.replace(partial, path)
     except OSError as exc:
         raise ResultError(f"Writing the result {path} failed: {exc.strerror or exc}.") from None
@@ -91,17 +93,9 @@ def _prepare(path: Path, classes: list[VocabularyClass]) -> None:
     Written with OGR and closed explicitly, never through a QGIS layer: QGIS's connection pool
     would keep the file open past the rename, in WAL mode against side files that are then
     deleted, and a layer opened on the final path could read an empty snapshot."""
-    unreadable = f"The backend's result is not a readable GeoPackage with a layer '{schema.LAYER}'."
-    try:  # GDAL raises or returns None, as gdal.UseExceptions() was called in this QGIS or not
-        dataset = gdal.OpenEx(str(path), gdal.OF_VECTOR | gdal.OF_UPDATE, allowed_drivers=["GPKG"])
-    except RuntimeError:
-        dataset = None
-    if dataset is None:
-        raise ResultError(unreadable)
+    dataset = _open(path, update=True)
     try:
         layer = dataset.GetLayerByName(schema.LAYER)
-        if layer is None:
-            raise ResultError(unreadable)
         definition = layer.GetLayerDefn()
         names = [definition.GetFieldDefn(i).GetName() for i in range(definition.GetFieldCount())]
         missing = [f for f in (schema.CLASS, schema.SCORE) if f not in names]
@@ -112,7 +106,7 @@ def _prepare(path: Path, classes: list[VocabularyClass]) -> None:
             status.SetWidth(10)
             _check(layer.CreateField(status), path)
         dataset.ExecuteSQL(SET_ALL_NEW)
-        qml, sld = _style_documents(names, classes)
+        qml, sld = _style_documents(names, classes, _classes_present(layer))
         _write_style(dataset, layer.GetGeometryColumn(), qml, sld, path)
         dataset.FlushCache()
     except RuntimeError as exc:
@@ -121,22 +115,66 @@ def _prepare(path: Path, classes: list[VocabularyClass]) -> None:
         layer = dataset = None  # noqa: F841 (closes the file before the rename)
 
 
+def _open(path: Path, update: bool = False):
+    """The GeoPackage at ``path`` through OGR; ResultError when it is not one with the result layer."""
+    unreadable = f"The backend's result is not a readable GeoPackage with a layer '{schema.LAYER}'."
+    try:  # GDAL raises or returns None, as gdal.UseExceptions() was called in this QGIS or not
+        dataset = gdal.OpenEx(str(path), gdal.OF_VECTOR | (gdal.OF_UPDATE if update else 0), allowed_drivers=["GPKG"])
+    except RuntimeError:
+        dataset = None
+    if dataset is None or dataset.GetLayerByName(schema.LAYER) is None:
+        raise ResultError(unreadable)
+    return dataset
+
+
+def _check_complete(path: Path) -> None:
+    """Refuse a result that lacks its status field or its default style, however that happened:
+    the Review tab refuses such a layer, and its colours would be gone."""
+    dataset = _open(path)
+    try:
+        complete = _is_complete(dataset)
+    finally:
+        dataset = None  # noqa: F841 (closes the file before the rename)
+    if not complete:
+        raise ResultError(f"Writing the review status and style into {path.name} failed.")
+
+
+def _is_complete(dataset) -> bool:
+    """Whether the result layer has the status field and one default style."""
+    styles = dataset.GetLayerByName(STYLE_TABLE)
+    if styles is None or dataset.GetLayerByName(schema.LAYER).GetLayerDefn().GetFieldIndex(schema.STATUS) < 0:
+        return False
+    styles.SetAttributeFilter(DEFAULT_STYLE)
+    return styles.GetFeatureCount() == 1
+
+
 def _check(error: int, path: Path) -> None:
     if error != ogr.OGRERR_NONE:
         raise ResultError(f"Writing the review status and style into {path.name} failed: {gdal.GetLastErrorMsg()}")
 
 
-def _style_documents(field_names: list[str], classes: list[VocabularyClass]) -> tuple[str, str]:
+def _classes_present(layer: ogr.Layer) -> set[str]:
+    """The class names the result's features hold (the legend lists them first)."""
+    layer.ResetReading()
+    present = {feature.GetField(schema.CLASS) for feature in layer}
+    layer.ResetReading()
+    return present
+
+
+def _style_documents(field_names: list[str], classes: list[VocabularyClass], present: set[str]) -> tuple[str, str]:
     """The QML and SLD of the class style, made on a memory layer with the result's fields."""
     fields = "&".join(f"field={name}:string" for name in field_names)
     layer = QgsVectorLayer(f"MultiPolygon?{fields}", schema.LAYER, "memory")
-    apply_result_style(layer, classes)
+    apply_result_style(layer, classes, present)
     qml, sld = QDomDocument(), QDomDocument()
     layer.exportNamedStyle(qml)
     layer.exportSldStyle(sld, "")
     return qml.toString(), sld.toString()
 
 
+STYLE_TABLE = "layer_styles"
+DELETE_STYLES = 'DELETE FROM "layer_styles" WHERE "f_table_name" = \'rsov\''  # STYLE_TABLE, schema.LAYER
+DEFAULT_STYLE = '"f_table_name" = \'rsov\' AND "useAsDefault" = 1'
 STYLE_FIELDS = (  # QGIS's own layer_styles table (what QgsVectorLayer.saveStyleToDatabase makes)
     ("f_table_catalog", ogr.OFTString, 256), ("f_table_schema", ogr.OFTString, 256),
     ("f_table_name", ogr.OFTString, 256), ("f_geometry_column", ogr.OFTString, 256),
@@ -147,10 +185,13 @@ STYLE_FIELDS = (  # QGIS's own layer_styles table (what QgsVectorLayer.saveStyle
 
 
 def _write_style(dataset, geometry_column: str, qml: str, sld: str, path: Path) -> None:
-    """Store the style as the layer's default in ``layer_styles``, which QGIS reads on load."""
-    styles = dataset.GetLayerByName("layer_styles")
-    if styles is None:
-        styles = dataset.CreateLayer("layer_styles", geom_type=ogr.wkbNone, options=["FID=id"])
+    """Store the style as the layer's default in ``layer_styles``, which QGIS reads on load,
+    in place of any the backend wrote."""
+    styles = dataset.GetLayerByName(STYLE_TABLE)
+    if styles is not None:
+        dataset.ExecuteSQL(DELETE_STYLES)
+    else:
+        styles = dataset.CreateLayer(STYLE_TABLE, geom_type=ogr.wkbNone, options=["FID=id"])
         for name, kind, width in STYLE_FIELDS:
             field = ogr.FieldDefn(name, kind)
             field.SetWidth(width)

@@ -8,6 +8,7 @@ SCORE = "score"
 AREA = "area_m2"
 INSTANCE_ID = "instance_id"  # instance results only: one feature per object
 STATUS = "status"  # added by the plugin
+MERGED = "merged_into"  # added by the plugin's first merge: the targets a feature was merged into (JSON list)
 
 NEW, ACCEPTED, REJECTED = "new", "accepted", "rejected"
 STATUSES = (NEW, ACCEPTED, REJECTED)

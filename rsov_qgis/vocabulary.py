@@ -9,6 +9,10 @@ trailing comment::
     building, roof, house   # #e31a1c
 
 One-line format (Processing, the CLI's ``--classes``): ``"building,roof; tree,forest"``.
+
+Colours: class k (its 1-based place in the vocabulary) has ``palette.class_colour(k)`` unless its
+colour was chosen (by the analyst, or a ``# #rrggbb`` comment of a preset or file), so the dock,
+Processing and the backend colour the same vocabulary alike.
 """
 
 from __future__ import annotations
@@ -16,13 +20,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
-# Distinct colours for classes that come without one (ColorBrewer Set1/Dark2-like).
-PALETTE = (
-    "#e31a1c", "#1f78b4", "#33a02c", "#ff7f00", "#6a3d9a", "#b15928",
-    "#a6cee3", "#fb9a99", "#b2df8a", "#fdbf6f", "#cab2d6", "#ffff99",
-    "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02",
-)
+from .palette import class_colour
+
 _COLOUR = re.compile(r"#[0-9a-fA-F]{6}(?![0-9a-fA-F])")
 _PRESET_HEADER = re.compile(r"^\s*#\s*preset\s*:\s*(.+?)\s*$", re.IGNORECASE)
 MAX_CLASSES = 256  # the backend's limit
@@ -34,10 +35,17 @@ class VocabularyError(ValueError):
 
 @dataclass
 class VocabularyClass:
-    """One class: its text queries (the first names it) and its colour as ``#rrggbb``."""
+    """One class: its text queries (the first names it) and its colour as ``#rrggbb``; ``chosen``
+    when that colour was chosen rather than given by the class's place (a given colour is chosen
+    unless told otherwise)."""
 
     synonyms: list[str]
     color: str = ""
+    chosen: bool | None = None
+
+    def __post_init__(self):
+        if self.chosen is None:
+            self.chosen = bool(self.color)
 
     @property
     def name(self) -> str:
@@ -68,22 +76,38 @@ def parse_synonyms(text: str) -> list[str]:
     return list(dict.fromkeys(w for w in words if w))
 
 
-def parse_vocabulary(text: str) -> list[VocabularyClass]:
-    """Parse the text format; blank lines and pure comments are skipped."""
+def _parse_lines(text: str, split_on_semicolons: bool) -> list[VocabularyClass]:
+    """Classes of the text format's lines, without palette colours; a ``# #rrggbb`` comment
+    colours the class it follows."""
     classes = []
     for line in text.splitlines():
         content, _, comment = line.partition("#")
-        synonyms = parse_synonyms(content)
-        if synonyms:
-            colour = _COLOUR.search("#" + comment) if comment else None
-            classes.append(VocabularyClass(synonyms, colour.group(0).lower() if colour else ""))
-    return assign_colors(classes)
+        parts = content.split(";") if split_on_semicolons else [content]
+        line_classes = [VocabularyClass(s) for s in (parse_synonyms(p) for p in parts) if s]
+        colour = _COLOUR.search("#" + comment) if comment else None
+        if line_classes and colour:
+            line_classes[-1] = VocabularyClass(line_classes[-1].synonyms, colour.group(0).lower())
+        classes += line_classes
+    return classes
+
+
+def parse_vocabulary(text: str) -> list[VocabularyClass]:
+    """Parse the text format; blank lines and pure comments are skipped."""
+    return assign_colors(_parse_lines(text, split_on_semicolons=False))
+
+
+def parse_typed_classes(text: str) -> list[VocabularyClass]:
+    """Classes typed or pasted into a vocabulary row: one per line or ``;`` between them (the
+    one-line format), a line's ``# #rrggbb`` comment kept; without palette colours (their place
+    in the table gives them)."""
+    return _parse_lines(text, split_on_semicolons=True)
 
 
 def format_vocabulary(classes: list[VocabularyClass], title: str = "") -> str:
-    """The text format of ``classes`` (readable back by :func:`parse_vocabulary` and the CLI)."""
+    """The text format of ``classes`` (readable back by :func:`parse_vocabulary` and the CLI):
+    chosen colours as comments, palette colours left to the class's place."""
     lines = [f"# preset: {title}"] if title else []
-    lines += [f"{', '.join(c.synonyms)}  # {c.color}" if c.color else ", ".join(c.synonyms) for c in classes]
+    lines += [f"{', '.join(c.synonyms)}  # {c.color}" if c.chosen else ", ".join(c.synonyms) for c in classes]
     return "\n".join(lines) + "\n"
 
 
@@ -94,12 +118,21 @@ def parse_classes_string(text: str) -> list[VocabularyClass]:
 
 
 def assign_colors(classes: list[VocabularyClass]) -> list[VocabularyClass]:
-    """Give every class without a colour the next palette colour not used yet (in place)."""
-    used = {c.color for c in classes if c.color}
-    free = [c for c in PALETTE if c not in used] or list(PALETTE)
-    for index, cls in enumerate(c for c in classes if not c.color):
-        cls.color = free[index % len(free)]
+    """Give every class whose colour was not chosen the palette colour of its class id (in
+    place). Classes without words (rows still empty) come after the others: they take no class
+    id from them and still get colours of their own."""
+    named = [c for c in classes if c.synonyms]
+    for class_id, cls in enumerate(named + [c for c in classes if not c.synonyms], start=1):
+        if not cls.chosen:
+            cls.color = class_colour(class_id)
     return classes
+
+
+def legend_order(classes: list[VocabularyClass], present: Iterable[str]) -> list[tuple[int, VocabularyClass]]:
+    """``(class id, class)`` of ``classes``: those named in ``present`` first, then the others,
+    each part in vocabulary order."""
+    present = set(present)
+    return sorted(enumerate(classes, start=1), key=lambda item: item[1].name not in present)
 
 
 def validate(classes: list[VocabularyClass]) -> list[str]:

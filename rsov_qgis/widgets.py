@@ -5,11 +5,17 @@ from __future__ import annotations
 
 from typing import Callable
 
-from qgis.core import QgsApplication
+from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel
 from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
 from qgis.PyQt.QtWidgets import QComboBox, QToolButton
 
+from .compat import enum_value
 from .vocabulary import VocabularyClass
+
+
+def polygon_layers():
+    """The layer combo filter of polygon layers."""
+    return enum_value((Qgis, "LayerFilter.PolygonLayer"), (QgsMapLayerProxyModel, "PolygonLayer"))
 
 
 def theme_button(icon: str, tip: str, slot: Callable[[], None]) -> QToolButton:

@@ -76,7 +76,7 @@ def test_classes_file_and_models_listing(capsys, tmp_path, shared_data, tiny_che
                           "--model", tiny_checkpoint, "--out", tmp_path / "x.gpkg", "--quiet", "--layer-per-class",
                           "--bbox", "346100,5647600,346300,5647800")
     assert code == 0, stdout
-    assert set(pyogrio.list_layers(tmp_path / "x.gpkg")[:, 0]) == {"building", "tree"}
+    assert set(pyogrio.list_layers(tmp_path / "x.gpkg")[:, 0]) == {"building", "tree", "layer_styles"}
     code, stdout, _ = run(capsys, "models")
     assert code == 0 and "ViT-B-16-openai" in stdout and "missing" in stdout and "tiny-random" in stdout
 

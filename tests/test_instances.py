@@ -189,7 +189,7 @@ def test_cli_instance_mode_with_examples_and_oriented_boxes(shared_data, tiny_ch
                      "--obb", "--out", str(out), "--preview", str(tmp_path / "p.png"), "--quiet"])
     assert code == 0, capsys.readouterr().err
     layers = dict(pyogrio.list_layers(out))
-    assert set(layers) == {"rsov", "rsov_obb"}
+    assert set(layers) == {"rsov", "rsov_obb", "layer_styles"}
     info = pyogrio.read_info(out, layer="rsov")
     assert "instance_id" in info["fields"] and info["crs"] == "EPSG:25832"
     assert pyogrio.read_info(out, layer="rsov_obb")["features"] == info["features"] > 0

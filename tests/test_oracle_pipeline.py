@@ -4,6 +4,8 @@ This exercises the whole chain: raster reading and georeferencing, resizing, sli
 overlap averaging, logit upsampling, synonyms, thresholds, nodata, vectorization.
 """
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from affine import Affine
@@ -13,6 +15,7 @@ from shapely.geometry import box
 
 from rsov.engine import SegmentRequest
 from rsov.predictor import FeatureOptions, ScoreOptions
+from rsov.vocabulary import build_vocabulary
 
 CLASSES = ("building,roof", "tree", "water")
 # (row0, col0, row1, col1) in pixels of a 448 x 448 raster, on the 16 px patch grid
@@ -148,3 +151,20 @@ def test_edited_vocabulary_reuses_image_features(make_geotiff):
     # under the per-extent rule, a different extent is a different grid
     engine.segment(request(path, bbox=(356000.0, 5644800.0, 356100.0, 5645000.0)))
     assert engine.encoder.calls > calls
+
+
+def test_progress_moves_through_the_vocabulary_windows_and_rows(make_geotiff):
+    """No stall without a word: a large vocabulary is embedded, windows encoded and rows scored, each counted."""
+    path = make_geotiff(paint(), crs="EPSG:25832", transform=PROJECTED)
+    classes = CLASSES + tuple(f"thing {k}" for k in range(40))
+    stages = []
+    oracle_engine().segment(replace(request(path), classes=classes, block_size=128),
+                            stage=lambda name, fraction: stages.append((fraction, name)))
+    fractions = [f for f, _ in stages]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    names = [name for _, name in stages]
+    queries = len(build_vocabulary(list(classes), ("background",)).queries()[0])
+    assert f"embedding the vocabulary: {queries}/{queries} queries" in names
+    blocks = sum(1 for name in names if name.startswith("segmenting block") and ":" not in name)
+    assert blocks > 1 and any(name.endswith(f"scoring {len(classes)} classes: rows 128/128") for name in names)
+    assert any("encoding windows" in name for name in names)

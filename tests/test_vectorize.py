@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import sqlite3
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pyogrio
@@ -17,6 +20,9 @@ from affine import Affine
 from rasterio.features import rasterize, shapes
 
 from rsov.errors import InputError
+from rsov import palette
+from rsov.palette import class_rgb
+from rsov.qml import result_qml
 from rsov.vectorize import (
     VectorFeature,
     _clean,
@@ -161,20 +167,21 @@ def test_write_gpkg_round_trip(features, tmp_path):
     assert info["crs"] == UTM
     assert info["features"] == 3
     assert info["geometry_type"] == "MultiPolygon"
-    assert list(info["fields"]) == ["class", "class_id", "score", "area_m2"]
-    assert info["ogr_types"] == ["OFTString", "OFTInteger", "OFTReal", "OFTReal"]
-    _, _, geometry, fields = pyogrio.raw.read(path)
+    assert list(info["fields"]) == ["class", "class_id", "score", "area_m2", "status"]
+    assert info["ogr_types"] == ["OFTString", "OFTInteger", "OFTReal", "OFTReal", "OFTString"]
+    _, _, geometry, fields = pyogrio.raw.read(path, layer="rsov")
     assert list(fields[0]) == ["building", "building", "water"]
     assert list(fields[1]) == [1, 1, 2]
     assert list(fields[2]) == [f.score for f in features]
     assert list(fields[3]) == [90.0, 15.0, 25.0]
+    assert list(fields[4]) == ["new"] * 3  # ready for review
     assert all(shapely.from_wkb(g).equals(f.geometry) for g, f in zip(geometry, features))
     assert sorted(os.listdir(tmp_path)) == ["result.gpkg"]  # no temporary leftovers
 
 
 def test_write_gpkg_layer_per_class(features, tmp_path):
     path = write_vector(features, tmp_path / "classes.gpkg", UTM, layer_per_class=True)
-    assert [name for name, _ in pyogrio.list_layers(path)] == ["building", "water"]
+    assert [name for name, _ in pyogrio.list_layers(path)] == ["building", "water", "layer_styles"]
     assert pyogrio.read_info(path, layer="building")["features"] == 2
     assert pyogrio.read_info(path, layer="water")["features"] == 1
 
@@ -183,22 +190,94 @@ def test_write_empty_result(tmp_path):
     path = write_vector([], tmp_path / "empty.gpkg", UTM, layer="detections")
     info = pyogrio.read_info(path, layer="detections")
     assert info["features"] == 0 and info["crs"] == UTM
-    assert list(info["fields"]) == ["class", "class_id", "score", "area_m2"]
+    assert list(info["fields"]) == ["class", "class_id", "score", "area_m2", "status"]
     assert info["geometry_type"] == "MultiPolygon"
+    assert _styles(path) == [("detections", "geom", True)]
+
+
+def _styles(path) -> list[tuple[str, str, bool]]:
+    """(layer, geometry column, is default) of each style in the GeoPackage's layer_styles table."""
+    _, _, _, (layers, columns, defaults) = pyogrio.raw.read(
+        path, layer="layer_styles", columns=["f_table_name", "f_geometry_column", "useAsDefault"])
+    return list(zip(layers, columns, map(bool, defaults)))
+
+
+def _symbols(path, layer: str = "rsov") -> list[tuple[str, dict[str, str]]]:
+    """(category value, its SimpleFill properties) of the categorized renderer in a layer's QML."""
+    _, _, _, (names, qmls) = pyogrio.raw.read(path, layer="layer_styles", columns=["f_table_name", "styleQML"])
+    root = ElementTree.fromstring(dict(zip(names, qmls))[layer])
+    renderer = root.find("renderer-v2")
+    assert renderer.get("type") == "categorizedSymbol" and renderer.get("attr") == "class"
+    symbols = {s.get("name"): s for s in renderer.iter("symbol")}
+    return [(c.get("value"), {p.get("k"): p.get("v") for p in symbols[c.get("symbol")].find("layer").iter("prop")})
+            for c in renderer.iter("category")]
+
+
+def test_gpkg_opens_styled_in_the_palette_colours(features, tmp_path):
+    """QGIS reads a layer's default style from layer_styles: categorized on class, class k in colour k."""
+    path = write_vector(features, tmp_path / "result.gpkg", UTM, class_names=["building", "tree", "water"])
+    assert _styles(path) == [("rsov", "geom", True)]
+    assert pyogrio.read_info(path, layer="rsov")["geometry_name"] == "geom"
+    symbols = _symbols(path)
+    assert [value for value, _ in symbols] == ["building", "tree", "water"]  # the vocabulary, found or not
+    assert [props["color"] for _, props in symbols] == [f"{','.join(map(str, class_rgb(k)))},150" for k in (1, 2, 3)]
+    assert symbols[0][1]["outline_color"] == "153,106,0,255"  # QColor("#e69f00").darker(150)
+    assert {props["outline_width"] for _, props in symbols} == {"0.3"}
+    with sqlite3.connect(path) as db:  # GeoPackage 1.2, which QGIS 3.22's GDAL reads without a warning
+        assert db.execute("PRAGMA user_version").fetchone() == (10200,)
+
+
+def test_instance_gpkg_is_outlined_and_every_layer_is_styled(features, tmp_path):
+    objects = [dataclasses.replace(f, instance_id=i) for i, f in enumerate(features, start=1)]
+    path = write_vector(objects, tmp_path / "objects.gpkg", UTM, layer_per_class=True, class_names=NAMES,
+                        instances=True)
+    assert _styles(path) == [("building", "geom", True), ("water", "geom", True)]
+    value, props = _symbols(path, "water")[1]
+    assert value == "water" and props["color"] == f"{','.join(map(str, class_rgb(2)))},40"
+    assert props["outline_color"] == f"{','.join(map(str, class_rgb(2)))},255" and props["outline_width"] == "0.6"
+
+
+def test_classes_past_the_palette_s_first_cycle_are_hatched():
+    """Class 21 repeats class 1's colour darker: lines across it tell them apart (as in the plugin)."""
+    names = [f"class {k}" for k in range(1, 2 * len(palette.COLOURS) + 2)] + ['roof "flat" & <tiles>']
+    renderer = ElementTree.fromstring(result_qml(enumerate(names, start=1), instances=False)).find("renderer-v2")
+    symbols = {s.get("name"): s for s in renderer.iter("symbol")}
+    layers = [[layer.get("class") for layer in symbols[c.get("symbol")].iter("layer")] for c in renderer.iter("category")]
+    assert layers[0] == layers[19] == ["SimpleFill"] and layers[20] == layers[40] == ["SimpleFill", "LinePatternFill"]
+    angles = [{p.get("k"): p.get("v") for p in symbols[str(k)].findall("layer")[-1].iter("prop")}["angle"]
+              for k in (20, 40)]
+    assert angles == ["45", "135"]  # one angle per cycle
+    assert [c.get("value") for c in renderer.iter("category")][-1] == 'roof "flat" & <tiles>'
+
+
+def test_style_names_the_classes_found_when_no_vocabulary_is_given(tmp_path):
+    found = [VectorFeature(shapely.box(0, 0, 1, 1), "water", 3, 0.5, 1.0)]
+    path = write_vector(found, tmp_path / "result.gpkg", UTM)
+    [(value, props)] = _symbols(path)
+    assert value == "water" and props["color"].startswith(",".join(map(str, class_rgb(3))))
+
+
+def test_an_empty_instance_result_is_complete(tmp_path):
+    """No objects found: still the review field and the style (the plugin's Review tab takes it)."""
+    path = write_vector([], tmp_path / "empty.gpkg", UTM, class_names=NAMES, instances=True)
+    info = pyogrio.read_info(path, layer="rsov")
+    assert info["features"] == 0 and {"instance_id", "status"} <= set(info["fields"])
+    assert _styles(path) == [("rsov", "geom", True)] and [v for v, _ in _symbols(path)] == NAMES
 
 
 def test_write_geojson_keeps_raster_crs(features, tmp_path):
     path = write_vector(features, tmp_path / "result.geojson", UTM)
     info = pyogrio.read_info(path)
     assert info["crs"] == UTM and info["features"] == 3
-    assert json.loads(path.read_text())["features"][2]["properties"]["class"] == "water"
+    assert json.loads(path.read_text())["features"][2]["properties"] == {
+        "class": "water", "class_id": 2, "score": features[2].score, "area_m2": 25.0, "status": "new"}
 
 
 def test_overwrites_existing_file(features, tmp_path):
     path = tmp_path / "result.gpkg"
     write_vector(features, path, UTM)
     write_vector(features[:1], path, UTM)
-    assert pyogrio.read_info(path)["features"] == 1
+    assert pyogrio.read_info(path, layer="rsov")["features"] == 1
 
 
 def test_bad_output_paths(features, tmp_path):

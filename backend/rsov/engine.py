@@ -35,7 +35,7 @@ from .refine import REFINE_MODES, SamRefiner
 from .raster_io import RasterChip, bounded_gdal_cache, open_raster, read_chip, window_bounds
 from .tiled import (DEFAULT_WINDOWS_PER_S, BlockResult, GridPredictor, Plan, WindowStats, estimate, plan,
                     rasterize_area)
-from .text import ClipTextEmbedder, TextEmbedder, resolve_templates
+from .text import ClipTextEmbedder, TextEmbedder, embed_in_steps, resolve_templates
 from .upsample import build_upsampler
 from .vectorize import VectorFeature, polygonize
 from .vocabulary import DEFAULT_BACKGROUND, Vocabulary, build_vocabulary
@@ -218,8 +218,11 @@ class Engine:
         grid = self.grid_predictor(request.templates)
         if stats is not None:
             grid.stats = stats
-        # with a refinement, SAM's tiles take the second half of each block's share of the progress bar
-        encoding_share = 0.5 if request.refine == "sam" else 1.0
+        # each block's share of the bar: encoding windows, then scoring, then (with a refinement) SAM's tiles
+        encoding, scoring = (0.4, 0.5) if request.refine == "sam" else (0.8, 1.0)
+        if stage is not None:  # a cold vocabulary of hundreds of classes takes seconds: say so
+            embed_in_steps(grid.predictor.text, vocabulary.queries()[0],
+                           lambda n, total: stage(f"embedding the vocabulary: {n}/{total} queries", 0.0))
         with bounded_gdal_cache(), open_raster(request.raster) as ds:
             grid.set_raster(ds, job_plan, request.features)
             refiner = SamRefiner(self.proposer, grid, ds, job_plan, vocabulary, request.scoring, request.instance,
@@ -235,13 +238,16 @@ class Engine:
 
                 report("", 0.0)
                 t, encoded = time.perf_counter(), grid.stats.encoded
-                result = grid.predict_block(vocabulary, request.scoring, block, cancelled, lambda n, total: report(
-                    f"encoding windows {n}/{total}", encoding_share * n / total))
+                result = grid.predict_block(
+                    vocabulary, request.scoring, block, cancelled,
+                    lambda n, total: report(f"encoding windows {n}/{total}", encoding * n / total),
+                    lambda n, total: report(f"scoring {len(vocabulary.classes)} classes: rows {n}/{total}",
+                                            encoding + (scoring - encoding) * n / total))
                 if grid.stats.encoded > encoded:  # keep the measured speed for estimates
                     self.windows_per_s = (grid.stats.encoded - encoded) / max(time.perf_counter() - t, 1e-6)
                 if refiner is not None:
                     result = refiner.refine(result, cancelled, lambda n, total: report(
-                        f"refining with SAM, tile {n}/{total}", encoding_share + (1 - encoding_share) * n / total))
+                        f"refining with SAM, tile {n}/{total}", scoring + (1 - scoring) * n / total))
                 yield result
 
     def segment(self, request: SegmentRequest, stage: StageFn | None = None, cancelled: CancelFn | None = None) -> SegmentResult:

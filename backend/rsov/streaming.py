@@ -137,7 +137,7 @@ def segment_streamed(request: SegmentRequest, job_plan: Plan, outputs: Outputs, 
         vector = None
         if outputs.vector:
             layers = names if outputs.layer_per_class and names else ["rsov"]
-            vector = stack.enter_context(VectorWriter(outputs.vector, job_plan.crs, layers))
+            vector = stack.enter_context(VectorWriter(outputs.vector, job_plan.crs, layers, class_names=names))
         polygons = SeamPolygonizer(job_plan.transform, job_plan.crs, names, size, request.simplify_px,
                                    request.min_area_m2)
         any_valid = False

@@ -12,7 +12,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -54,6 +54,16 @@ class TextEmbedder(Protocol):
     """Anything that turns queries into L2-normalised embeddings (Q, C)."""
 
     def embed(self, queries: list[str]) -> torch.Tensor: ...
+
+
+def embed_in_steps(text: TextEmbedder, queries: list[str], progress: Callable[[int, int], None],
+                   step: int = 16) -> None:
+    """Embed ``queries`` ``step`` at a time (into the embedder's cache), ``progress(done, total)`` after each:
+    a large cold vocabulary takes seconds, and the analyst should see it move."""
+    unique = list(dict.fromkeys(queries))
+    for start in range(0, len(unique), step):
+        text.embed(unique[start:start + step])
+        progress(min(start + step, len(unique)), len(unique))
 
 
 class ClipTextEmbedder:

@@ -208,8 +208,10 @@ class GridPredictor:
 
     @torch.inference_mode()
     def predict_block(self, vocabulary: Vocabulary, options: ScoreOptions, block: tuple[int, int, int, int],
-                      cancelled: CancelFn | None = None, progress: Callable[[int, int], None] | None = None) -> BlockResult:
-        """Class and score maps of output block (r0, c0, r1, c1).
+                      cancelled: CancelFn | None = None, progress: Callable[[int, int], None] | None = None,
+                      scored: Callable[[int, int], None] | None = None) -> BlockResult:
+        """Class and score maps of output block (r0, c0, r1, c1); ``progress(windows encoded, to encode)``,
+        then ``scored(rows done, rows)``.
 
         Each working pixel averages the logits of every grid window over it, and output pixels
         interpolate working pixels bilinearly by their global position: the same numbers
@@ -222,6 +224,8 @@ class GridPredictor:
             label, best = best_class(probs, options)
             class_map[start:start + probs.shape[1]] = label.cpu().numpy()
             score_map[start:start + probs.shape[1]] = best.cpu().numpy()
+            if scored is not None:
+                scored(start + probs.shape[1], r1 - r0)
         valid = self.valid(block)
         class_map[~valid] = 0
         score_map[~valid] = 0.0

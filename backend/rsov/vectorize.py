@@ -3,7 +3,8 @@
 Outputs are GeoPackage or GeoJSON vectors (one MultiPolygon feature per
 connected region of one class) and single-band GeoTIFF class rasters with a
 colour table. Every file is written atomically: it appears complete at its path
-or not at all.
+or not at all. Vector files are results ready for the plugin's review (a ``status`` field, all
+``new``); a GeoPackage also carries its QGIS style (``qml``) as the default of each layer.
 """
 
 from __future__ import annotations
@@ -31,12 +32,24 @@ from shapely.geometry.base import BaseGeometry
 
 from .atomic import atomic_output
 from .errors import InputError
-from .preview import class_colour
+from .palette import class_rgb
+from .qml import result_qml
 
 VECTOR_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON"}
 RASTER_SUFFIXES = (".tif", ".tiff")
 # Attribute field -> numpy dtype, in layer order; pyogrio writes object as a string field.
 FIELDS = {"class": object, "class_id": np.int32, "score": np.float64, "area_m2": np.float64}
+STATUS, NEW = "status", "new"  # the review field of result files (the plugin's schema.STATUS, schema.NEW)
+GEOMETRY_COLUMN = "geom"
+STYLE_TABLE = "layer_styles"  # where QGIS reads a GeoPackage layer's default style from
+# Its columns as QGIS itself creates them (QgsVectorLayer.saveStyleToDatabase); unset ones are "".
+STYLE_COLUMNS = {**dict.fromkeys(("f_table_catalog", "f_table_schema", "f_table_name", "f_geometry_column",
+                                  "styleName", "styleQML", "styleSLD"), object),
+                 "useAsDefault": bool, **dict.fromkeys(("description", "owner", "ui"), object),
+                 "update_time": "datetime64[ms]"}
+STYLE_NAME, STYLE_DESCRIPTION = "rsov", "rsov classes"
+# GeoPackage 1.2, as QGIS 3.22's GDAL writes it: that GDAL warns about the 1.4 files newer ones write.
+GPKG_OPTIONS = {"VERSION": "1.2", "GEOMETRY_NAME": GEOMETRY_COLUMN}
 
 _geod = pyproj.Geod(ellps="WGS84")
 
@@ -84,11 +97,13 @@ class VectorWriter:
     """Write features batch by batch into a GeoPackage (or GeoJSON) that appears whole at the end.
 
     ``layers`` are created up front (empty ones keep the schema); ``add`` appends. GeoJSON cannot
-    be appended to, so its features are kept until the file is written on close.
+    be appended to, so its features are kept until the file is written on close. A GeoPackage
+    gets, on close, each layer's style: the classes of ``class_names`` (class k is
+    ``class_names[k - 1]``) and any other class its features have.
     """
 
     def __init__(self, path: str | os.PathLike, crs: CRS | str | None, layers: Sequence[str] = ("rsov",),
-                 instances: bool = False) -> None:
+                 instances: bool = False, class_names: Sequence[str] = ()) -> None:
         self.path = Path(path)
         self.driver = VECTOR_DRIVERS.get(self.path.suffix.lower())
         if self.driver is None:
@@ -99,8 +114,10 @@ class VectorWriter:
             raise InputError(f"Cannot write {self.path}: one layer per class (or extra layers) needs a GeoPackage "
                              "(.gpkg) output.")
         self.crs_wkt = None if crs is None else CRS.from_user_input(crs).to_wkt()
+        self.instances = instances
         self.fields = {**FIELDS, "instance_id": np.int32} if instances else FIELDS
         self.layers = list(dict.fromkeys(layers))
+        self.classes = dict(enumerate(class_names, start=1))  # class id -> name
         self.count = 0
         self._held: dict[str, list[VectorFeature]] = {name: [] for name in self.layers}
         self._atomic = atomic_output(self.path)
@@ -117,6 +134,8 @@ class VectorWriter:
         """Append ``features`` to ``layer`` (default: the first)."""
         name = layer or self.layers[0]
         self.count += len(features)
+        for feature in features:
+            self.classes.setdefault(feature.class_id, feature.class_name)
         if self.driver == "GPKG":
             if features:
                 self._write(name, features, append=True)
@@ -124,7 +143,9 @@ class VectorWriter:
             self._held[name] += features
 
     def __exit__(self, kind, value, traceback) -> bool:
-        if kind is None and self.driver != "GPKG":
+        if kind is None and self.driver == "GPKG":
+            self._write_styles()
+        elif kind is None:
             self._write(self.layers[0], self._held[self.layers[0]], append=False)
         return self._atomic.__exit__(kind, value, traceback)
 
@@ -133,14 +154,27 @@ class VectorWriter:
         pyogrio.raw.write(
             self._tmp,
             np.array([shapely.to_wkb(_as_multi(f.geometry)) for f in features], dtype=object),
-            [np.array([row[field] for row in rows], dtype=dtype) for field, dtype in self.fields.items()],
-            list(self.fields),
+            [*(np.array([row[field] for row in rows], dtype=dtype) for field, dtype in self.fields.items()),
+             np.full(len(features), NEW, dtype=object)],
+            [*self.fields, STATUS],
             layer=layer,
             driver=self.driver,
             geometry_type="MultiPolygon",
             crs=self.crs_wkt,
             append=append,
+            **(GPKG_OPTIONS if self.driver == "GPKG" and not append else {}),
         )
+
+    def _write_styles(self) -> None:
+        """Every layer's style as its default in QGIS's ``layer_styles`` table."""
+        style = {"f_geometry_column": GEOMETRY_COLUMN, "styleName": STYLE_NAME, "useAsDefault": True,
+                 "styleQML": result_qml(sorted(self.classes.items()), self.instances),
+                 "description": STYLE_DESCRIPTION, "update_time": np.datetime64("now", "ms")}
+        rows = [{**style, "f_table_name": layer} for layer in self.layers]
+        pyogrio.raw.write(self._tmp, None,
+                          [np.array([row.get(name, "") for row in rows], dtype=dtype) for name, dtype in STYLE_COLUMNS.items()],
+                          list(STYLE_COLUMNS), layer=STYLE_TABLE, driver="GPKG", geometry_type=None, append=True,
+                          FID="id")
 
 
 def write_vector(
@@ -156,10 +190,11 @@ def write_vector(
 ) -> Path:
     """Write features to a GeoPackage (``.gpkg``) or GeoJSON (``.geojson``) file.
 
-    Fields are class, class_id, score and area_m2; geometries are MultiPolygons.
+    Fields are class, class_id, score, area_m2 and status (``new``); geometries are MultiPolygons.
     GeoPackage gets one layer named ``layer``, or with ``layer_per_class`` one
     layer per class named after it (every name in ``class_names`` gets a layer, empty
-    if the class was not found, so a vocabulary always yields the same layers). GeoJSON is written in the raster CRS, not
+    if the class was not found, so a vocabulary always yields the same layers), each with its
+    style: the classes of ``class_names`` (the vocabulary) and of ``features``. GeoJSON is written in the raster CRS, not
     WGS84 as RFC 7946 asks: GDAL records that CRS in a "crs" member, which QGIS
     and GDAL read, and no reprojection blurs the pixel-aligned edges. An empty
     ``features`` still writes an empty layer with the schema. ``extra_layers`` (GeoPackage
@@ -167,7 +202,7 @@ def write_vector(
     adds the ``instance_id`` field (also to empty layers).
     """
     layers = _layers(features, layer, layer_per_class, class_names) | dict(extra_layers or {})
-    with VectorWriter(path, crs, list(layers), instances) as writer:
+    with VectorWriter(path, crs, list(layers), instances, class_names) as writer:
         for name, group in layers.items():
             writer.add(group, name)
     return Path(path)
@@ -244,7 +279,7 @@ class SeamPolygonizer:
         return [VectorFeature(geometry, self.class_names[class_id - 1], class_id, float(score), area)]
 
 
-def read_vector(path: str | os.PathLike, layer: str | None = None) -> tuple[CRS | None, list[VectorFeature]]:
+def read_vector(path: str | os.PathLike, layer: str | int = 0) -> tuple[CRS | None, list[VectorFeature]]:
     """The CRS and features of a file written by ``write_vector`` (its first layer by default)."""
     meta, _, geometries, values = pyogrio.raw.read(path, layer=layer)
     columns = dict(zip(meta["fields"], values))
@@ -322,7 +357,7 @@ class ClassRasterWriter:
     def __enter__(self) -> ClassRasterWriter:
         self._ds = rasterio.open(self._atomic.__enter__(), "w", **self.profile)
         # the colour table goes in before any pixel: GDAL cannot change the photometric tag later
-        self._ds.write_colormap(1, {k: (*class_colour(k), 255) for k in range(len(self.class_names) + 1)})
+        self._ds.write_colormap(1, {k: (*class_rgb(k), 255) for k in range(len(self.class_names) + 1)})
         self._ds.set_band_description(1, "; ".join(f"{i}={name}" for i, name in enumerate(["background",
                                                                                            *self.class_names])))
         return self

@@ -69,14 +69,15 @@ def start():
     panel = dock()
     report["plugin_loaded"] = "rsov_qgis" in plugins
     report["dock_visible"] = panel is not None and panel.isVisible()
-    ours = {a.shortcut().toString() for a in (panel.accept_action, panel.reject_action, panel.next_action)}
+    ours = {a.shortcut().toString() for a in panel.review_panel.shortcut_actions}
     report["shortcut_clashes"] = sorted(
         f"{a.text()} ({a.shortcut().toString()})" for a in iface.mainWindow().findChildren(QAction)
-        if a.shortcut().toString() in ours and a.parent() is not panel)
+        if a.shortcut().toString() in ours and a not in panel.review_panel.shortcut_actions)
     layer = iface.addRasterLayer(RASTER, "oem_koeln_50")
     QgsProject.instance().setCrs(layer.crs())
     iface.mapCanvas().setDestinationCrs(layer.crs())
-    panel.preset_combo.activated.emit(panel.preset_combo.findText("Land cover (OpenEarthMap)"))
+    presets = panel.vocabulary_editor.preset_combo
+    presets.activated.emit(presets.findText("Land cover (OpenEarthMap)"))
     panel.threshold_spin.setValue(float(os.environ.get("RSOV_DESKTOP_THRESHOLD", "0.1")))
     report["connected"] = panel.check_backend()
     report["status"] = panel.status_label.text()
@@ -111,8 +112,8 @@ def shot_segment():
     report["segment_button"] = panel.segment_button.text()
     report["estimate"] = panel.estimate_label.text()
     panel.tabs.setCurrentIndex(1)
-    panel.next_action.trigger()
-    panel.accept_action.trigger()
+    panel.review_panel.next_action.trigger()
+    panel.review_panel.accept_action.trigger()
     later(shot_review, 1500)
 
 
@@ -120,7 +121,8 @@ def shot_review():
     iface.mapCanvas().waitWhileRendering()
     iface.mainWindow().grab().save(str(OUT / "review.png"))
     panel = dock()
-    report["review_summary"] = panel.review_summary.text()
+    report["review_summary"] = panel.review_panel.review_summary.text()
+    panel.review_panel.save_review()  # (unsaved, QGIS would ask about them when the project closes)
     # the accepted feature becomes an example of its class for an instance job on the whole raster
     [semantic] = result_layers()
     [accepted] = [f for f in semantic.getFeatures() if f["status"] == "accepted"]

@@ -6,33 +6,34 @@ import re
 import signal
 import stat
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from qgis.core import Qgis
 
 from helpers import free_port
-from rsov_qgis.backend_client import BackendClient, BackendError
-from rsov_qgis.backend_process import BackendProcess, serve_command
+from rsov_qgis.backend_client import BackendClient, BackendError, JobCancelled
+from rsov_qgis.backend_process import BackendProcess, serve_command, serve_shell_command, start_and_wait
 
 FAKE = Path(__file__).resolve().parent / "fake_backend.py"
 
 
-def _script(path: Path, body: str) -> Path:
+def shell_script(path: Path, body: str) -> Path:
     path.write_text("#!/bin/sh\n" + body + "\n")
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path
 
 
-def _fake_rsov(path: Path, before: str = "") -> Path:
+def fake_rsov_script(path: Path, before: str = "") -> Path:
     """`rsov serve --host H --port P --token-file F [--model M]` -> ``before`` (shell lines), then
     the fake backend on P with F."""
-    return _script(path, f'[ "$1" = serve ] || exit 2\n{before}\nexec {sys.executable} {FAKE} "$5" "$7"')
+    return shell_script(path, f'[ "$1" = serve ] || exit 2\n{before}\nexec {sys.executable} {FAKE} "$5" "$7"')
 
 
 @pytest.fixture
 def fake_rsov(tmp_path) -> Path:
-    return _fake_rsov(tmp_path / "rsov")
+    return fake_rsov_script(tmp_path / "rsov")
 
 
 @pytest.fixture
@@ -74,11 +75,53 @@ def test_not_installed(process, qtbot, tmp_path, monkeypatch):
 
 
 def test_backend_that_exits_is_reported_with_its_output(process, qtbot, tmp_path):
-    broken = _script(tmp_path / "rsov", 'echo "rsov: weights for ViT-B-16-openai are missing"\nexit 3')
+    broken = shell_script(tmp_path / "rsov", 'echo "rsov: weights for ViT-B-16-openai are missing"\nexit 3')
     with qtbot.waitSignal(process.failed, timeout=10000) as failed:
         process.start(str(broken), f"http://127.0.0.1:{free_port()}", str(tmp_path / "token"))
     assert "exited (code 3)" in failed.args[0] and "weights for ViT-B-16-openai are missing" in failed.args[0]
     assert not failed.args[1]
+
+
+def test_start_and_wait_in_the_main_thread_reports_the_wait(process, tmp_path):
+    """qgis_process runs Processing in the main thread: the wait runs the backend's events itself."""
+    slow = fake_rsov_script(tmp_path / "rsov", 'echo "rsov: loading the model ViT-B-16-openai"\nsleep 6')
+    waits, url = [], f"http://127.0.0.1:{free_port()}"
+    health = start_and_wait(process, str(slow), url, str(tmp_path / "token"), "", lambda: False,
+                            lambda elapsed, log: waits.append((round(elapsed), log)))
+    assert health.model == "fake-model" and process.is_running()
+    assert waits and waits[0][0] == 5 and waits[0][1].endswith("rsov: loading the model ViT-B-16-openai")
+    # running already (the Backend tab started it, say): it answers at once
+    assert start_and_wait(process, str(slow), url, str(tmp_path / "token"), "", lambda: False, waits.append)
+    assert len(waits) == 1
+
+
+def test_start_and_wait_from_a_worker_thread(process, fake_rsov, tmp_path, qtbot):
+    """Processing's dialog runs the algorithm in a worker thread: the process still starts (and
+    lives) in the main thread, whose event loop runs meanwhile."""
+    answers = []
+    worker = threading.Thread(target=lambda: answers.append(start_and_wait(
+        process, str(fake_rsov), f"http://127.0.0.1:{free_port()}", str(tmp_path / "token"), "", lambda: False,
+        lambda *_: None)))
+    worker.start()
+    qtbot.waitUntil(lambda: not worker.is_alive(), timeout=30000)
+    assert answers[0].model == "fake-model" and process.is_running()
+    assert process.process.thread() == process.thread()
+
+
+def test_start_and_wait_says_why_it_failed_or_stops_when_cancelled(process, tmp_path):
+    broken = shell_script(tmp_path / "rsov", 'echo "rsov: weights for ViT-B-16-openai are missing"\nexit 3')
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(BackendError, match="exited \\(code 3\\).*weights for ViT-B-16-openai") as failed:
+        start_and_wait(process, str(broken), url, str(tmp_path / "token"), "", lambda: False, lambda *_: None)
+    assert failed.value.code == "not_started"
+    slow = fake_rsov_script(tmp_path / "slow", "sleep 30")
+    with pytest.raises(JobCancelled):
+        start_and_wait(process, str(slow), url, str(tmp_path / "token"), "", lambda: True, lambda *_: None)
+
+
+def test_serve_shell_command_quotes_the_token_file():
+    assert serve_shell_command("http://127.0.0.1:9000", "/my tokens/t", "tiny-random") == (
+        "rsov serve --host 127.0.0.1 --port 9000 --token-file '/my tokens/t' --model tiny-random")
 
 
 def _dock(iface, qtbot, tmp_path, monkeypatch, rsov: Path):
@@ -94,7 +137,7 @@ def _dock(iface, qtbot, tmp_path, monkeypatch, rsov: Path):
 
 
 def test_a_backend_that_dies_once_ready_leaves_its_last_lines(process, qtbot, tmp_path):
-    dying = _script(tmp_path / "rsov", f'{sys.executable} {FAKE} "$5" "$7" &\n'
+    dying = shell_script(tmp_path / "rsov", f'{sys.executable} {FAKE} "$5" "$7" &\n'
                                         'while [ ! -s "$7" ]; do sleep 0.1; done\nsleep 3\n'
                                         'echo "MemoryError: cannot allocate 3.2 GiB"\nkill -9 $!\nexit 1')
     with qtbot.waitSignal(process.ready, timeout=30000):
@@ -120,7 +163,7 @@ def test_dock_starts_and_stops_the_backend(qgis_iface, qtbot, qgis_new_project, 
 
 def test_dock_shows_the_time_and_the_log_while_the_backend_starts(qgis_iface, qtbot, qgis_new_project, tmp_path,
                                                                  monkeypatch):
-    slow = _fake_rsov(tmp_path / "rsov", 'echo "rsov: loading the model ViT-B-16-openai"\nsleep 3')
+    slow = fake_rsov_script(tmp_path / "rsov", 'echo "rsov: loading the model ViT-B-16-openai"\nsleep 3')
     dock = _dock(qgis_iface, qtbot, tmp_path, monkeypatch, slow)
     try:
         dock.start_backend()

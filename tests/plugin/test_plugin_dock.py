@@ -6,15 +6,18 @@ from pathlib import Path
 
 import pytest
 from qgis.core import Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsProject, QgsRasterLayer, QgsRectangle, QgsVectorLayer
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor
+from qgis.PyQt.QtWidgets import QApplication, QLineEdit
 
 from conftest import REPO
 from helpers import free_port, polygon_layer, xyz_layer
 from rsov_qgis import classFactory, schema
-from rsov_qgis.dock import RsovDock
+from rsov_qgis.dock import NO_BACKEND, RsovDock
+from rsov_qgis.palette import class_colour
 from rsov_qgis.results import GROUP
 from rsov_qgis.settings import Settings
-from rsov_qgis.vocabulary import parse_vocabulary
+from rsov_qgis.vocabulary import parse_classes_string, parse_vocabulary
 
 TIMEOUT_MS = 30000
 SCREENSHOTS = REPO / "docs" / "screenshots"
@@ -39,6 +42,15 @@ def _run(dock, qtbot):
     return task
 
 
+def _screenshot(dock, qtbot, name: str) -> None:
+    """docs/screenshots/NAME: the dock as the analyst sees it (shown, so its scroll bars are settled)."""
+    dock.show()
+    qtbot.waitExposed(dock)
+    QApplication.processEvents()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    assert dock.grab().save(str(SCREENSHOTS / name))
+
+
 def _result_layers():
     group = QgsProject.instance().layerTreeRoot().findGroup(GROUP)
     return [node.layer() for node in group.findLayers()] if group else []
@@ -61,35 +73,133 @@ def test_dock_builds_with_sensible_defaults(dock, oem_layer, qgis_iface):
 
 
 def test_vocabulary_editor(dock, tmp_path, qtbot):
-    dock.add_class("swimming pool, pool")
+    editor = dock.vocabulary_editor
+    editor.add_class("swimming pool, pool")
     assert [c.name for c in dock.vocabulary()] == ["building", "tree", "water", "swimming pool"]
     assert dock.vocabulary()[-1].color not in {c.color for c in dock.vocabulary()[:-1]}
-    dock.vocab_table.setCurrentCell(3, 1)
-    dock.move_class(-1)
+    editor.table.setCurrentCell(3, 1)
+    editor.move_class(-1)
     assert [c.name for c in dock.vocabulary()] == ["building", "tree", "swimming pool", "water"]
-    assert dock.vocab_table.currentRow() == 2
-    dock.remove_class()
+    assert editor.table.currentRow() == 2
+    editor.remove_class()
     assert [c.name for c in dock.vocabulary()] == ["building", "tree", "water"]
-    dock.vocab_table.item(0, 1).setText("house, roof , building")  # typed by the user
+    editor.table.item(0, 1).setText("house, roof , building")  # typed by the user
     assert dock.vocabulary()[0].synonyms == ["house", "roof", "building"]
-    dock.vocab_table.cellWidget(0, 0).setColor(QColor("#123456"))
+    editor.table.cellWidget(0, 0).setColor(QColor("#123456"))
     assert dock.vocabulary()[0].color == "#123456"
     # remembered across sessions
     assert [c.synonyms for c in parse_vocabulary(Settings.load().vocabulary)] == [c.synonyms for c in dock.vocabulary()]
     # files
     path = tmp_path / "vocab.txt"
-    dock.save_vocabulary(path)
+    editor.save(path)
     dock.set_vocabulary([])
-    dock.load_vocabulary(path)
+    editor.load(path)
     assert dock.vocabulary()[0].synonyms == ["house", "roof", "building"] and dock.vocabulary()[0].color == "#123456"
 
 
 def test_presets_combo(dock):
-    index = dock.preset_combo.findText("Land cover (OpenEarthMap)")
+    combo = dock.vocabulary_editor.preset_combo
+    index = combo.findText("Land cover (OpenEarthMap)")
     assert index > 0
-    dock.preset_combo.activated.emit(index)
+    combo.activated.emit(index)
     assert len(dock.vocabulary()) == 8 and dock.vocabulary()[-1].color == "#de1f07"
-    assert dock.preset_combo.currentIndex() == 0
+    assert combo.currentIndex() == 0
+
+
+def _names(dock):
+    return [c.synonyms for c in dock.vocabulary()]
+
+
+def _row_colours(editor):
+    return [editor.table.cellWidget(row, 0).color().name() for row in range(editor.table.rowCount())]
+
+
+def test_classes_typed_into_one_row_become_rows(dock, qtbot):
+    editor = dock.vocabulary_editor
+    dock.set_vocabulary(parse_vocabulary("building, roof"))
+    editor.add_class()  # a new row, its cell editor open
+    cell = editor.table.findChild(QLineEdit)
+    qtbot.keyClicks(cell, "a,b; c; d")
+    qtbot.keyClick(cell, Qt.Key.Key_Return)  # the cell's text is committed once the event loop runs
+    qtbot.waitUntil(lambda: len(dock.vocabulary()) > 1)
+    assert _names(dock) == [["building", "roof"], ["a", "b"], ["c"], ["d"]]
+    assert [c.color for c in dock.vocabulary()] == [c.color for c in parse_classes_string("building,roof; a,b; c; d")]
+    assert _row_colours(editor) == [c.color for c in dock.vocabulary()]
+    assert [c.synonyms for c in parse_vocabulary(Settings.load().vocabulary)] == _names(dock)  # remembered
+
+
+def test_classes_pasted_into_the_table_fill_rows(dock, qtbot):
+    editor = dock.vocabulary_editor
+    dock.set_vocabulary([])
+    QApplication.clipboard().setText("a,b; c; d")
+    editor.table.setFocus()
+    qtbot.keyClick(editor.table, Qt.Key.Key_V, Qt.KeyboardModifier.ControlModifier)
+    assert _names(dock) == [["a", "b"], ["c"], ["d"]]
+    editor.table.setCurrentCell(1, 1)
+    editor.paste("grass\ntree, forest\n\nwater, river, lake  # #0000ff\n")  # a list, one class per line
+    assert _names(dock) == [["a", "b"], ["c"], ["grass"], ["tree", "forest"], ["water", "river", "lake"], ["d"]]
+    assert editor.table.currentRow() == 4 and dock.vocabulary()[4].color == "#0000ff"
+    assert _row_colours(editor) == [class_colour(k) for k in (1, 2, 3, 4)] + ["#0000ff", class_colour(6)]
+    dock.resize(520, 900)
+    _screenshot(dock, qtbot, "vocabulary_pasted.png")
+
+
+def test_row_colours_are_the_palette_of_processing_unless_chosen(dock):
+    editor = dock.vocabulary_editor
+    text = "; ".join(f"class {k}" for k in range(1, 13))
+    dock.set_vocabulary([])
+    editor.paste(text)
+    colours = [c.color for c in dock.vocabulary()]
+    assert colours == [c.color for c in parse_classes_string(text)] == [class_colour(k) for k in range(1, 13)]
+    assert len(set(colours)) == 12 and _row_colours(editor) == colours
+    dock.set_vocabulary([])
+    for _ in range(3):
+        editor.add_class()  # rows added before anything is typed into them
+    assert len(set(_row_colours(editor))) == 3
+    dock.set_vocabulary(parse_classes_string("a; b; c"))
+    editor.table.cellWidget(1, 0).setColor(QColor("#123456"))  # chosen by the analyst
+    editor.table.setCurrentCell(1, 1)
+    editor.move_class(-1)
+    assert [(c.name, c.color) for c in dock.vocabulary()] == [("b", "#123456"), ("a", class_colour(2)),
+                                                               ("c", class_colour(3))]
+    assert parse_vocabulary(Settings.load().vocabulary)[0].color == "#123456"  # remembered as chosen
+    editor.table.cellWidget(0, 0).setToDefaultColor()  # the button's "default colour": the palette's again
+    assert dock.vocabulary()[0].color == class_colour(1)
+
+
+def test_segment_waits_for_a_backend_and_a_ready_one_clears_the_failure(fake_backend, dock, monkeypatch):
+    monkeypatch.setenv("RSOV_BACKEND_URL", f"http://127.0.0.1:{free_port()}")
+    dock.settings = Settings.load()
+    assert not dock.check_backend()
+    assert not dock.segment_button.isEnabled() and dock.segment_button.toolTip() == NO_BACKEND
+    dock.stage_label.setText("Failed")  # what the last job left
+    monkeypatch.setenv("RSOV_BACKEND_URL", fake_backend.url)
+    dock.settings = Settings.load()
+    assert dock.check_backend()
+    assert dock.segment_button.isEnabled() and dock.stage_label.text() == "Idle"
+    assert dock.segment_button.toolTip() == "Segment what the map shows of the chosen raster"
+    # the backend the plugin started dies, and is started again
+    dock.backend.stopped.emit("Killed")
+    assert not dock.segment_button.isEnabled() and dock.segment_button.toolTip() == NO_BACKEND
+    dock.stage_label.setText("Failed")
+    dock.backend.ready.emit(dock.settings.client().health())
+    assert dock.segment_button.isEnabled() and dock.stage_label.text() == "Idle"
+
+
+def test_instance_mode_keeps_five_vocabulary_rows_and_the_status_in_view(dock, qtbot, monkeypatch):
+    monkeypatch.setenv("RSOV_BACKEND_URL", f"http://127.0.0.1:{free_port()}")
+    dock.settings = Settings.load()
+    dock.check_backend()  # a long status line
+    dock.mode_combo.setCurrentIndex(dock.mode_combo.findData("instance"))
+    dock.show()
+    qtbot.waitExposed(dock)
+    QApplication.processEvents()
+    table, status = dock.vocabulary_editor.table, dock.status_label
+    assert table.viewport().height() >= 5 * table.verticalHeader().defaultSectionSize()  # the panel scrolls instead
+    assert dock.tabs.widget(0).verticalScrollBar().maximum() > 0
+    assert status.height() >= status.heightForWidth(status.width())  # wrapped, every line shown
+    dock.tabs.widget(0).verticalScrollBar().setValue(dock.vocabulary_editor.y() - 30)  # scrolled to the vocabulary
+    _screenshot(dock, qtbot, "vocabulary_instance.png")
 
 
 def test_backend_status_line(fake_backend, dock, tmp_path, monkeypatch):
@@ -158,7 +268,7 @@ def test_segment_visible_extent(fake_backend, dock, oem_layer, qgis_canvas, qgis
     for feature in layer.getFeatures():
         assert visible.buffered(1.0).contains(feature.geometry().boundingBox())
     assert layer.source().startswith(str(tmp_path / "results"))
-    assert dock.results_combo.currentLayer() is layer
+    assert dock.review_panel.results_combo.currentLayer() is layer
     assert any("3 polygons saved" in m for m in _messages(qgis_iface, "Success"))
     assert dock.progress.value() == 100 and dock.stage_label.text().startswith("Done: 3 polygons")
 
@@ -191,7 +301,8 @@ def test_backend_down_shows_a_message_and_writes_nothing(dock, oem_layer, qgis_c
     [message] = _messages(qgis_iface, "Critical")
     assert "No rsov backend answers" in message and "Start backend" in message
     _assert_nothing_written(tmp_path)
-    assert dock.segment_button.isEnabled() and dock.stage_label.text() == "Failed"
+    assert not dock.segment_button.isEnabled() and dock.segment_button.toolTip() == NO_BACKEND  # until one answers
+    assert dock.stage_label.text() == "Failed"
 
 
 def test_wrong_token_shows_a_message_and_writes_nothing(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot, tmp_path):
@@ -239,7 +350,7 @@ def test_backend_crash_mid_job_shows_a_message_and_writes_nothing(fake_backend, 
     qtbot.waitUntil(lambda: dock.task is None, timeout=TIMEOUT_MS)
     [message] = _messages(qgis_iface, "Critical")
     assert "backend" in message.lower()
-    assert dock.stage_label.text() == "Failed" and dock.segment_button.isEnabled()
+    assert dock.stage_label.text() == "Failed" and not dock.segment_button.isEnabled()  # until one answers
     _assert_nothing_written(tmp_path)
 
 
@@ -259,38 +370,53 @@ def test_user_errors_are_warnings(dock, oem_layer, qgis_canvas, qgis_iface):
 
 # --- review through the dock ------------------------------------------------------------------------
 def test_review_tools(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot):
+    panel = dock.review_panel
     _show_central_half(qgis_canvas, oem_layer)
     _run(dock, qtbot)
     [layer] = _result_layers()
-    assert [dock.relabel_combo.itemText(i) for i in range(dock.relabel_combo.count())] == ["building", "tree", "water"]
+    assert [panel.relabel_combo.itemText(i) for i in range(panel.relabel_combo.count())] == ["building", "tree", "water"]
     ids = sorted(f.id() for f in layer.getFeatures())
-    dock.next_action.trigger()
+    panel.next_action.trigger()
     assert layer.selectedFeatureIds() == [ids[0]]
-    dock.accept_action.trigger()  # accepts and moves on
+    panel.accept_action.trigger()  # accepts and moves on
     assert layer.selectedFeatureIds() == [ids[1]]
-    dock.reject_action.trigger()
+    panel.reject_action.trigger()
     assert {f.id(): f[schema.STATUS] for f in layer.getFeatures()} == {ids[0]: "accepted", ids[1]: "rejected", ids[2]: "new"}
-    assert dock.review_summary.text().startswith("1 new, 1 accepted, 1 rejected")
+    qtbot.waitUntil(lambda: panel.review_summary.text() == "1 new, 1 accepted, 1 rejected (all shown; not saved yet)")
+    assert panel.save_button.isEnabled() and panel.undo_button.isEnabled() and not panel.redo_button.isEnabled()
+    panel.undo()  # the reject
+    qtbot.waitUntil(lambda: panel.review_summary.text().startswith("2 new, 1 accepted, 0 rejected"))
+    assert panel.redo_button.isEnabled()
+    panel.redo()
     layer.selectByIds([ids[2]])
-    dock.relabel_combo.setCurrentIndex(0)
-    dock.relabel_selected()
+    panel.relabel_combo.setCurrentIndex(0)
+    panel.relabel_selected()
     assert layer.getFeature(ids[2])[schema.CLASS] == "building" and layer.getFeature(ids[2])[schema.CLASS_ID] == 1
-    dock.score_slider.setValue(50)  # scores are 0.3, 0.6, 0.9
-    assert layer.featureCount() == 2 and dock.score_label.text() == "≥ 0.50"
+    panel.score_slider.setValue(50)  # scores are 0.3, 0.6, 0.9; refused while the review is not saved
+    assert layer.featureCount() == 3 and panel.score_slider.value() == 0 and panel.score_label.text() == "all"
+    assert "Save the review" in _messages(qgis_iface, "Warning")[-1]
+    panel.save_review()
+    qtbot.waitUntil(lambda: panel.review_summary.text() == "1 new, 1 accepted, 1 rejected (all shown)")
+    assert not layer.isEditable() and not panel.save_button.isEnabled()
+    panel.score_slider.setValue(50)
+    assert layer.featureCount() == 2 and panel.score_label.text() == "≥ 0.50"
     target = QgsVectorLayer("MultiPolygon?crs=EPSG:25832&field=class:string", "reviewed", "memory")
     QgsProject.instance().addMapLayer(target)
-    dock.target_combo.setLayer(target)
-    dock.merge_accepted()
+    panel.target_combo.setLayer(target)
+    panel.merge_accepted()
+    panel.merge_accepted()  # again: nothing twice
     assert [f["class"] for f in target.getFeatures()] == ["building"]
-    assert any("1 accepted features added to reviewed" in m for m in _messages(qgis_iface, "Success"))
-    assert [a.shortcut().toString() for a in (dock.accept_action, dock.reject_action, dock.next_action)] == [
-        "Alt+Shift+A", "Alt+Shift+R", "Alt+Shift+N"]
+    assert [m for m in _messages(qgis_iface, "Success") + _messages(qgis_iface, "Info") if "merged" in m] == [
+        f"Accepted features of {layer.name()}: 1 added to reviewed, 0 already merged.",
+        f"Accepted features of {layer.name()}: 0 added to reviewed, 1 already merged."]
+    assert [a.shortcut().toString() for a in panel.shortcut_actions] == ["Alt+Shift+A", "Alt+Shift+R", "Alt+Shift+N"]
+    assert set(panel.shortcut_actions) <= set(dock.actions())  # on the dock: they work whichever tab shows
 
 
 def test_review_without_selection_warns(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot):
     _show_central_half(qgis_canvas, oem_layer)
     _run(dock, qtbot)
-    dock.accept_action.trigger()
+    dock.review_panel.accept_action.trigger()
     assert any("Select features" in m for m in _messages(qgis_iface, "Warning"))
 
 
@@ -341,15 +467,15 @@ def test_instance_mode_sends_its_options_and_the_examples_of_its_classes(
                                        "(3 proposals, 2 kept, 0 below the object threshold 0.30, 1 background)")
     looks = [(c.value(), c.symbol().color().alpha(), c.symbol().symbolLayer(0).strokeColor().name())
              for c in layer.renderer().categories()]
-    assert looks == [("building", 40, "#e31a1c"), ("tree", 40, "#33a02c")]  # outlines in the class colours, light fill
+    assert looks == [("building", 40, class_colour(1)), ("tree", 40, class_colour(2))]  # outlines in the class colours
     assert layer.labeling() is not None and not layer.labelsEnabled()
     # the review tools work on objects too
     ids = sorted(f.id() for f in layer.getFeatures())
-    dock.next_action.trigger()
-    dock.accept_action.trigger()
+    dock.review_panel.next_action.trigger()
+    dock.review_panel.accept_action.trigger()
     assert layer.getFeature(ids[0])[schema.STATUS] == "accepted" and layer.selectedFeatureIds() == [ids[1]]
-    dock.relabel_combo.setCurrentText("building")
-    dock.relabel_selected()
+    dock.review_panel.relabel_combo.setCurrentText("building")
+    dock.review_panel.relabel_selected()
     assert layer.getFeature(ids[1])[schema.CLASS] == "building"
     # remembered
     settings = Settings.load()
@@ -357,7 +483,7 @@ def test_instance_mode_sends_its_options_and_the_examples_of_its_classes(
 
 
 def test_an_instance_job_without_objects_says_why(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot):
-    dock.resize(520, 1000)  # room for the instance options
+    dock.resize(520, 1060)  # room for the instance options and the vocabulary
     dock.mode_combo.setCurrentIndex(dock.mode_combo.findData("instance"))
     dock.instance_panel.spins["object_threshold"].setValue(0.95)  # over every score of the fake's objects
     _show_central_half(qgis_canvas, oem_layer)
@@ -368,8 +494,7 @@ def test_an_instance_job_without_objects_says_why(fake_backend, dock, oem_layer,
     assert _messages(qgis_iface, "Warning") == [
         f"No objects: {summary}. Lower the object threshold or check the vocabulary."]
     assert _messages(qgis_iface, "Success") == [] and _messages(qgis_iface, "Critical") == []
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    assert dock.grab().save(str(SCREENSHOTS / "no_objects.png"))
+    _screenshot(dock, qtbot, "no_objects.png")
 
 
 def test_refine_with_sam_regions_is_sent_remembered_and_semantic_only(fake_backend, dock, oem_layer, qgis_canvas,
@@ -401,7 +526,6 @@ def test_the_stage_line_tells_the_time_left(fake_backend, dock, oem_layer, qgis_
     _show_central_half(qgis_canvas, oem_layer)
     dock.segment()
     qtbot.waitUntil(lambda: dock.stage_label.text() == "segmenting block 3/3 — about 3 min left", timeout=TIMEOUT_MS)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    assert dock.grab().save(str(SCREENSHOTS / "progress.png"))
+    _screenshot(dock, qtbot, "progress.png")
     dock.cancel()
     qtbot.waitUntil(lambda: dock.task is None, timeout=TIMEOUT_MS)

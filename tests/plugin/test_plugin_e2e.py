@@ -77,6 +77,12 @@ def _only_result():
     return layers[0]
 
 
+def _legend_order(classes, features):
+    """The classes the features hold first, then the others, each group in vocabulary order."""
+    present = {f[schema.CLASS] for f in features}
+    return [c for c in classes if c.name in present] + [c for c in classes if c.name not in present]
+
+
 def _assert_result(layer, dock, inside: QgsRectangle, crs: str):
     assert layer.isValid() and layer.crs().authid() == crs
     assert layer.source().split("|")[0].endswith(".gpkg")
@@ -89,7 +95,7 @@ def _assert_result(layer, dock, inside: QgsRectangle, crs: str):
     renderer = layer.renderer()
     assert isinstance(renderer, QgsCategorizedSymbolRenderer) and renderer.classAttribute() == "class"
     assert [(c.value(), c.symbol().color().name()) for c in renderer.categories()] == [
-        (c.name, c.color) for c in dock.vocabulary()]
+        (c.name, c.color) for c in _legend_order(dock.vocabulary(), features)]
     tolerance = max(inside.width(), inside.height()) * 0.01
     for feature in features:
         assert inside.buffered(tolerance).contains(feature.geometry().boundingBox())
@@ -240,7 +246,7 @@ def test_backend_killed_during_a_job_restart_and_retry(oem_layer, qgis_canvas, q
         assert _critical(qgis_iface) == [] and "Connected" in dock.status_label.text()
         layer = _only_result()  # the same job, sent again
         _assert_result(layer, dock, visible.intersect(oem_layer.extent()), "EPSG:25832")
-        assert dock.results_combo.currentLayer() is layer
+        assert dock.review_panel.results_combo.currentLayer() is layer
     finally:
         dock.shutdown()
 
@@ -254,7 +260,7 @@ def _assert_objects(layer, classes):
     assert sorted(f["instance_id"] for f in features) == list(range(1, len(features) + 1))
     assert {f["class"] for f in features} <= {c.name for c in classes}
     looks = [(c.value(), c.symbol().color().name(), c.symbol().color().alpha()) for c in layer.renderer().categories()]
-    assert looks == [(c.name, c.color, OUTLINE_FILL_ALPHA) for c in classes]
+    assert looks == [(c.name, c.color, OUTLINE_FILL_ALPHA) for c in _legend_order(classes, features)]
     assert not layer.labelsEnabled()
 
 
