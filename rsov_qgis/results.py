@@ -85,6 +85,7 @@ def save_result(data: bytes, path: Path, classes: list[VocabularyClass]) -> Path
 
 
 SET_ALL_NEW = 'UPDATE "rsov" SET "status" = \'new\''  # schema.LAYER, schema.STATUS, schema.NEW
+DISTINCT_CLASSES = 'SELECT DISTINCT "class" FROM "rsov"'  # schema.CLASS, schema.LAYER
 
 
 def _prepare(path: Path, classes: list[VocabularyClass]) -> None:
@@ -106,7 +107,7 @@ def _prepare(path: Path, classes: list[VocabularyClass]) -> None:
             status.SetWidth(10)
             _check(layer.CreateField(status), path)
         dataset.ExecuteSQL(SET_ALL_NEW)
-        qml, sld = _style_documents(names, classes, _classes_present(layer))
+        qml, sld = _style_documents(names, classes, _classes_present(dataset))
         _write_style(dataset, layer.GetGeometryColumn(), qml, sld, path)
         dataset.FlushCache()
     except RuntimeError as exc:
@@ -153,12 +154,14 @@ def _check(error: int, path: Path) -> None:
         raise ResultError(f"Writing the review status and style into {path.name} failed: {gdal.GetLastErrorMsg()}")
 
 
-def _classes_present(layer: ogr.Layer) -> set[str]:
-    """The class names the result's features hold (the legend lists them first)."""
-    layer.ResetReading()
-    present = {feature.GetField(schema.CLASS) for feature in layer}
-    layer.ResetReading()
-    return present
+def _classes_present(dataset) -> set[str]:
+    """The class names the result's features hold (the legend lists them first), asked of SQLite
+    rather than read feature by feature: a result may hold millions."""
+    rows = dataset.ExecuteSQL(DISTINCT_CLASSES)
+    try:
+        return {row.GetField(0) for row in rows}
+    finally:
+        dataset.ReleaseResultSet(rows)
 
 
 def _style_documents(field_names: list[str], classes: list[VocabularyClass], present: set[str]) -> tuple[str, str]:

@@ -200,11 +200,13 @@ class Engine:
     def estimate(self, request: SegmentRequest) -> dict:
         """What the request would cost (windows, blocks, seconds), before any pixel is read."""
         job_plan = self.plan(request)
+        return estimate(job_plan, self._cached_windows(request, job_plan), self.windows_per_s)
+
+    def _cached_windows(self, request: SegmentRequest, job_plan: Plan) -> int:
+        """How many of the plan's windows have their features in the cache already."""
         grid = self.grid_predictor(request.templates)
         grid.set_raster(None, job_plan, request.features)
-        windows = job_plan.windows()
-        cached = sum(1 for box in windows if self.cache.get(grid.key(box)) is not None)
-        return estimate(job_plan, cached, self.windows_per_s)
+        return sum(1 for box in job_plan.windows() if self.cache.get(grid.key(box)) is not None)
 
     def grid_predictor(self, templates: str = "openai") -> GridPredictor:
         return GridPredictor(self.predictor(templates), self.cache, self.name)
@@ -356,9 +358,7 @@ class Engine:
     def _semantic_share(self, request: SegmentRequest, work: Plan, tiles: int) -> float:
         """The fraction of an instance job's time the semantic pass is expected to take (windows to encode
         at the measured rate, against SAM tiles at theirs), so its progress bar moves with time."""
-        grid = self.grid_predictor(request.templates)
-        grid.set_raster(None, work, request.features)
-        to_encode = sum(1 for box in work.windows() if self.cache.get(grid.key(box)) is None)
+        to_encode = len(work.windows()) - self._cached_windows(request, work)
         semantic_s = to_encode / self.windows_per_s
         return 0.9 * semantic_s / (semantic_s + tiles * self.sam_tile_s)
 

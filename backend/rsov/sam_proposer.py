@@ -142,7 +142,8 @@ class SamProposer:
         self.weights_id = weights_id
         self.cache_size = cache_size
         self.calibration_dir = calibration_dir
-        self._chunks: dict[str, int] = {} if chunk is None else {"fixed": chunk}
+        self._fixed_chunk = chunk
+        self._chunks: dict[str, int] = {}  # measured or kept call sizes, by machine, precision and decoder
         self.chunk_seconds: dict[int, float] = {}  # the last calibration, seconds per prompt by call size
         self._embeddings: OrderedDict[tuple, tuple] = OrderedDict()
         self._grid: OrderedDict[tuple, list[Mask]] = OrderedDict()
@@ -201,8 +202,8 @@ class SamProposer:
     def _decoder_chunk(self, precision: str) -> int:
         """The fastest decoder call size here: fixed, kept from an earlier calibration, or measured now
         on the tile that is set (random prompts)."""
-        if "fixed" in self._chunks:
-            return self._chunks["fixed"]
+        if self._fixed_chunk is not None:
+            return self._fixed_chunk
         decoder = self.predictor.model.mask_decoder
         size = sum(p.numel() for p in decoder.parameters())
         key = f"{_machine(self.predictor.device)}; {precision}; {type(decoder).__name__} of {size} parameters, image shared"
