@@ -15,7 +15,7 @@ QVENV := .qgis-venv
 QBIN := $(QVENV)/bin
 PLUGIN_ZIP := dist/rsov_qgis.zip
 
-.PHONY: setup demo test test-backend bench clean setup-qgis test-plugin package check-package icon
+.PHONY: setup demo test test-backend bench clean setup-qgis test-plugin package check-package icon api-schema lint
 
 # The backend environment (.venv, with .venv/bin/rsov) and the plugin-test environment (.qgis-venv).
 setup: $(VENV)/.installed setup-qgis
@@ -24,7 +24,7 @@ $(VENV)/.installed: backend/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e "backend[test]"
+	$(BIN)/pip install --quiet -e "backend[test,eval]"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -36,6 +36,22 @@ test: test-backend test-plugin
 
 test-backend: $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests --ignore=tests/plugin
+
+# ruff (lint and format: the whole checkout) and mypy (backend/rsov and rsov_qgis), configured in pyproject.toml;
+# both pinned, installed into .venv when missing or of another version.
+RUFF_VERSION := 0.17.6
+MYPY_VERSION := 2.4.1
+lint: $(VENV)/.installed
+	@$(BIN)/ruff --version 2>/dev/null | grep -qx "ruff $(RUFF_VERSION)" \
+		&& $(BIN)/mypy --version 2>/dev/null | grep -q "^mypy $(MYPY_VERSION) " \
+		|| $(BIN)/pip install --quiet "ruff==$(RUFF_VERSION)" "mypy==$(MYPY_VERSION)"
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
+	$(BIN)/mypy
+
+# The HTTP contract the plugin and the backend share (tests/test_api_schema.py compares it with the served one).
+api-schema: $(VENV)/.installed
+	$(BIN)/rsov api-schema --out docs/api/openapi.json
 
 # --- QGIS plugin ---------------------------------------------------------------------------
 setup-qgis: $(QVENV)/.installed
@@ -49,7 +65,7 @@ $(QVENV)/.installed:
 		else echo "QGIS is missing: run as root, or: sudo apt-get install $(QGIS_APT)"; exit 1; fi; \
 	fi
 	test -x $(QBIN)/python || $(QGIS_PYTHON) -m venv --system-site-packages $(QVENV)
-	$(QBIN)/pip install --quiet pytest pytest-qgis pytest-qt bandit
+	$(QBIN)/pip install --quiet pytest pytest-qgis pytest-qt bandit jsonschema
 	touch $@
 
 # Unit, widget, Processing and desktop (Xvfb + the real qgis binary) tests; the end-to-end

@@ -19,22 +19,24 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import open_clip
 import rasterio
 import torch
-
 from common import CLASSES, JBU, SHARED, SIZE, extent, line, make_raster, timed
 from instances_bench import bench_dedup, bench_instances, bench_refine, bench_tiny_job
-from rsov.client import Client, ClientError
+from scale import bench_scale
+
 from rsov.engine import FeatureCache, SegmentRequest, load_engine, resolve_device
 from rsov.models import DEFAULT_MODEL, cache_dir, find_weights, resolve_spec
 from rsov.precision import Calibration, calibration_key, cpu_capability, resolve_precision, save_calibration
-from rsov.predictor import FeatureOptions
-from rsov.vocabulary import build_vocabulary
-from scale import bench_scale
+from rsov.semantic.predictor import FeatureOptions
+from rsov.semantic.vocabulary import build_vocabulary
+from rsov.service.client import Client, ClientError
+
 
 def bench_model(folder: Path) -> tuple[str, str]:
     """The model name to load and a label saying whether its weights are real."""
@@ -76,17 +78,25 @@ def bench_engine(args: argparse.Namespace, model: str, device: torch.device, ras
     fp32_bytes = engine.cache.nbytes
 
     h, w = cold.prediction.class_map.shape
-    print(f"engine: {w}x{h} px extent, working long side {options.long_side} px, {n_windows} windows 224/112, "
-          f"{len(CLASSES)} classes")
+    print(
+        f"engine: {w}x{h} px extent, working long side {options.long_side} px, {n_windows} windows 224/112, "
+        f"{len(CLASSES)} classes"
+    )
     line("cold run (text embeddings + image + scoring)", f"{t_cold:8.2f} s")
-    line("warm run (image encode + scoring)", f"{t_warm:8.2f} s  ({n_windows / warm.timings['segment_s']:.2f} windows/s; "
-         f"vectorize {warm.timings['vectorize_s']:.2f} s)")
+    line(
+        "warm run (image encode + scoring)",
+        f"{t_warm:8.2f} s  ({n_windows / warm.timings['segment_s']:.2f} windows/s; "
+        f"vectorize {warm.timings['vectorize_s']:.2f} s)",
+    )
     line("re-run after editing one class", f"{t_edit:8.2f} s  (x{t_warm / t_edit:.1f} faster than the warm run)")
     if not args.no_jbu and JBU.is_file():
         engine_jbu = load_engine(model, str(device), "jbu", str(JBU))
         _, t_jbu = timed(lambda: engine_jbu.segment(request))
-        line("with FeatUp JBU upsampler", f"{t_jbu:8.2f} s  (features kept {engine_jbu.cache.nbytes / 2**20:.0f} MiB "
-             f"vs {fp32_bytes / 2**20:.1f} MiB without)")
+        line(
+            "with FeatUp JBU upsampler",
+            f"{t_jbu:8.2f} s  (features kept {engine_jbu.cache.nbytes / 2**20:.0f} MiB "
+            f"vs {fp32_bytes / 2**20:.1f} MiB without)",
+        )
     line("peak memory (process RSS)", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:8.0f} MiB")
     if device.type == "cuda":
         line("peak GPU memory", f"{torch.cuda.max_memory_allocated() / 2**20:8.0f} MiB")
@@ -104,17 +114,26 @@ def bench_precision(args: argparse.Namespace, model: str, device: torch.device, 
     for precision in precisions:
         engine.cache = FeatureCache()
         timed_request = replace(request, features=replace(options, precision=precision))
-        _, seconds[precision] = timed(lambda: engine.segment(timed_request))
+        _, seconds[precision] = timed(partial(engine.segment, timed_request))
         # per-pixel best query, before thresholds: a stricter test than class maps that one class may fill
         labels[precision] = best_query(engine, timed_request)
-    print(f"precision: {SIZE}x{SIZE} px extent, working long side {options.long_side} px; CPU "
-          f"{cpu_capability().describe()}" if device.type == "cpu" else f"precision on {device}")
+    print(
+        f"precision: {SIZE}x{SIZE} px extent, working long side {options.long_side} px; CPU "
+        f"{cpu_capability().describe()}"
+        if device.type == "cpu"
+        else f"precision on {device}"
+    )
     for precision in precisions:
         agree = float((labels[precision] == labels["fp32"]).float().mean())
-        line(f"{precision} run (image encode + scoring)", f"{seconds[precision]:8.2f} s  "
-             f"(x{seconds['fp32'] / seconds[precision]:.2f} the speed of fp32; label agreement {agree * 100:.2f} %)")
+        line(
+            f"{precision} run (image encode + scoring)",
+            f"{seconds[precision]:8.2f} s  "
+            f"(x{seconds['fp32'] / seconds[precision]:.2f} the speed of fp32; label agreement {agree * 100:.2f} %)",
+        )
         if precision == "int8":
-            save_calibration(cache, Calibration(calibration_key(cpu_capability()), seconds["fp32"], seconds["int8"], agree))
+            save_calibration(
+                cache, Calibration(calibration_key(cpu_capability()), seconds["fp32"], seconds["int8"], agree)
+            )
     choice = resolve_precision("fast", device, cache)
     line("--precision fast on this machine", f"{choice.precision}: {choice.reason}")
 
@@ -146,8 +165,20 @@ def bench_install(folder: Path) -> None:
 def start_server(model: str, device: torch.device, folder: Path, port: int = 18765) -> tuple[subprocess.Popen, Client]:
     token_file = folder / "token"
     proc = subprocess.Popen(
-        [Path(sys.executable).parent / "rsov", "serve", "--model", model, "--device", device.type, "--port", str(port),
-         "--token-file", str(token_file), "--results-dir", str(folder / "jobs")],
+        [
+            Path(sys.executable).parent / "rsov",
+            "serve",
+            "--model",
+            model,
+            "--device",
+            device.type,
+            "--port",
+            str(port),
+            "--token-file",
+            str(token_file),
+            "--results-dir",
+            str(folder / "jobs"),
+        ],
         stderr=subprocess.DEVNULL,
     )
     client = Client(f"http://127.0.0.1:{port}", timeout=600)
@@ -186,8 +217,10 @@ def bench_server(args: argparse.Namespace, model: str, device: torch.device, ras
     engine = load_engine(model, str(device))
     features = FeatureOptions(long_side=args.long_side)
     engine.segment(SegmentRequest(str(raster), CLASSES, bbox=extents[0], features=features))  # the same warm-up
-    direct = [timed(lambda: engine.segment(SegmentRequest(str(raster), CLASSES, bbox=b, features=features)))[1]
-              for b in extents[1:]]
+    direct = [
+        timed(lambda b=b: engine.segment(SegmentRequest(str(raster), CLASSES, bbox=b, features=features)))[1]
+        for b in extents[1:]
+    ]
     http_s, direct_s = float(np.median(latencies)), float(np.median(direct))
     print(f"server: {args.jobs} back-to-back {SIZE}x{SIZE} jobs, {len(CLASSES)} classes, warm")
     line("throughput", f"{60 * args.jobs / total:8.1f} jobs/min")
@@ -207,20 +240,32 @@ def health_p99(client: Client, seconds: float) -> tuple[float, int]:
     return 1000 * float(np.percentile(latencies, 99)), len(latencies)
 
 
-def bench_responsiveness(args: argparse.Namespace, model: str, device: torch.device, raster: Path,
-                         folder: Path) -> None:
+def bench_responsiveness(
+    args: argparse.Namespace, model: str, device: torch.device, raster: Path, folder: Path
+) -> None:
     """Health latency while hostile requests are validated and while a job runs; 4 concurrent clients."""
     import threading
 
     hostile = folder / "hostile"
     hostile.mkdir()
-    with rasterio.open(hostile / "huge.tif", "w", driver="GTiff", width=200_000, height=200_000, count=3,
-                       dtype="uint8", tiled=True, sparse_ok=True):
+    with rasterio.open(
+        hostile / "huge.tif",
+        "w",
+        driver="GTiff",
+        width=200_000,
+        height=200_000,
+        count=3,
+        dtype="uint8",
+        tiled=True,
+        sparse_ok=True,
+    ):
         pass
     os.mkfifo(hostile / "fifo.tif")
-    (hostile / "vrt.tif").write_text(f'<VRTDataset rasterXSize="10" rasterYSize="10"><VRTRasterBand dataType="Byte" '
-                                     f'band="1"><SimpleSource><SourceFilename>{raster}</SourceFilename></SimpleSource>'
-                                     f'</VRTRasterBand></VRTDataset>')
+    (hostile / "vrt.tif").write_text(
+        f'<VRTDataset rasterXSize="10" rasterYSize="10"><VRTRasterBand dataType="Byte" '
+        f'band="1"><SimpleSource><SourceFilename>{raster}</SourceFilename></SimpleSource>'
+        f"</VRTRasterBand></VRTDataset>"
+    )
     proc, client = start_server(model, device, folder, port=18766)
     try:
         idle, _ = health_p99(client, 2.0)
@@ -250,8 +295,9 @@ def bench_responsiveness(args: argparse.Namespace, model: str, device: torch.dev
 
         def one_client(k: int) -> None:
             for j in range(3):
-                job_id = client.submit(str(raster), list(CLASSES), bbox=extent(raster, 40 + 8 * (3 * k + j)),
-                                       long_side=args.long_side)
+                job_id = client.submit(
+                    str(raster), list(CLASSES), bbox=extent(raster, 40 + 8 * (3 * k + j)), long_side=args.long_side
+                )
                 results.append(client.wait(job_id)["state"])
 
         started = time.perf_counter()
@@ -277,8 +323,9 @@ def main() -> int:
     parser.add_argument("--long-side", type=int, default=448, help="working size (448 = paper default)")
     parser.add_argument("--no-jbu", action="store_true", help="skip the FeatUp JBU run")
     parser.add_argument("--jobs", type=int, default=5, help="back-to-back jobs for the server figures")
-    parser.add_argument("--only", choices=["engine", "precision", "server", "instances", "scale", "install"],
-                        help="run one part")
+    parser.add_argument(
+        "--only", choices=["engine", "precision", "server", "instances", "scale", "install"], help="run one part"
+    )
     parser.add_argument("--full", action="store_true", help="scale: whole rasters at 1 m and 0.5 m (hours on a CPU)")
     parser.add_argument("--coarse", default="8.0", help="scale: resolution (m) of the whole-raster runs without --full")
     args = parser.parse_args()
@@ -291,8 +338,10 @@ def main() -> int:
         raster = make_raster(folder)
         model, label = bench_model(folder)
         gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "none"
-        print(f"rsov bench: {label}; device {device} (GPU: {gpu}); torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads")
+        print(
+            f"rsov bench: {label}; device {device} (GPU: {gpu}); torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads"
+        )
         if args.only in (None, "engine"):
             bench_engine(args, model, device, raster)
         if args.only in (None, "precision"):

@@ -12,8 +12,18 @@ import torch
 
 SHARED = Path(os.environ.get("SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 JBU = SHARED / "weights" / "featup" / "clip_jbu_stack_cocostuff.ckpt"
-CLASSES = ("building,roof,house", "tree,forest", "grass", "road", "water,river", "bareland,barren", "pavement",
-           "cropland", "car", "swimming pool")
+CLASSES = (
+    "building,roof,house",
+    "tree,forest",
+    "grass",
+    "road",
+    "water,river",
+    "bareland,barren",
+    "pavement",
+    "cropland",
+    "car",
+    "swimming pool",
+)
 SIZE = 1024
 
 

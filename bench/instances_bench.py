@@ -15,20 +15,23 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import torch
+from common import CLASSES, SHARED, SIZE, extent, line, timed
 from rasterio.transform import from_origin
 
-from common import CLASSES, SHARED, SIZE, extent, line, timed
 from rsov.engine import SegmentRequest, load_engine
-from rsov.instances import InstanceOptions, Mask, classify, mask_nms, merge_across_seams
+from rsov.instance.classify import classify
+from rsov.instance.masks import mask_nms, merge_across_seams
+from rsov.instance.sam import decode_masks
+from rsov.instance.types import InstanceOptions, Mask
 from rsov.models import find_weights, resolve_sam_spec
 from rsov.precision import resolve_precision
-from rsov.predictor import FeatureOptions
-from rsov.sam_proposer import decode_masks
+from rsov.semantic.predictor import FeatureOptions
 
 TINY_CLASSES = ("building,roof", "tree", "road", "water")
 
@@ -45,11 +48,17 @@ def seam_masks(count: int, grid: int = 5, tile: int = 256, overlap: int = 64) ->
         h, w = rng.integers(6, 90, 2)
         y0, x0 = rng.integers(0, side - h), rng.integers(0, side - w)
         yy, xx = np.ogrid[:h, :w]
-        shape = ((2 * yy + 1 - h) / h) ** 2 + ((2 * xx + 1 - w) / w) ** 2 <= 1 if rng.random() < 0.5 else np.ones((h, w), bool)
+        shape = (
+            ((2 * yy + 1 - h) / h) ** 2 + ((2 * xx + 1 - w) / w) ** 2 <= 1
+            if rng.random() < 0.5
+            else np.ones((h, w), bool)
+        )
         for index, (ty0, tx0, ty1, tx1) in enumerate(tiles):
             cy0, cx0, cy1, cx1 = max(y0, ty0), max(x0, tx0), min(y0 + h, ty1), min(x0 + w, tx1)
-            if cy0 < cy1 and cx0 < cx1 and shape[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0].any():
-                masks.append(Mask(shape[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0], cy0, cx0, float(rng.random()), index))
+            if cy0 < cy1 and cx0 < cx1 and shape[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0].any():
+                masks.append(
+                    Mask(shape[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0], cy0, cx0, float(rng.random()), index)
+                )
     return masks, tiles
 
 
@@ -91,22 +100,36 @@ def bench_decoder(proposer, device: torch.device) -> None:
 
         def run(shared: bool) -> None:
             for start in range(0, 32, chunk):
-                s, d = sparse[start:start + chunk], dense[start:start + chunk]
+                s, d = sparse[start : start + chunk], dense[start : start + chunk]
                 if shared:
                     decode_masks(sam.mask_decoder, image, pe, s, d[:1])
                 else:
-                    sam.mask_decoder(image_embeddings=image, image_pe=pe, sparse_prompt_embeddings=s,
-                                     dense_prompt_embeddings=d, multimask_output=True)
+                    sam.mask_decoder(
+                        image_embeddings=image,
+                        image_pe=pe,
+                        sparse_prompt_embeddings=s,
+                        dense_prompt_embeddings=d,
+                        multimask_output=True,
+                    )
 
         run(False)
         _, t_sam = timed(lambda: run(False))
         _, t_shared = timed(lambda: run(True))
-        _, t_batch = timed(lambda: sam.mask_decoder(image_embeddings=image, image_pe=pe, sparse_prompt_embeddings=sparse,
-                                                    dense_prompt_embeddings=dense, multimask_output=True))
+        _, t_batch = timed(
+            lambda: sam.mask_decoder(
+                image_embeddings=image,
+                image_pe=pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
+            )
+        )
     line("SAM's decoder, 32 prompts in one call", f"{1000 * t_batch / 32:8.1f} ms per prompt (the former path)")
     line(f"SAM's decoder, calls of {chunk}", f"{1000 * t_sam / 32:8.1f} ms per prompt")
-    line(f"shared-image decoder, calls of {chunk}", f"{1000 * t_shared / 32:8.1f} ms per prompt  "
-         f"(x{t_batch / t_shared:.2f} the former path)")
+    line(
+        f"shared-image decoder, calls of {chunk}",
+        f"{1000 * t_shared / 32:8.1f} ms per prompt  (x{t_batch / t_shared:.2f} the former path)",
+    )
 
 
 def bench_instances(args: argparse.Namespace, model: str, device: torch.device, raster: Path, folder: Path) -> None:
@@ -117,13 +140,21 @@ def bench_instances(args: argparse.Namespace, model: str, device: torch.device, 
     if "@" in sam:  # random weights pass no quality threshold: open them (and NMS), so there are masks to classify
         options = replace(options, pred_iou_thresh=-1.0, stability_thresh=-1.0, score_threshold=0.0, nms_iou=1.0)
     fast = resolve_precision("fast", device, folder / "cache")
-    print(f"instances: one {SIZE}x{SIZE} tile, {len(CLASSES)} classes, SAM {sam.split('@')[0]}, "
-          f"{options.points_per_side}x{options.points_per_side} grid + semantic prompts; fast = {fast.precision}")
+    print(
+        f"instances: one {SIZE}x{SIZE} tile, {len(CLASSES)} classes, SAM {sam.split('@')[0]}, "
+        f"{options.points_per_side}x{options.points_per_side} grid + semantic prompts; fast = {fast.precision}"
+    )
     for n, precision in enumerate(dict.fromkeys(("fp32", fast.precision))):
-        request = SegmentRequest(str(raster), CLASSES, bbox=extent(raster, 8 * n), mode="instance", instance=options,
-                                 features=FeatureOptions(long_side=args.long_side, precision=precision))
+        request = SegmentRequest(
+            str(raster),
+            CLASSES,
+            bbox=extent(raster, 8 * n),
+            mode="instance",
+            instance=options,
+            features=FeatureOptions(long_side=args.long_side, precision=precision),
+        )
         before = replace(engine.proposer.timings) if n else None
-        result, t_job = timed(lambda: engine.segment(request))
+        result, t_job = timed(partial(engine.segment, request))
         timings = engine.proposer.timings
         encode_s = timings.sam_encode_s - (before.sam_encode_s if before else 0)
         decode_s = timings.sam_decode_s - (before.sam_decode_s if before else 0)
@@ -142,15 +173,27 @@ def bench_instances(args: argparse.Namespace, model: str, device: torch.device, 
             request0, first = request, result
     # Random SAM weights give few masks; time classification on 200 box masks as well.
     rng = np.random.default_rng(0)
-    boxes = [Mask(np.ones((int(h), int(w)), bool), int(y), int(x)) for y, x, h, w in
-             zip(rng.integers(0, 900, 200), rng.integers(0, 900, 200), rng.integers(8, 120, 200), rng.integers(8, 120, 200))]
-    _, t_classify = timed(lambda: classify(engine.predictor(), first.chip.image, boxes, first.vocabulary,
-                                           request0.scoring, options))
+    boxes = [
+        Mask(np.ones((int(h), int(w)), bool), int(y), int(x))
+        for y, x, h, w in zip(
+            rng.integers(0, 900, 200),
+            rng.integers(0, 900, 200),
+            rng.integers(8, 120, 200),
+            rng.integers(8, 120, 200),
+            strict=False,
+        )
+    ]
+    _, t_classify = timed(
+        lambda: classify(engine.predictor(), first.chip.image, boxes, first.vocabulary, request0.scoring, options)
+    )
     encoded = engine.proposer.encoded_tiles
     second, t_second = timed(lambda: engine.segment(replace(request0, classes=CLASSES[:-1] + ("solar panel",))))
     line("classification of 200 box masks", f"{t_classify:8.2f} s  ({1000 * t_classify / 200:.1f} ms per mask)")
-    line("fp32 again, one class edited", f"{t_second:8.2f} s  (SAM tiles encoded again: "
-         f"{engine.proposer.encoded_tiles - encoded}; grid masks and CLIP features cached)")
+    line(
+        "fp32 again, one class edited",
+        f"{t_second:8.2f} s  (SAM tiles encoded again: "
+        f"{engine.proposer.encoded_tiles - encoded}; grid masks and CLIP features cached)",
+    )
 
 
 def uint16_raster(folder: Path, side: int = 1300) -> Path:
@@ -159,8 +202,17 @@ def uint16_raster(folder: Path, side: int = 1300) -> Path:
         band = src.read(1)
     data = np.pad(band, ((0, side - band.shape[0]), (0, side - band.shape[1])), mode="reflect").astype(np.uint16) * 40
     path = folder / "uint16_4326.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=1, dtype="uint16", crs="EPSG:4326",
-                       transform=from_origin(6.9, 50.9, 3e-6, 3e-6)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=side,
+        height=side,
+        count=1,
+        dtype="uint16",
+        crs="EPSG:4326",
+        transform=from_origin(6.9, 50.9, 3e-6, 3e-6),
+    ) as dst:
         dst.write(data[None])
     return path
 
@@ -170,16 +222,22 @@ def bench_tiny_job(device: torch.device, folder: Path) -> None:
     in a fresh engine (the decoder call size already measured), in fp32 and in ``fast``."""
     raster = uint16_raster(folder)
     fast = resolve_precision("fast", device, folder / "cache")
-    print(f"instances, tiny models: 1300 x 1300 px, 1 band uint16, EPSG:4326, {len(TINY_CLASSES)} classes "
-          f"(goal: under 30 s); fast = {fast.precision}")
+    print(
+        f"instances, tiny models: 1300 x 1300 px, 1 band uint16, EPSG:4326, {len(TINY_CLASSES)} classes "
+        f"(goal: under 30 s); fast = {fast.precision}"
+    )
     for precision in dict.fromkeys(("fp32", fast.precision)):
         engine = load_engine("tiny-random", str(device))
-        request = SegmentRequest(str(raster), TINY_CLASSES, mode="instance",
-                                 features=FeatureOptions(precision=precision))
-        result, seconds = timed(lambda: engine.segment(request))
+        request = SegmentRequest(
+            str(raster), TINY_CLASSES, mode="instance", features=FeatureOptions(precision=precision)
+        )
+        result, seconds = timed(partial(engine.segment, request))
         t = engine.proposer.timings
-        line(f"{precision}: whole job", f"{seconds:8.2f} s  ({t.encoded_tiles} tiles, {t.decoded_prompts} prompts: "
-             f"encoder {t.sam_encode_s:.1f} s, decoder {t.sam_decode_s:.1f} s; {result.summary.text})")
+        line(
+            f"{precision}: whole job",
+            f"{seconds:8.2f} s  ({t.encoded_tiles} tiles, {t.decoded_prompts} prompts: "
+            f"encoder {t.sam_encode_s:.1f} s, decoder {t.sam_decode_s:.1f} s; {result.summary.text})",
+        )
 
 
 def bench_refine(args: argparse.Namespace, model: str, device: torch.device, raster: Path, folder: Path) -> None:
@@ -189,12 +247,19 @@ def bench_refine(args: argparse.Namespace, model: str, device: torch.device, ras
     times = {}
     for refine in ("none", "sam"):
         engine = load_engine(model, str(device), sam=sam)
-        request = SegmentRequest(str(raster), CLASSES, bbox=extent(raster, 0), refine=refine,
-                                 features=FeatureOptions(long_side=args.long_side))
+        request = SegmentRequest(
+            str(raster),
+            CLASSES,
+            bbox=extent(raster, 0),
+            refine=refine,
+            features=FeatureOptions(long_side=args.long_side),
+        )
         started = time.perf_counter()
         engine.segment(request)
         times[refine] = time.perf_counter() - started
-        extra = "" if refine == "none" else (f"  (x{times['sam'] / times['none']:.1f}; SAM tiles "
-                                             f"{engine.proposer.encoded_tiles})")
+        extra = (
+            ""
+            if refine == "none"
+            else (f"  (x{times['sam'] / times['none']:.1f}; SAM tiles {engine.proposer.encoded_tiles})")
+        )
         line(f"refine {refine}", f"{times[refine]:8.2f} s{extra}")
-

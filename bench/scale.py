@@ -32,8 +32,9 @@ def mosaic(sample: Path, folder: Path, side: int) -> Path:
         tile, profile = src.read(), src.profile
     flips = {(0, 0): tile, (0, 1): tile[:, :, ::-1], (1, 0): tile[:, ::-1], (1, 1): tile[:, ::-1, ::-1]}
     size = tile.shape[1]
-    profile.update(width=side, height=side, tiled=True, blockxsize=512, blockysize=512, compress="lzw",
-                   BIGTIFF="IF_SAFER")
+    profile.update(
+        width=side, height=side, tiled=True, blockxsize=512, blockysize=512, compress="lzw", BIGTIFF="IF_SAFER"
+    )
     with rasterio.open(path, "w", **profile) as dst:
         for row in range(0, side, size):
             for col in range(0, side, size):
@@ -46,9 +47,27 @@ def mosaic(sample: Path, folder: Path, side: int) -> Path:
 def segment(raster: Path, model: str, device: str, out: Path, *extra: str) -> tuple[float, float, str]:
     """One `rsov segment` process: wall seconds, peak RSS in MiB, its summary line."""
     start = time.perf_counter()
-    proc = subprocess.Popen([RSOV, "segment", raster, "--classes", CLASSES, "--model", model, "--device", device,
-                             "--out", out, "--quiet", "--yes", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            RSOV,
+            "segment",
+            raster,
+            "--classes",
+            CLASSES,
+            "--model",
+            model,
+            "--device",
+            device,
+            "--out",
+            out,
+            "--quiet",
+            "--yes",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     stdout, stderr = proc.stdout.read(), proc.stderr.read()
@@ -75,42 +94,81 @@ def bench_scale(args: argparse.Namespace, model: str, device: str, sample: Path,
         for resolution in coarse:
             seconds, rss, summary = segment(raster, model, device, folder / "whole.gpkg", "--resolution", resolution)
             mpx = side * side / 1e6
-            line(f"whole {side}^2 px ({mpx:.0f} Mpx) at {resolution} m", f"{seconds:8.1f} s, peak RSS {rss:6.0f} MiB "
-                 f"({next(p for p in summary.split(', ') if p.endswith('blocks'))})")
+            line(
+                f"whole {side}^2 px ({mpx:.0f} Mpx) at {resolution} m",
+                f"{seconds:8.1f} s, peak RSS {rss:6.0f} MiB "
+                f"({next(p for p in summary.split(', ') if p.endswith('blocks'))})",
+            )
     # area scaling at 1 m (and 0.5 m): the time per Mpx should stay flat, the memory bounded
-    startup, rss, _ = segment(big[16000], model, device, folder / "area.gpkg", "--resolution", "1.0",
-                              f"--bbox={bbox(big[16000], 100)}")
+    startup, rss, _ = segment(
+        big[16000], model, device, folder / "area.gpkg", "--resolution", "1.0", f"--bbox={bbox(big[16000], 100)}"
+    )
     line("start-up (model load, one window)", f"{startup:8.1f} s, peak RSS {rss:6.0f} MiB")
     per_mpx = {}
     for factor, side_px in ((1, 1000), (4, 2000), (16, 4000)):
-        seconds, rss, _ = segment(big[16000], model, device, folder / "area.gpkg", "--resolution", "1.0",
-                                  f"--bbox={bbox(big[16000], side_px)}")
+        seconds, rss, _ = segment(
+            big[16000],
+            model,
+            device,
+            folder / "area.gpkg",
+            "--resolution",
+            "1.0",
+            f"--bbox={bbox(big[16000], side_px)}",
+        )
         per_mpx[factor] = (seconds - startup) / (side_px * side_px / 1e6)
-        line(f"{factor:>2}x area at 1 m ({side_px}^2 px)", f"{seconds:8.1f} s, {per_mpx[factor]:6.2f} s/Mpx after "
-             f"start-up, peak RSS {rss:6.0f} MiB")
+        line(
+            f"{factor:>2}x area at 1 m ({side_px}^2 px)",
+            f"{seconds:8.1f} s, {per_mpx[factor]:6.2f} s/Mpx after start-up, peak RSS {rss:6.0f} MiB",
+        )
     line("time per Mpx, 16x against 1x", f"x{per_mpx[16] / per_mpx[1]:.2f} (1.00 = linear)")
-    seconds, rss, _ = segment(big[16000], model, device, folder / "area.gpkg", "--resolution", "0.5",
-                              f"--bbox={bbox(big[16000], 1000)}")
-    line("1x area at 0.5 m (1000^2 px)", f"{seconds:8.1f} s, {seconds - startup:6.2f} s/Mpx after start-up, "
-         f"peak RSS {rss:6.0f} MiB")
+    seconds, rss, _ = segment(
+        big[16000], model, device, folder / "area.gpkg", "--resolution", "0.5", f"--bbox={bbox(big[16000], 1000)}"
+    )
+    line(
+        "1x area at 0.5 m (1000^2 px)",
+        f"{seconds:8.1f} s, {seconds - startup:6.2f} s/Mpx after start-up, peak RSS {rss:6.0f} MiB",
+    )
     bench_pan(model, device, big[8000])
-    one, _, _ = segment(big[16000], model, device, folder / "d1.gpkg", "--resolution", "1.0",
-                        f"--bbox={bbox(big[16000], 2000)}", "--block-size", "1024")
-    two, rss, _ = segment(big[16000], model, device, folder / "d2.gpkg", "--resolution", "1.0",
-                          f"--bbox={bbox(big[16000], 2000)}", "--block-size", "1024", "--workers", "2")
-    line("4x area, Dask LocalCluster 2 workers", f"{two:8.1f} s vs {one:.1f} s in one process "
-         f"(x{one / two:.2f}; {os.cpu_count()} cores)")
+    one, _, _ = segment(
+        big[16000],
+        model,
+        device,
+        folder / "d1.gpkg",
+        "--resolution",
+        "1.0",
+        f"--bbox={bbox(big[16000], 2000)}",
+        "--block-size",
+        "1024",
+    )
+    two, rss, _ = segment(
+        big[16000],
+        model,
+        device,
+        folder / "d2.gpkg",
+        "--resolution",
+        "1.0",
+        f"--bbox={bbox(big[16000], 2000)}",
+        "--block-size",
+        "1024",
+        "--workers",
+        "2",
+    )
+    line(
+        "4x area, Dask LocalCluster 2 workers",
+        f"{two:8.1f} s vs {one:.1f} s in one process (x{one / two:.2f}; {os.cpu_count()} cores)",
+    )
 
 
 def bench_pan(model: str, device: str, raster: Path) -> None:
     """Pan by half an extent in one warm engine: the share of windows encoded again, and the time."""
     from rsov.engine import SegmentRequest, load_engine
-    from rsov.predictor import FeatureOptions
+    from rsov.semantic.predictor import FeatureOptions
 
     engine = load_engine(model, device)
     features = FeatureOptions(resolution_m=1.0)
-    first = SegmentRequest(str(raster), tuple(CLASSES.split(";")), features=features,
-                           bbox=tuple(map(float, bbox(raster, 2000).split(","))))
+    first = SegmentRequest(
+        str(raster), tuple(CLASSES.split(";")), features=features, bbox=tuple(map(float, bbox(raster, 2000).split(",")))
+    )
     start = time.perf_counter()
     engine.segment(first)
     t_first = time.perf_counter() - start
@@ -119,5 +177,8 @@ def bench_pan(model: str, device: str, raster: Path) -> None:
     result = engine.segment(panned)
     t_pan = time.perf_counter() - start
     total = result.windows_encoded + result.windows_cached
-    line("pan by half a 2000^2 px extent at 1 m", f"{result.windows_encoded}/{total} windows re-encoded "
-         f"({100 * result.windows_encoded / total:.0f} %), {t_pan:.1f} s vs {t_first:.1f} s for the first view")
+    line(
+        "pan by half a 2000^2 px extent at 1 m",
+        f"{result.windows_encoded}/{total} windows re-encoded "
+        f"({100 * result.windows_encoded / total:.0f} %), {t_pan:.1f} s vs {t_first:.1f} s for the first view",
+    )

@@ -32,23 +32,35 @@ from .geojson import POLYGON, feature_collection, in_crs, is_polygon, transform_
 
 VISIBLE, LAYER, MASK = "visible", "layer", "mask"
 # (key, what the dock's combo shows, the segment button's text)
-AREAS = ((VISIBLE, "Visible extent", "Segment visible extent"),
-         (LAYER, "Whole layer", "Segment whole layer"),
-         (MASK, "Selected polygons of", "Segment selected polygons"))
+AREAS = (
+    (VISIBLE, "Visible extent", "Segment visible extent"),
+    (LAYER, "Whole layer", "Segment whole layer"),
+    (MASK, "Selected polygons of", "Segment selected polygons"),
+)
 
 
-def whole_layer_request(layer: QgsRasterLayer, context: QgsCoordinateTransformContext,
-                        local_backend: bool) -> RasterRequest:
+def whole_layer_request(
+    layer: QgsRasterLayer, context: QgsCoordinateTransformContext, local_backend: bool
+) -> RasterRequest:
     """The whole raster, for a file the backend reads by path (a web layer has no whole)."""
     if not (local_backend and local_raster_path(layer)):
-        raise ExtentError(f"The whole layer of {layer.name()} cannot be segmented because the backend cannot read it "
-                          "as a local file (web layers have no bounds): choose Visible extent or Selected polygons.")
+        raise ExtentError(
+            f"The whole layer of {layer.name()} cannot be segmented because the backend cannot read it "
+            "as a local file (web layers have no bounds): choose Visible extent or Selected polygons."
+        )
     return raster_request(layer.extent(), layer.crs(), layer, context, local_backend)
 
 
-def mask_request(geometries: Iterable[QgsGeometry], crs: QgsCoordinateReferenceSystem, layer: QgsRasterLayer,
-                 context: QgsCoordinateTransformContext, local_backend: bool, units_per_pixel: float | None = None,
-                 within: QgsRectangle | None = None, source: str = "The polygons") -> RasterRequest:
+def mask_request(
+    geometries: Iterable[QgsGeometry],
+    crs: QgsCoordinateReferenceSystem,
+    layer: QgsRasterLayer,
+    context: QgsCoordinateTransformContext,
+    local_backend: bool,
+    units_per_pixel: float | None = None,
+    within: QgsRectangle | None = None,
+    source: str = "The polygons",
+) -> RasterRequest:
     """A request for the polygons among ``geometries`` (in ``crs``) that overlap ``layer``: their
     bounds on the raster (also within ``within``, in the raster CRS, when given) as the extent,
     the polygons in the raster CRS as the mask. ``source`` names the polygons in messages."""
@@ -68,16 +80,25 @@ def mask_request(geometries: Iterable[QgsGeometry], crs: QgsCoordinateReferenceS
         if not area.isEmpty() and geometry.intersects(area):
             inside.append(geometry)
     if not inside:
-        raise ExtentError(f"{source} do not overlap the raster {layer.name()}"
-                          + (" within the extent" if within is not None else "") + ": select polygons on it.")
+        raise ExtentError(
+            f"{source} do not overlap the raster {layer.name()}"
+            + (" within the extent" if within is not None else "")
+            + ": select polygons on it."
+        )
     bounds = QgsRectangle(inside[0].boundingBox())
     for geometry in inside[1:]:
         bounds.combineExtentWith(geometry.boundingBox())
     if within is not None:
         bounds = bounds.intersect(within)
     request = raster_request(bounds, layer.crs(), layer, context, local_backend, units_per_pixel)
-    return RasterRequest(request.bbox, request.crs, request.width, request.height, request.path,
-                         feature_collection((({}, g) for g in inside), request.crs))
+    return RasterRequest(
+        request.bbox,
+        request.crs,
+        request.width,
+        request.height,
+        request.path,
+        feature_collection((({}, g) for g in inside), request.crs),
+    )
 
 
 def selected_polygons(layer) -> list[QgsGeometry]:
@@ -86,13 +107,21 @@ def selected_polygons(layer) -> list[QgsGeometry]:
         raise ExtentError("Choose the polygon layer whose selected polygons are the processing area.")
     geometries = [f.geometry() for f in layer.getSelectedFeatures() if is_polygon(f.geometry())]
     if not geometries:
-        raise ExtentError(f"No polygons of {layer.name()} are selected: select the processing area on it "
-                          "(Select Features tool) first.")
+        raise ExtentError(
+            f"No polygons of {layer.name()} are selected: select the processing area on it "
+            "(Select Features tool) first."
+        )
     return geometries
 
 
-def area_request(area: str, map_settings: QgsMapSettings, layer: QgsRasterLayer, context: QgsCoordinateTransformContext,
-                 local_backend: bool, mask_layer=None) -> RasterRequest:
+def area_request(
+    area: str,
+    map_settings: QgsMapSettings,
+    layer: QgsRasterLayer,
+    context: QgsCoordinateTransformContext,
+    local_backend: bool,
+    mask_layer=None,
+) -> RasterRequest:
     """The request for the dock's processing area ``area`` (VISIBLE, LAYER or MASK: the selected
     polygons of ``mask_layer``); chips get the canvas's on-screen resolution."""
     if area == LAYER:
@@ -100,7 +129,13 @@ def area_request(area: str, map_settings: QgsMapSettings, layer: QgsRasterLayer,
     if area == MASK:
         polygons = selected_polygons(mask_layer)
         by_path = local_backend and local_raster_path(layer)
-        return mask_request(polygons, mask_layer.crs(), layer, context, local_backend,
-                            None if by_path else canvas_units_per_pixel(map_settings, layer, context),
-                            source=f"The selected polygons of {mask_layer.name()}")
+        return mask_request(
+            polygons,
+            mask_layer.crs(),
+            layer,
+            context,
+            local_backend,
+            None if by_path else canvas_units_per_pixel(map_settings, layer, context),
+            source=f"The selected polygons of {mask_layer.name()}",
+        )
     return visible_extent_request(map_settings, layer, context, local_backend)

@@ -1,9 +1,12 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""HTTP client of the rsov backend (``rsov serve``), standard library only (no QGIS, no Qt).
+"""HTTP client of the rsov backend (``rsov serve``), over QGIS's network stack.
 
 Every call raises :class:`BackendError` with a one-sentence message meant for the user; the
 ``code`` tells the failure kind (``unreachable``, ``unauthorized``, ``token_missing``, the
-server's own codes, ...).
+server's own codes, ...). Calls block the calling thread, the main one or a worker's.
+
+Only the transport (:func:`_exchange`) needs QGIS: the data classes are also imported without it,
+by the backend's contract test.
 """
 
 from __future__ import annotations
@@ -12,14 +15,19 @@ import ipaddress
 import json
 import os
 import re
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from .errors import RsovPluginError
+
+if TYPE_CHECKING:  # Qt itself is imported where it is used, see _exchange
+    from qgis.PyQt.QtCore import QFile
+    from qgis.PyQt.QtNetwork import QHttpMultiPart
 
 DEFAULT_URL = "http://127.0.0.1:8765"
 DEFAULT_MODEL = "ViT-B-16-openai"  # what the backend loads when it is given no --model
@@ -30,7 +38,7 @@ FINISHED_STATES = ("done", "failed", "cancelled")
 REFINE_SAM = "sam"  # the semantic option refine: SAM's automatic regions clean the class map
 
 
-class BackendError(Exception):
+class BackendError(RsovPluginError):
     """A failed backend call; ``str(error)`` is the message for the user."""
 
     def __init__(self, code: str, message: str, status: int | None = None):
@@ -40,7 +48,7 @@ class BackendError(Exception):
         self.status = status
 
 
-class JobCancelled(Exception):
+class JobCancelled(RsovPluginError):
     """The job was cancelled (by the user or on the backend)."""
 
 
@@ -93,8 +101,14 @@ class Transfer:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Transfer:
         """From the backend's JSON object."""
-        return cls(str(data["kind"]), str(data["state"]), int(data.get("done_bytes") or 0), data.get("total_bytes"),
-                   data.get("path"), data.get("error"))
+        return cls(
+            str(data["kind"]),
+            str(data["state"]),
+            int(data.get("done_bytes") or 0),
+            data.get("total_bytes"),
+            data.get("path"),
+            data.get("error"),
+        )
 
     @property
     def finished(self) -> bool:
@@ -126,9 +140,17 @@ class ModelInfo:
     def from_json(cls, data: dict[str, Any]) -> ModelInfo:
         """From the backend's JSON object."""
         transfer = data.get("transfer")
-        return cls(str(data["name"]), str(data.get("kind") or "clip"), str(data.get("description") or ""),
-                   bool(data.get("weights_present")), data.get("size_bytes"), bool(data.get("downloadable")),
-                   data.get("sha256"), bool(data.get("loaded")), Transfer.from_json(transfer) if transfer else None)
+        return cls(
+            str(data["name"]),
+            str(data.get("kind") or "clip"),
+            str(data.get("description") or ""),
+            bool(data.get("weights_present")),
+            data.get("size_bytes"),
+            bool(data.get("downloadable")),
+            data.get("sha256"),
+            bool(data.get("loaded")),
+            Transfer.from_json(transfer) if transfer else None,
+        )
 
     @property
     def takes_weights(self) -> bool:
@@ -177,9 +199,16 @@ class JobStatus:
     def from_json(cls, data: dict[str, Any]) -> JobStatus:
         """From the backend's JSON object (backends before ``eta_s`` and ``summary`` send neither)."""
         eta_s, summary = data.get("eta_s"), data.get("summary")
-        return cls(str(data["job_id"]), str(data["state"]), float(data.get("progress") or 0.0),
-                   str(data.get("stage") or ""), str(data.get("message") or ""), data.get("error"),
-                   None if eta_s is None else float(eta_s), summary if isinstance(summary, dict) else None)
+        return cls(
+            str(data["job_id"]),
+            str(data["state"]),
+            float(data.get("progress") or 0.0),
+            str(data.get("stage") or ""),
+            str(data.get("message") or ""),
+            data.get("error"),
+            None if eta_s is None else float(eta_s),
+            summary if isinstance(summary, dict) else None,
+        )
 
     @property
     def finished(self) -> bool:
@@ -270,8 +299,11 @@ class JobRequest:
             options.pop("refine", None)  # semantic mode's alone
             options.update(self.instance.to_json())
         body = {
-            "bbox": list(self.bbox) if self.bbox else None, "bbox_crs": self.bbox_crs,
-            "classes": list(self.classes), "mode": self.mode, "options": options,
+            "bbox": list(self.bbox) if self.bbox else None,
+            "bbox_crs": self.bbox_crs,
+            "classes": list(self.classes),
+            "mode": self.mode,
+            "options": options,
         }
         if self.raster is not None:
             body["raster"] = self.raster
@@ -291,9 +323,12 @@ def describe_estimate(estimate: dict[str, Any]) -> str:
     windows, cached = int(estimate.get("windows") or 0), int(estimate.get("windows_cached") or 0)
     seconds = float(estimate.get("estimated_s") or 0.0)
     rule = RULES.get(str(estimate.get("rule")), str(estimate.get("rule") or "?"))
-    return (f"{float(estimate['resolution_m']):.3g} m/px ({rule}), {width} × {height} px, "
-            f"{windows} window{'' if windows == 1 else 's'}" + (f" ({cached} cached)" if cached else "")
-            + f", {rough_duration(seconds)}")
+    return (
+        f"{float(estimate['resolution_m']):.3g} m/px ({rule}), {width} × {height} px, "
+        f"{windows} window{'' if windows == 1 else 's'}"
+        + (f" ({cached} cached)" if cached else "")
+        + f", {rough_duration(seconds)}"
+    )
 
 
 def read_token(path: str | Path) -> str:
@@ -322,30 +357,151 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
-def _multipart(parts: list[tuple[str, str | None, str, bytes]]) -> tuple[bytes, str]:
-    """Encode (name, filename, content type, data) parts; returns the body and its content type."""
-    boundary = uuid.uuid4().hex
-    chunks = []
-    for name, filename, content_type, data in parts:
-        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {content_type}\r\n\r\n"
-        chunks += [head.encode(), data, b"\r\n"]
-    chunks.append(f"--{boundary}--\r\n".encode())
-    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+@dataclass(frozen=True)
+class _ChipUpload:
+    """A job body sent as multipart/form-data: the request JSON and the chip GeoTIFF, streamed from disk."""
+
+    request: bytes
+    chip: Path
+
+
+class _Answer(NamedTuple):
+    """What one exchange gave: the HTTP status, reason phrase and body, or (status None) why no
+    HTTP answer came (``failure``, e.g. "Connection refused" or "timed out")."""
+
+    status: int | None
+    reason: str = ""
+    data: bytes = b""
+    failure: str = ""
+
+
+def _exchange(
+    method: str, url: str, headers: dict[str, str], body: bytes | _ChipUpload | None, timeout: float
+) -> _Answer:
+    """One HTTP exchange, blocking the calling thread (main or worker) until it ends; aborted
+    once no byte moved for ``timeout`` seconds.
+
+    Not QgsBlockingNetworkRequest: in QGIS 3.22 it posts bytes or a QIODevice but no QHttpMultiPart,
+    always uses the thread's shared manager (so a loopback call could not skip the proxy) and has
+    no per-call timeout. So the reply runs on a manager of this thread while this thread processes
+    its events, as QgsBlockingNetworkRequest does (QgsNetworkAccessManager.instance() is per thread).
+    """
+    # Qt is imported here, not with the module: the data classes above must import without QGIS.
+    from qgis.core import QgsNetworkAccessManager
+    from qgis.PyQt.QtCore import QCoreApplication, QEventLoop, QThread, QUrl
+    from qgis.PyQt.QtNetwork import QNetworkAccessManager, QNetworkProxy, QNetworkReply, QNetworkRequest
+
+    if is_loopback_url(url) and QThread.currentThread() == QCoreApplication.instance().thread():
+        # The main thread waits for a local backend without processing its events, as it did over
+        # urllib: a timer or a deferred deletion run inside the call (a dock deleted under its own
+        # call) is worse than a short block. Remote calls must process them: QGIS shows its SSL and
+        # authentication prompts there.
+        return _in_worker_thread(_exchange, method, url, headers, body, timeout)
+    request = QNetworkRequest(QUrl(url))
+    for name, value in headers.items():
+        request.setRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+    request.setTransferTimeout(max(1, round(timeout * 1000)))  # like a socket timeout: idle time, not total
+    # Job states and results are the backend's answers of the moment: never from or into QGIS's disk cache.
+    request.setAttribute(
+        QNetworkRequest.Attribute.CacheLoadControlAttribute, QNetworkRequest.CacheLoadControl.AlwaysNetwork
+    )
+    request.setAttribute(QNetworkRequest.Attribute.CacheSaveControlAttribute, False)
+    if is_loopback_url(url):
+        # Never through a proxy, which cannot reach this machine's backend. Qt 5 has no per-request
+        # proxy and QGIS's manager asks its proxy factory for every request, so a manager of our own
+        # (QGIS's SSL and authentication settings do not concern a local backend either).
+        manager = QNetworkAccessManager()
+        manager.setProxy(QNetworkProxy(QNetworkProxy.ProxyType.NoProxy))
+    else:
+        manager = QgsNetworkAccessManager.instance()  # this thread's, with QGIS's proxy, SSL and authentication
+    verb, chip = method.encode("ascii"), None
+    if isinstance(body, _ChipUpload):
+        multipart, chip = _multipart(body)
+        reply = manager.sendCustomRequest(request, verb, multipart)
+        multipart.setParent(reply)  # deleted with the reply, which reads it until it finishes
+    elif body is not None:
+        reply = manager.sendCustomRequest(request, verb, body)
+    else:  # a custom verb: Qt adds no form content type to a bodiless POST
+        reply = manager.sendCustomRequest(request, verb)
+    # This thread's events drive the reply (the loop also gives a plain Python thread its event
+    # dispatcher). User input waits, so no click starts a second call meanwhile.
+    loop = QEventLoop()
+    reply.finished.connect(loop.quit)
+    if not reply.isFinished():
+        loop.exec(QEventLoop.ProcessEventsFlag.ExcludeUserInputEvents)
+    if chip is not None:
+        chip.close()  # now, not once the reply is deleted: the caller removes the chip's folder
+    status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
+    error = reply.error()
+    if error in (QNetworkReply.NetworkError.OperationCanceledError, QNetworkReply.NetworkError.TimeoutError):
+        answer = _Answer(None, failure="timed out")  # by the transfer timeout (or QGIS's own network timeout)
+    elif status is None or (error != QNetworkReply.NetworkError.NoError and int(status) < 400):
+        answer = _Answer(None, failure=reply.errorString())
+    else:
+        reason = str(reply.attribute(QNetworkRequest.Attribute.HttpReasonPhraseAttribute) or "")
+        answer = _Answer(int(status), reason, bytes(reply.readAll()))
+    # Deleted by Qt after this wrapper is gone (by the next event loop of this thread, or with the
+    # loopback manager): sip.delete here could leave the dead wrapper mapped to the address, and
+    # the next reply allocated there would be handed it.
+    reply.deleteLater()
+    del reply
+    return answer
+
+
+def _in_worker_thread(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` in a new thread, this one blocked until it returns (or raises)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = function(*args)
+        except BaseException as exc:  # re-raised in the calling thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="rsov-http", daemon=True)
+    worker.start()
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def _multipart(upload: _ChipUpload) -> tuple[QHttpMultiPart, QFile]:
+    """The QHttpMultiPart of ``upload`` and its chip, an open QFile (a child of it) read as it is sent."""
+    from qgis.PyQt.QtCore import QFile, QIODevice
+    from qgis.PyQt.QtNetwork import QHttpMultiPart, QHttpPart, QNetworkRequest
+
+    def part(disposition: str, content_type: str) -> QHttpPart:
+        made = QHttpPart()
+        made.setHeader(QNetworkRequest.KnownHeaders.ContentDispositionHeader, disposition)
+        made.setHeader(QNetworkRequest.KnownHeaders.ContentTypeHeader, content_type)
+        return made
+
+    multipart = QHttpMultiPart(QHttpMultiPart.ContentType.FormDataType)
+    chip = QFile(str(upload.chip), multipart)
+    if not chip.open(QIODevice.OpenModeFlag.ReadOnly):
+        raise BackendError("chip_unreadable", f"The image chip {upload.chip} cannot be read ({chip.errorString()}).")
+    request_part = part('form-data; name="request"', "application/json")
+    request_part.setBody(upload.request)
+    chip_part = part(f'form-data; name="chip"; filename="{upload.chip.name}"', "image/tiff")
+    chip_part.setBodyDevice(chip)
+    multipart.append(request_part)
+    multipart.append(chip_part)
+    return multipart, chip
 
 
 class BackendClient:
     """One backend: its base URL and the token file for authenticated calls."""
 
-    def __init__(self, url: str = DEFAULT_URL, token_file: str | Path | None = DEFAULT_TOKEN_FILE, timeout: float = 30.0):
+    def __init__(
+        self, url: str = DEFAULT_URL, token_file: str | Path | None = DEFAULT_TOKEN_FILE, timeout: float = 30.0
+    ):
         url = url.strip().rstrip("/")
         if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
             raise BackendError("bad_url", f"The backend URL '{url}' must start with http:// or https://.")
         self.url = url
         self.token_file = token_file
         self.timeout = timeout
-        handlers = [urllib.request.ProxyHandler({})] if is_loopback_url(url) else []  # never proxy localhost
-        self._opener = urllib.request.build_opener(*handlers)
 
     @property
     def is_local(self) -> bool:
@@ -353,8 +509,15 @@ class BackendClient:
         return is_loopback_url(self.url)
 
     # --- transport -------------------------------------------------------------------
-    def _call(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
-              auth: bool = True, timeout: float | None = None) -> bytes:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | _ChipUpload | None = None,
+        content_type: str | None = None,
+        auth: bool = True,
+        timeout: float | None = None,
+    ) -> bytes:
         headers = {"Accept": "application/json"}
         if auth:
             try:
@@ -365,38 +528,39 @@ class BackendClient:
             headers["Authorization"] = "Bearer " + token
         if content_type:
             headers["Content-Type"] = content_type
-        request = urllib.request.Request(self.url + path, data=body, headers=headers, method=method)
-        try:
-            with self._opener.open(request, timeout=timeout or self.timeout) as response:
-                return response.read()
-        except urllib.error.HTTPError as exc:
-            raise self._http_error(exc) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+        answer = _exchange(method, self.url + path, headers, body, timeout or self.timeout)
+        if answer.status is None:
             raise BackendError(
                 "unreachable",
-                f"No rsov backend answers at {self.url} ({reason}): start it with Start backend "
+                f"No rsov backend answers at {self.url} ({answer.failure}): start it with Start backend "
                 "or `rsov serve`, or check the backend URL.",
-            ) from None
+            )
+        if answer.status >= 400:
+            raise self._http_error(answer)
+        return answer.data
 
-    def _http_error(self, exc: urllib.error.HTTPError) -> BackendError:
+    def _http_error(self, answer: _Answer) -> BackendError:
         try:
-            error = json.loads(exc.read().decode("utf-8"))["error"]
+            error = json.loads(answer.data.decode("utf-8"))["error"]
             code, message = str(error["code"]), str(error["message"])
-        except (ValueError, KeyError, TypeError, OSError):
-            code, message = f"http_{exc.code}", f"The backend answered HTTP {exc.code} ({exc.reason})."
-        if exc.code == 401:
+        except (ValueError, KeyError, TypeError):
+            code, message = f"http_{answer.status}", f"The backend answered HTTP {answer.status} ({answer.reason})."
+        if answer.status == 401:
             return BackendError(
                 "unauthorized",
                 f"The backend refused the token from {self.token_file}: use the token file that "
                 f"`rsov serve` printed when it started ({message})",
                 401,
             )
-        return BackendError(code, message, exc.code)
+        return BackendError(code, message, answer.status)
 
-    def _json(self, method: str, path: str, payload: Any = None, auth: bool = True, timeout: float | None = None) -> Any:
+    def _json(
+        self, method: str, path: str, payload: Any = None, auth: bool = True, timeout: float | None = None
+    ) -> Any:
         body = None if payload is None else json.dumps(payload).encode("utf-8")
-        raw = self._call(method, path, body, "application/json" if body else None, auth, timeout)
+        return self._decode(self._call(method, path, body, "application/json" if body else None, auth, timeout))
+
+    def _decode(self, raw: bytes) -> Any:
         try:
             return json.loads(raw.decode("utf-8"))
         except ValueError:
@@ -407,9 +571,16 @@ class BackendClient:
         """``GET /v1/health`` (no token needed)."""
         data = self._json("GET", "/v1/health", auth=False, timeout=timeout)
         try:
-            return Health(str(data["version"]), str(data["model"]), list(data.get("models") or []),
-                          str(data["device"]), data.get("gpu_name"), int(data.get("api_version") or 0),
-                          bool(data.get("model_ready", True)), data.get("model_error"))
+            return Health(
+                str(data["version"]),
+                str(data["model"]),
+                list(data.get("models") or []),
+                str(data["device"]),
+                data.get("gpu_name"),
+                int(data.get("api_version") or 0),
+                bool(data.get("model_ready", True)),
+                data.get("model_error"),
+            )
         except (KeyError, TypeError, ValueError):
             raise BackendError("bad_response", f"The server at {self.url} is not an rsov backend.") from None
 
@@ -425,7 +596,9 @@ class BackendClient:
         try:
             return [ModelInfo.from_json(row) for row in self._json("GET", "/v1/models")["models"]]
         except (KeyError, TypeError, ValueError):
-            raise BackendError("bad_response", f"The backend at {self.url} answered the model list malformed.") from None
+            raise BackendError(
+                "bad_response", f"The backend at {self.url} answered the model list malformed."
+            ) from None
 
     def download_model(self, name: str) -> Transfer:
         """``POST /v1/models/{name}/download``: the backend downloads the weights in the background
@@ -448,12 +621,9 @@ class BackendClient:
         """``POST /v1/jobs`` (multipart with the chip GeoTIFF when given); returns the job id."""
         if chip is None:
             data = self._json("POST", "/v1/jobs", request.to_json())
-        else:
-            body, content_type = _multipart([
-                ("request", None, "application/json", json.dumps(request.to_json()).encode("utf-8")),
-                ("chip", chip.name, "image/tiff", chip.read_bytes()),
-            ])
-            data = json.loads(self._call("POST", "/v1/jobs", body, content_type).decode("utf-8"))
+        else:  # Qt writes the multipart content type, with its boundary
+            upload = _ChipUpload(json.dumps(request.to_json()).encode("utf-8"), chip)
+            data = self._decode(self._call("POST", "/v1/jobs", upload))
         return str(data["job_id"])
 
     def estimate(self, request: JobRequest) -> dict[str, Any]:
@@ -488,9 +658,14 @@ class BackendClient:
         self._json("DELETE", f"/v1/jobs/{urllib.parse.quote(job_id)}")
 
     # --- a whole job -----------------------------------------------------------------
-    def run_job(self, request: JobRequest, chip: Path | None = None,
-                on_status: Callable[[JobStatus], None] = lambda status: None,
-                is_canceled: Callable[[], bool] = lambda: False, poll_s: float = 0.5) -> str:
+    def run_job(
+        self,
+        request: JobRequest,
+        chip: Path | None = None,
+        on_status: Callable[[JobStatus], None] = lambda status: None,
+        is_canceled: Callable[[], bool] = lambda: False,
+        poll_s: float = 0.5,
+    ) -> str:
         """Submit and poll until done; returns the job id. Cancels the backend job when
         ``is_canceled()`` turns true (raising JobCancelled); a failed job raises BackendError, and so
         does a backend of another API version (before anything is sent)."""

@@ -15,8 +15,8 @@ import shlex
 import shutil
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from qgis.PyQt.QtCore import (
     QEventLoop,
@@ -48,8 +48,15 @@ def find_executable(configured: str) -> str:
 def serve_command(executable: str, url: str, token_file: str, model: str = "") -> tuple[str, list[str]]:
     """The program and arguments that serve the backend at ``url``."""
     parts = urllib.parse.urlsplit(url)
-    args = ["serve", "--host", parts.hostname or "127.0.0.1", "--port", str(parts.port or 8765),
-            "--token-file", str(Path(token_file).expanduser())]
+    args = [
+        "serve",
+        "--host",
+        parts.hostname or "127.0.0.1",
+        "--port",
+        str(parts.port or 8765),
+        "--token-file",
+        str(Path(token_file).expanduser()),
+    ]
     if model:
         args += ["--model", model]
     if Path(executable).name.startswith("python"):
@@ -109,7 +116,9 @@ class BackendProcess(QObject):
             where = f"'{executable}' does not exist" if executable else "no `rsov` is on PATH"
             self.failed.emit(
                 f"The rsov backend is not installed here ({where}): install it with Install backend… on the "
-                "Backend tab, or set the rsov executable of an existing environment in the rsov settings.", True)
+                "Backend tab, or set the rsov executable of an existing environment in the rsov settings.",
+                True,
+            )
             return
         self.client = BackendClient(url, token_file, timeout=2.0)
         program, args = serve_command(found, url, token_file, model)
@@ -119,8 +128,9 @@ class BackendProcess(QObject):
         environment = QProcessEnvironment.systemEnvironment()
         environment.insert("PYTHONUNBUFFERED", "1")  # its log lines as they are written, not in blocks
         self.process.setProcessEnvironment(environment)
-        self.process.setProcessChannelMode(enum_value((QProcess, "ProcessChannelMode.MergedChannels"),
-                                                      (QProcess, "MergedChannels")))
+        self.process.setProcessChannelMode(
+            enum_value((QProcess, "ProcessChannelMode.MergedChannels"), (QProcess, "MergedChannels"))
+        )
         self.process.readyReadStandardOutput.connect(self._read_output)
         self.process.finished.connect(self._on_finished)
         self.process.errorOccurred.connect(self._on_error)
@@ -155,14 +165,18 @@ class BackendProcess(QObject):
                 self._since_ready = (self._since_ready + data)[-20000:]
 
     def _poll(self) -> None:
+        client = self.client
+        if client is None:
+            return  # not started
         try:
-            health: Health = self.client.health(timeout=1.0)
+            health: Health = client.health(timeout=1.0)
         except BackendError:
             elapsed = time.monotonic() - self._started
             if elapsed > START_TIMEOUT_S:
                 self._timer.stop()
-                self.failed.emit(f"The backend did not answer within {START_TIMEOUT_S:.0f} s. {self.output_tail()}",
-                                 False)
+                self.failed.emit(
+                    f"The backend did not answer within {START_TIMEOUT_S:.0f} s. {self.output_tail()}", False
+                )
             else:
                 self.starting.emit(elapsed, self.output_tail(3))
             return
@@ -176,8 +190,9 @@ class BackendProcess(QObject):
             self._timer.stop()
             program = self.process.program() if self.process is not None else ""
             self.process = None
-            self.failed.emit(f"The rsov backend could not be started ({program}): check the rsov executable in the "
-                             "settings.", False)
+            self.failed.emit(
+                f"The rsov backend could not be started ({program}): check the rsov executable in the settings.", False
+            )
 
     def _on_finished(self, exit_code: int, *_status) -> None:
         self._timer.stop()
@@ -189,8 +204,15 @@ class BackendProcess(QObject):
             self.failed.emit(f"The rsov backend exited (code {exit_code}): {self.output_tail() or 'no output'}", False)
 
 
-def start_and_wait(backend: BackendProcess, executable: str, url: str, token_file: str, model: str,
-                   cancelled: Callable[[], bool], waiting: Callable[[float, str], None]) -> Health:
+def start_and_wait(
+    backend: BackendProcess,
+    executable: str,
+    url: str,
+    token_file: str,
+    model: str,
+    cancelled: Callable[[], bool],
+    waiting: Callable[[float, str], None],
+) -> Health:
     """Start ``backend`` (unless it runs already) and block until the backend at ``url`` answers,
     from any thread; ``waiting(elapsed s, latest output lines)`` is called every WAIT_REPORT_S
     meanwhile. Raises BackendError ``not_started`` with the reason, or JobCancelled."""

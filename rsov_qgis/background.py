@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from qgis.PyQt.QtCore import QObject, pyqtSignal
 

@@ -28,6 +28,7 @@ from qgis.core import (
 )
 
 from . import schema
+from .errors import RsovPluginError
 from .extent import RasterRequest, crs_id
 from .geojson import POLYGON, feature_collection, in_crs, is_polygon, transform_between
 from .results import text_field
@@ -36,7 +37,7 @@ PROJECT_SCOPE, PROJECT_KEY = "rsov", "examples"
 DEFAULT_CRS = "EPSG:4326"  # of a GeoJSON collection without a crs member (RFC 7946)
 
 
-class ExampleError(ValueError):
+class ExampleError(RsovPluginError):
     """Examples cannot be taken or read; the message says why."""
 
 
@@ -64,8 +65,13 @@ class ExampleSet:
         """How many examples each class has, classes in the order they first came."""
         return dict(Counter(e.class_name for e in self.examples))
 
-    def add(self, class_name: str, geometries: Iterable[QgsGeometry], crs: QgsCoordinateReferenceSystem,
-            context: QgsCoordinateTransformContext) -> int:
+    def add(
+        self,
+        class_name: str,
+        geometries: Iterable[QgsGeometry],
+        crs: QgsCoordinateReferenceSystem,
+        context: QgsCoordinateTransformContext,
+    ) -> int:
         """Add the polygons among ``geometries`` (in ``crs``) as examples of ``class_name``;
         returns how many were added."""
         if not self.examples:
@@ -74,13 +80,20 @@ class ExampleSet:
         try:
             added = [Example(class_name, in_crs(g, transform)) for g in geometries if is_polygon(g)]
         except QgsCsException:
-            raise ExampleError(f"The polygons cannot be transformed into the examples' CRS "
-                               f"{self.crs.authid() or self.crs.description()}.") from None
+            raise ExampleError(
+                f"The polygons cannot be transformed into the examples' CRS "
+                f"{self.crs.authid() or self.crs.description()}."
+            ) from None
         self.examples += added
         return len(added)
 
-    def for_job(self, class_names: list[str], layer: QgsRasterLayer, request: RasterRequest,
-                context: QgsCoordinateTransformContext) -> dict[str, Any] | None:
+    def for_job(
+        self,
+        class_names: list[str],
+        layer: QgsRasterLayer,
+        request: RasterRequest,
+        context: QgsCoordinateTransformContext,
+    ) -> dict[str, Any] | None:
         """The ``examples`` of a job on ``request`` (of ``layer``): those of ``class_names``
         (matched regardless of case, sent with the vocabulary's spelling) in the raster CRS,
         on the pixels the backend reads; None when there are none."""
@@ -111,8 +124,14 @@ class ExampleSet:
         fields = QgsFields()
         fields.append(text_field(schema.CLASS))
         features = QgsJsonUtils.stringToFeatureList(json.dumps(data), fields)
-        return cls(QgsCoordinateReferenceSystem(name), [
-            Example(str(f[schema.CLASS]), f.geometry()) for f in features if f[schema.CLASS] and is_polygon(f.geometry())])
+        return cls(
+            QgsCoordinateReferenceSystem(name),
+            [
+                Example(str(f[schema.CLASS]), f.geometry())
+                for f in features
+                if f[schema.CLASS] and is_polygon(f.geometry())
+            ],
+        )
 
 
 def project_examples(project: QgsProject) -> ExampleSet:
@@ -123,7 +142,9 @@ def project_examples(project: QgsProject) -> ExampleSet:
     try:
         return ExampleSet.from_geojson(json.loads(text))
     except (ValueError, AttributeError):
-        raise ExampleError("The examples stored in this project cannot be read: clear them and pick them again.") from None
+        raise ExampleError(
+            "The examples stored in this project cannot be read: clear them and pick them again."
+        ) from None
 
 
 def store_examples(project: QgsProject, examples: ExampleSet) -> None:
@@ -137,8 +158,9 @@ def store_examples(project: QgsProject, examples: ExampleSet) -> None:
 def selected_polygons(layer) -> list[QgsGeometry]:
     """The selected polygons of the vector layer ``layer``; ExampleError says what to do otherwise."""
     if not isinstance(layer, QgsVectorLayer) or layer.geometryType() != POLYGON:
-        raise ExampleError("Make a polygon layer active (a result layer or one you drew) and select "
-                           "the example objects on it.")
+        raise ExampleError(
+            "Make a polygon layer active (a result layer or one you drew) and select the example objects on it."
+        )
     geometries = [f.geometry() for f in layer.getSelectedFeatures() if is_polygon(f.geometry())]
     if not geometries:
         raise ExampleError(f"Select the example objects of {layer.name()} first (Select Features tool).")

@@ -32,13 +32,14 @@ from qgis.core import (
 
 from .backend_client import InstanceOptions, JobRequest, SegmentOptions
 from .compat import enum_value
+from .errors import RsovPluginError
 
 MAX_CHIP_SIDE = 2048  # pixels; a larger chip is written at a coarser resolution
 DEFAULT_CHIP_SIDE = 1024  # pixels of a chip when nothing suggests a resolution
 _EPS = 1e-6  # of a pixel: coordinates this close to a grid line count as on it
 
 
-class ExtentError(ValueError):
+class ExtentError(RsovPluginError):
     """The extent cannot be segmented; the message says why and what to do."""
 
 
@@ -56,8 +57,15 @@ class RasterRequest:
     def job(self, classes: list[str], options: SegmentOptions, instance: InstanceOptions | None = None) -> JobRequest:
         """The backend request for these classes (``raster`` is left out for chips); an instance
         job when ``instance`` is given."""
-        return JobRequest(classes=classes, bbox=self.bbox, bbox_crs=self.crs, raster=self.path, options=options,
-                          instance=instance, mask=self.mask)
+        return JobRequest(
+            classes=classes,
+            bbox=self.bbox,
+            bbox_crs=self.crs,
+            raster=self.path,
+            options=options,
+            instance=instance,
+            mask=self.mask,
+        )
 
     def readable_area(self, layer: QgsRasterLayer) -> QgsRectangle:
         """Where the backend can read pixels, in the raster CRS: the whole file when it reads the
@@ -80,16 +88,19 @@ def local_raster_path(layer: QgsRasterLayer) -> str | None:
     return str(Path(path).resolve()) if path and Path(path).is_file() else None
 
 
-def to_layer_crs(rect: QgsRectangle, crs: QgsCoordinateReferenceSystem, layer: QgsRasterLayer,
-                 context: QgsCoordinateTransformContext) -> QgsRectangle:
+def to_layer_crs(
+    rect: QgsRectangle, crs: QgsCoordinateReferenceSystem, layer: QgsRasterLayer, context: QgsCoordinateTransformContext
+) -> QgsRectangle:
     """``rect`` (in ``crs``) as a bounding box in the layer's CRS."""
     if not crs.isValid() or crs == layer.crs():
         return QgsRectangle(rect)
     try:
         return QgsCoordinateTransform(crs, layer.crs(), context).transformBoundingBox(rect)
     except QgsCsException:
-        raise ExtentError(f"The extent cannot be transformed into the CRS of {layer.name()}: "
-                          "zoom to the raster (right-click the layer > Zoom to Layer).") from None
+        raise ExtentError(
+            f"The extent cannot be transformed into the CRS of {layer.name()}: "
+            "zoom to the raster (right-click the layer > Zoom to Layer)."
+        ) from None
 
 
 def snap_to_grid(rect: QgsRectangle, layer: QgsRasterLayer) -> QgsRectangle:
@@ -105,9 +116,14 @@ def snap_to_grid(rect: QgsRectangle, layer: QgsRasterLayer) -> QgsRectangle:
     )
 
 
-def raster_request(rect: QgsRectangle, crs: QgsCoordinateReferenceSystem, layer: QgsRasterLayer,
-                   context: QgsCoordinateTransformContext, local_backend: bool,
-                   units_per_pixel: float | None = None) -> RasterRequest:
+def raster_request(
+    rect: QgsRectangle,
+    crs: QgsCoordinateReferenceSystem,
+    layer: QgsRasterLayer,
+    context: QgsCoordinateTransformContext,
+    local_backend: bool,
+    units_per_pixel: float | None = None,
+) -> RasterRequest:
     """The part of ``rect`` (in ``crs``) that covers ``layer``, as a backend request.
 
     ``units_per_pixel`` (raster CRS units) sets the chip resolution of rasters sent as chips;
@@ -133,8 +149,9 @@ def raster_request(rect: QgsRectangle, crs: QgsCoordinateReferenceSystem, layer:
 
 def _chip_size(area: QgsRectangle, layer: QgsRasterLayer, units_per_pixel: float | None) -> tuple[int, int]:
     provider = layer.dataProvider()
-    has_size = bool(provider.capabilities() & enum_value((Qgis, "RasterInterfaceCapability.Size"),
-                                                         (QgsRasterDataProvider, "Size")))
+    has_size = bool(
+        provider.capabilities() & enum_value((Qgis, "RasterInterfaceCapability.Size"), (QgsRasterDataProvider, "Size"))
+    )
     upp = units_per_pixel or (layer.rasterUnitsPerPixelX() if has_size and provider.xSize() > 0 else None)
     if not upp:
         upp = max(area.width(), area.height()) / DEFAULT_CHIP_SIDE
@@ -142,19 +159,27 @@ def _chip_size(area: QgsRectangle, layer: QgsRasterLayer, units_per_pixel: float
     return math.ceil(area.width() / upp / scale), math.ceil(area.height() / upp / scale)
 
 
-def canvas_units_per_pixel(map_settings: QgsMapSettings, layer: QgsRasterLayer,
-                           context: QgsCoordinateTransformContext) -> float | None:
+def canvas_units_per_pixel(
+    map_settings: QgsMapSettings, layer: QgsRasterLayer, context: QgsCoordinateTransformContext
+) -> float | None:
     """The canvas's on-screen resolution in the raster's CRS units (the resolution of chips)."""
     in_layer_crs = to_layer_crs(map_settings.visibleExtent(), map_settings.destinationCrs(), layer, context)
     size = map_settings.outputSize()
     return max(in_layer_crs.width() / max(1, size.width()), in_layer_crs.height() / max(1, size.height())) or None
 
 
-def visible_extent_request(map_settings: QgsMapSettings, layer: QgsRasterLayer,
-                           context: QgsCoordinateTransformContext, local_backend: bool) -> RasterRequest:
+def visible_extent_request(
+    map_settings: QgsMapSettings, layer: QgsRasterLayer, context: QgsCoordinateTransformContext, local_backend: bool
+) -> RasterRequest:
     """The canvas's visible extent as a request; chips get the canvas's on-screen resolution."""
-    return raster_request(map_settings.visibleExtent(), map_settings.destinationCrs(), layer, context, local_backend,
-                          canvas_units_per_pixel(map_settings, layer, context))
+    return raster_request(
+        map_settings.visibleExtent(),
+        map_settings.destinationCrs(),
+        layer,
+        context,
+        local_backend,
+        canvas_units_per_pixel(map_settings, layer, context),
+    )
 
 
 def chip_pipe(layer: QgsRasterLayer) -> QgsRasterPipe:
@@ -165,14 +190,16 @@ def chip_pipe(layer: QgsRasterLayer) -> QgsRasterPipe:
     return pipe
 
 
-def write_chip(pipe: QgsRasterPipe, request: RasterRequest, path: Path,
-               feedback: QgsRasterBlockFeedback | None = None) -> Path:
+def write_chip(
+    pipe: QgsRasterPipe, request: RasterRequest, path: Path, feedback: QgsRasterBlockFeedback | None = None
+) -> Path:
     """Write the request's extent from ``pipe`` as a GeoTIFF chip (web layers give RGBA)."""
     writer = QgsRasterFileWriter(str(path))
     writer.setOutputFormat("GTiff")
     crs = QgsCoordinateReferenceSystem(request.crs)
-    error = writer.writeRaster(pipe, request.width, request.height, QgsRectangle(*request.bbox), crs,
-                               QgsCoordinateTransformContext(), feedback)
+    error = writer.writeRaster(
+        pipe, request.width, request.height, QgsRectangle(*request.bbox), crs, QgsCoordinateTransformContext(), feedback
+    )
     if error != enum_value((Qgis, "RasterFileWriterResult.Success"), (QgsRasterFileWriter, "NoError")):
         raise ExtentError(f"Exporting the raster extent to {path.name} failed (writer error {error}).")
     return path

@@ -27,8 +27,9 @@ def is_polygon(geometry: QgsGeometry) -> bool:
     return not geometry.isNull() and not geometry.isEmpty() and geometry.type() == POLYGON
 
 
-def transform_between(source: QgsCoordinateReferenceSystem, target: QgsCoordinateReferenceSystem,
-                      context: QgsCoordinateTransformContext) -> QgsCoordinateTransform | None:
+def transform_between(
+    source: QgsCoordinateReferenceSystem, target: QgsCoordinateReferenceSystem, context: QgsCoordinateTransformContext
+) -> QgsCoordinateTransform | None:
     """The transform from ``source`` to ``target``; None when they are the same CRS."""
     return None if source == target else QgsCoordinateTransform(source, target, context)
 
@@ -47,6 +48,8 @@ def feature_collection(features: Iterable[tuple[dict[str, Any], QgsGeometry]], c
     return {
         "type": "FeatureCollection",
         "crs": {"type": "name", "properties": {"name": crs_name}},
-        "features": [{"type": "Feature", "properties": dict(properties), "geometry": json.loads(geometry.asJson())}
-                     for properties, geometry in features],
+        "features": [
+            {"type": "Feature", "properties": dict(properties), "geometry": json.loads(geometry.asJson())}
+            for properties, geometry in features
+        ],
     }

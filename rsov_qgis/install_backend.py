@@ -20,11 +20,13 @@ and its children too; a rerun continues from whatever the stopped run left.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import shutil
 import signal
 import socket
+
 # what this module is for: venv and pip, with fixed argument lists and no shell
 import subprocess  # nosec B404
 import sys
@@ -32,11 +34,13 @@ import threading
 import urllib.parse
 import urllib.request
 from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import IO, NamedTuple, TypedDict, cast
 
+from .errors import RsovPluginError
 from .paths import BACKEND_SOURCE
 
 MIN_PYTHON = (3, 10)  # the backend's requires-python
@@ -52,13 +56,15 @@ SOURCE_COPY = ".backend-src"  # inside the prefix; pip builds there, not in the 
 PROGRESS, DONE, ERROR = "PROGRESS", "DONE", "ERROR"
 CANCELLED_EXIT = 130
 PROBE = "import sys; print('%d.%d.%d' % sys.version_info[:3]); print(sys.executable)"
-CHECK = ("import rsov, torch, torchvision; print('rsov', rsov.__version__, 'with torch', torch.__version__, "
-         "'and torchvision', torchvision.__version__, '(CUDA available: %s)' % torch.cuda.is_available())")
+CHECK = (
+    "import rsov, torch, torchvision; print('rsov', rsov.__version__, 'with torch', torch.__version__, "
+    "'and torchvision', torchvision.__version__, '(CUDA available: %s)' % torch.cuda.is_available())"
+)
 # Set by QGIS for its own Python (OSGeo4W, the macOS bundle): another interpreter must not see them.
 FOREIGN_VARIABLES = ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE", "__PYVENV_LAUNCHER__")
 
 
-class InstallError(Exception):
+class InstallError(RsovPluginError):
     """A failed installation: ``message`` is one sentence, ``details`` lines that explain it."""
 
     def __init__(self, message: str, details: Sequence[str] = ()):
@@ -67,7 +73,7 @@ class InstallError(Exception):
         self.details = list(details)
 
 
-class Cancelled(Exception):
+class Cancelled(RsovPluginError):
     """SIGTERM or Ctrl-C arrived."""
 
 
@@ -157,7 +163,7 @@ def parse_progress(line: str) -> tuple[int, str] | None:
 
 def done_path(line: str) -> str | None:
     """The rsov executable of a ``DONE`` line; None for any other line."""
-    return line[len(DONE) + 1:].strip() if line.startswith(DONE + " ") else None
+    return line[len(DONE) + 1 :].strip() if line.startswith(DONE + " ") else None
 
 
 def error_message(output: str) -> str | None:
@@ -167,7 +173,7 @@ def error_message(output: str) -> str | None:
     start = next((i for i in range(len(lines) - 1, -1, -1) if lines[i].startswith(ERROR + " ")), None)
     if start is None:
         return None
-    return "\n".join([lines[start][len(ERROR) + 1:], *lines[start + 1:]]).strip()
+    return "\n".join([lines[start][len(ERROR) + 1 :], *lines[start + 1 :]]).strip()
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -178,10 +184,16 @@ def child_environment() -> dict[str, str]:
     return env
 
 
-def _isolated(**options: object) -> dict[str, object]:
-    """``options`` and those of every child: no input, a clean environment, and (POSIX) its own
+class _Isolation(TypedDict):
+    stdin: int
+    env: dict[str, str]
+    start_new_session: bool
+
+
+def _isolated() -> _Isolation:
+    """The options of every child: no input, a clean environment, and (POSIX) its own
     process group, so that cancelling takes pip's build subprocesses along."""
-    return {"stdin": subprocess.DEVNULL, "env": child_environment(), "start_new_session": os.name != "nt", **options}
+    return {"stdin": subprocess.DEVNULL, "env": child_environment(), "start_new_session": os.name != "nt"}
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -205,13 +217,12 @@ def run_logged(command: Sequence[str], what: str, writing: tuple[int, str] | Non
     """Run ``command``, echoing its output line by line; InstallError with its last lines when
     it fails. ``writing``: the progress line to report when pip starts writing the packages."""
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    options = _isolated(stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     # a fixed argument list, no shell
-    process = subprocess.Popen(list(command), **options)  # nosec B603
+    process = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **_isolated())  # nosec B603
     _RUNNING.append(process)
     try:
         _check_cancelled()  # a SIGTERM during Popen found no process to stop
-        for raw in process.stdout:
+        for raw in cast("IO[bytes]", process.stdout):  # stdout=PIPE: always set
             line = raw.decode("utf-8", "replace").rstrip()
             say(line)
             if line.strip():
@@ -231,9 +242,10 @@ def run_logged(command: Sequence[str], what: str, writing: tuple[int, str] | Non
 
 def _output(command: Sequence[str], timeout: float) -> subprocess.CompletedProcess:
     """Run a short command, capturing its output as text."""
-    options = _isolated(capture_output=True, text=True, errors="replace", timeout=timeout)
     # a fixed argument list, no shell
-    return subprocess.run(list(command), **options)  # nosec B603
+    return subprocess.run(  # nosec B603
+        list(command), capture_output=True, text=True, errors="replace", timeout=timeout, **_isolated()
+    )
 
 
 def stop_installer(pid: int) -> None:
@@ -315,8 +327,10 @@ def find_python(configured: str = "", minimum: tuple[int, int] = MIN_PYTHON) -> 
         if not isinstance(found, str) and found.version[:2] >= minimum:
             return found
         tried.append(f"{' '.join(command)} ({found if isinstance(found, str) else found.version_text})")
-    raise InstallError(f"No suitable Python found: rsov needs {need} (tried: {', '.join(tried) or 'none on PATH'}); "
-                       "install one (python.org, or your package manager) or choose it with --python.")
+    raise InstallError(
+        f"No suitable Python found: rsov needs {need} (tried: {', '.join(tried) or 'none on PATH'}); "
+        "install one (python.org, or your package manager) or choose it with --python."
+    )
 
 
 def launcher(configured: str = "") -> Interpreter:
@@ -350,8 +364,11 @@ def choose_flavour(requested: str) -> str:
     if requested != "auto":
         return requested
     gpu = nvidia_gpu()
-    say(f"NVIDIA GPU found ({gpu}): installing a CUDA build of torch." if gpu
-        else "No NVIDIA GPU found (nvidia-smi lists none): installing a CPU build of torch.")
+    say(
+        f"NVIDIA GPU found ({gpu}): installing a CUDA build of torch."
+        if gpu
+        else "No NVIDIA GPU found (nvidia-smi lists none): installing a CPU build of torch."
+    )
     return "cuda" if gpu else "cpu"
 
 
@@ -369,15 +386,20 @@ def torch_source(flavour: str, platform: str, offline: bool) -> TorchSource:
     """Where this flavour comes from here; InstallError when it cannot be had."""
     source = TORCH_SOURCES.get((flavour, platform))
     if source is None:
-        raise InstallError(f"There is no {flavour.upper()} build of torch for {PLATFORM_NAMES[platform]}: "
-                           "use --torch cpu.")
+        raise InstallError(
+            f"There is no {flavour.upper()} build of torch for {PLATFORM_NAMES[platform]}: use --torch cpu."
+        )
     if offline or source.index_url is None or reachable(source.index_url):
         return source
     if source.fallback is None:
-        raise InstallError(f"PyTorch's index {source.index_url} is not reachable (no internet?): connect, use "
-                           "--torch cpu, or install from a wheelhouse with --find-links DIR --offline.")
-    say(f"PyTorch's index {source.index_url} is not reachable: installing {source.fallback.label} "
-        "instead (a CUDA build runs on CPU too).")
+        raise InstallError(
+            f"PyTorch's index {source.index_url} is not reachable (no internet?): connect, use "
+            "--torch cpu, or install from a wheelhouse with --find-links DIR --offline."
+        )
+    say(
+        f"PyTorch's index {source.index_url} is not reachable: installing {source.fallback.label} "
+        "instead (a CUDA build runs on CPU too)."
+    )
     return source.fallback
 
 
@@ -400,8 +422,10 @@ def check_disk(prefix: Path, need_gb: float, label: str) -> None:
     existing = next(p for p in (prefix, *prefix.parents) if p.exists())
     free = shutil.disk_usage(existing).free
     if need_gb * 1e9 - folder_size(prefix) > free:
-        raise InstallError(f"Not enough disk space for {prefix}: {free / 1e9:.1f} GB free, about {need_gb:.0f} GB "
-                           f"needed for torch ({label}) and the backend; free some space or choose another folder.")
+        raise InstallError(
+            f"Not enough disk space for {prefix}: {free / 1e9:.1f} GB free, about {need_gb:.0f} GB "
+            f"needed for torch ({label}) and the backend; free some space or choose another folder."
+        )
 
 
 @contextmanager
@@ -412,7 +436,7 @@ def exclusive(prefix: Path) -> Iterator[None]:
     prefix.parent.mkdir(parents=True, exist_ok=True)
     with open(prefix.with_name(prefix.name + ".lock"), "a+b") as handle:
         try:
-            if os.name == "nt":
+            if sys.platform == "win32":
                 import msvcrt
 
                 msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
@@ -453,8 +477,9 @@ def prepare_environment(prefix: Path, configured_python: str) -> Environment:
     report(5, "looking for Python 3.10 or newer")
     python = find_python(configured_python)
     report(8, f"creating the environment in {prefix} (Python {python.version_text})")
-    run_logged([python.executable, "-m", "venv", "--clear", str(prefix)],
-               f"Creating the environment with {python.executable}")
+    run_logged(
+        [python.executable, "-m", "venv", "--clear", str(prefix)], f"Creating the environment with {python.executable}"
+    )
     return environment_paths(prefix)
 
 
@@ -477,8 +502,16 @@ def copy_source(source: Path, prefix: Path) -> Path:
 
 def pip_install(env: Environment, packages: Iterable[str], request: Request) -> list[str]:
     """The pip command installing ``packages`` (with the wheelhouse, and nothing interactive)."""
-    command = [str(env.python), "-m", "pip", "install", "--progress-bar", "off", "--no-input",
-               "--disable-pip-version-check"]
+    command = [
+        str(env.python),
+        "-m",
+        "pip",
+        "install",
+        "--progress-bar",
+        "off",
+        "--no-input",
+        "--disable-pip-version-check",
+    ]
     if request.find_links:
         command += ["--find-links", request.find_links]
     if request.offline:
@@ -528,13 +561,19 @@ def _install_into(prefix: Path, request: Request, chosen: TorchSource, source: P
     env = prepare_environment(prefix, request.python)
     pair = " and ".join(spec.replace("==", " ") for spec in TORCH_PAIR)
     report(15, f"installing {pair}, {chosen.label}")
-    run_logged(pip_install(env, [*TORCH_PAIR, *chosen.pip_arguments(request.offline)], request),
-               f"Installing {pair}", (40, f"installing {pair}: writing the packages"))
+    run_logged(
+        pip_install(env, [*TORCH_PAIR, *chosen.pip_arguments(request.offline)], request),
+        f"Installing {pair}",
+        (40, f"installing {pair}: writing the packages"),
+    )
     backend = f"the rsov backend {expected}"
     report(60, f"installing {backend} and its dependencies")
     # the pair again, so that no dependency of the backend swaps it (pip always reinstalls a folder)
-    run_logged(pip_install(env, [*TORCH_PAIR, str(copy_source(source, prefix))], request),
-               f"Installing {backend}", (80, f"installing {backend}: writing the packages"))
+    run_logged(
+        pip_install(env, [*TORCH_PAIR, str(copy_source(source, prefix))], request),
+        f"Installing {backend}",
+        (80, f"installing {backend}: writing the packages"),
+    )
     shutil.rmtree(prefix / SOURCE_COPY, ignore_errors=True)
     report(90, "checking the installed backend")
     verify(env, prefix, expected)
@@ -557,22 +596,34 @@ def default_prefix() -> Path:
 def parser() -> argparse.ArgumentParser:
     """The command line."""
     cli = argparse.ArgumentParser(prog="python3 -m rsov_qgis.install_backend", description=__doc__.split("\n")[0])
-    cli.add_argument("--prefix", type=Path, default=default_prefix(),
-                     help=f"folder of the backend's virtual environment (default: {default_prefix()})")
-    cli.add_argument("--torch", choices=("auto", "cpu", "cuda"), default="auto",
-                     help="torch build: auto is cuda where an NVIDIA GPU is present, else cpu")
-    cli.add_argument("--python", default="",
-                     help="the Python 3.10+ to create the environment with (default: one found on PATH)")
+    cli.add_argument(
+        "--prefix",
+        type=Path,
+        default=default_prefix(),
+        help=f"folder of the backend's virtual environment (default: {default_prefix()})",
+    )
+    cli.add_argument(
+        "--torch",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="torch build: auto is cuda where an NVIDIA GPU is present, else cpu",
+    )
+    cli.add_argument(
+        "--python", default="", help="the Python 3.10+ to create the environment with (default: one found on PATH)"
+    )
     cli.add_argument("--find-links", default="", help="a folder of wheels (a wheelhouse) given to every pip call")
-    cli.add_argument("--offline", action="store_true",
-                     help="install from the --find-links wheelhouse only (pip --no-index)")
+    cli.add_argument(
+        "--offline", action="store_true", help="install from the --find-links wheelhouse only (pip --no-index)"
+    )
     return cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the installation; 0 on success, 1 on failure, 130 when cancelled."""
     args = parser().parse_args(argv)
-    sys.stdout.reconfigure(errors="replace")  # pip's output may not fit a Windows console's code page
+    stdout = sys.stdout
+    if isinstance(stdout, io.TextIOWrapper):
+        stdout.reconfigure(errors="replace")  # pip's output may not fit a Windows console's code page
     signal.signal(signal.SIGTERM, _cancel)
     try:
         rsov = install(Request(args.prefix, args.torch, args.python, args.find_links, args.offline))

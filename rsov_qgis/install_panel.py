@@ -68,9 +68,11 @@ class InstallPanel(QGroupBox):
         self._kill_timer.timeout.connect(self._kill)
 
         self.prefix_widget = _directory_widget(
-            settings.install_prefix, str(install_backend.default_prefix()),
+            settings.install_prefix,
+            str(install_backend.default_prefix()),
             "The folder of the backend's own Python environment (several GB: torch and its CUDA libraries); "
-            "an environment already there is reused")
+            "an environment already there is reused",
+        )
         self.python_widget = QgsFileWidget()
         self.python_widget.setFilePath(settings.install_python)
         self.python_widget.lineEdit().setPlaceholderText("found on PATH (Python 3.10 or newer)")
@@ -80,14 +82,17 @@ class InstallPanel(QGroupBox):
             self.torch_combo.addItem(text, value)
         self.torch_combo.setCurrentIndex(max(0, self.torch_combo.findData(settings.install_torch)))
         self.wheelhouse_widget = _directory_widget(
-            settings.install_wheelhouse, "none: everything from pip's index",
-            "A folder of wheels pip may install from (pip --find-links), for sites without internet")
+            settings.install_wheelhouse,
+            "none: everything from pip's index",
+            "A folder of wheels pip may install from (pip --find-links), for sites without internet",
+        )
         self.offline_check = QCheckBox("Only from the wheelhouse (offline)")
         self.offline_check.setChecked(settings.install_offline)
 
         self.install_button = QPushButton("Install")
-        self.install_button.setToolTip("Create the environment, install torch and the backend into it, and point "
-                                       "the rsov executable setting at it")
+        self.install_button.setToolTip(
+            "Create the environment, install torch and the backend into it, and point the rsov executable setting at it"
+        )
         self.install_button.clicked.connect(self.start)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -153,8 +158,9 @@ class InstallPanel(QGroupBox):
             environment.insert(name, value)
         self.process.setProcessEnvironment(environment)
         self.process.setWorkingDirectory(str(PACKAGE_PARENT))  # where `-m rsov_qgis.install_backend` imports
-        self.process.setProcessChannelMode(enum_value((QProcess, "ProcessChannelMode.MergedChannels"),
-                                                      (QProcess, "MergedChannels")))
+        self.process.setProcessChannelMode(
+            enum_value((QProcess, "ProcessChannelMode.MergedChannels"), (QProcess, "MergedChannels"))
+        )
         self.process.readyReadStandardOutput.connect(self._read)
         self.process.finished.connect(self._on_finished)
         self.process.errorOccurred.connect(self._on_error)
@@ -166,24 +172,27 @@ class InstallPanel(QGroupBox):
     def cancel(self) -> None:
         """Stop the installer and its pip (killed if they do not stop within 10 s); a later
         Install continues where it stopped."""
-        if not self.is_running() or self._cancelled:
+        process = self.process
+        if process is None or not self.is_running() or self._cancelled:
             return
         self._cancelled = True
         self.stage_label.setText("Cancelling…")
-        install_backend.stop_installer(int(self.process.processId()))
+        install_backend.stop_installer(int(process.processId()))
         self._kill_timer.start()
 
     def shutdown(self) -> None:
         """Stop a running installer (plugin unload, QGIS exit)."""
-        if self.is_running():
+        process = self.process
+        if process is not None and self.is_running():
             self.cancel()
-            if not self.process.waitForFinished(KILL_AFTER_MS):
+            if not process.waitForFinished(KILL_AFTER_MS):
                 self._kill()
 
     def _kill(self) -> None:
-        if self.is_running():
-            self.process.kill()
-            self.process.waitForFinished(2000)
+        process = self.process
+        if process is not None and self.is_running():
+            process.kill()
+            process.waitForFinished(2000)
 
     # --- output -----------------------------------------------------------------------------
     def _read(self) -> None:
@@ -202,30 +211,37 @@ class InstallPanel(QGroupBox):
 
     def _on_finished(self, exit_code: int, *_status) -> None:
         self._kill_timer.stop()
-        rest = bytes(self.process.readAll()).decode("utf-8", "replace").strip()
+        process = self.process
+        if process is None:
+            return  # already ended (it failed to start)
+        rest = bytes(process.readAll()).decode("utf-8", "replace").strip()
         if rest:  # a last line without its newline
             self._line(rest)
-        self.process.deleteLater()
+        process.deleteLater()
         self.process = None
         self._set_busy(False)
         self.log.moveCursor(QTextCursor.MoveOperation.End)  # the outcome (and an error's details) in view
         if exit_code == 0 and self._rsov:
-            self._show_result(f"Installed: {self._rsov}. The rsov executable setting points at it now: "
-                              "press Start backend.", OK_COLOUR)
+            self._show_result(
+                f"Installed: {self._rsov}. The rsov executable setting points at it now: press Start backend.",
+                OK_COLOUR,
+            )
             self.installed.emit(self._rsov)
         elif self._cancelled:
             self.stage_label.setText("Cancelled")
             self._show_result("Cancelled: press Install to continue where it stopped.", BAD_COLOUR)
         else:
-            message = (install_backend.error_message("\n".join(self._tail))
-                       or f"The installer stopped (exit code {exit_code}) without saying why: see its output below.")
+            message = (
+                install_backend.error_message("\n".join(self._tail))
+                or f"The installer stopped (exit code {exit_code}) without saying why: see its output below."
+            )
             self.stage_label.setText("Failed")
             self._show_result(message.splitlines()[0], BAD_COLOUR)  # its detail lines end the log
             self.failed.emit(message.splitlines()[0])
 
     def _on_error(self, error) -> None:
         if error == enum_value((QProcess, "ProcessError.FailedToStart"), (QProcess, "FailedToStart")):
-            program = self.process.program()
+            program = self.process.program() if self.process is not None else ""
             self.process = None
             self._set_busy(False)
             message = f"The installer could not be started with {program}: choose a Python 3.10+ above."
@@ -234,8 +250,14 @@ class InstallPanel(QGroupBox):
 
     # --- widgets ----------------------------------------------------------------------------
     def _set_busy(self, busy: bool) -> None:
-        for widget in (self.install_button, self.prefix_widget, self.python_widget, self.torch_combo,
-                       self.wheelhouse_widget, self.offline_check):
+        for widget in (
+            self.install_button,
+            self.prefix_widget,
+            self.python_widget,
+            self.torch_combo,
+            self.wheelhouse_widget,
+            self.offline_check,
+        ):
             widget.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
         if busy:

@@ -6,7 +6,7 @@ Widgets and their wiring only; examples are kept by :mod:`examples`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from qgis.core import QgsProject, QgsRasterLayer
 from qgis.gui import QgsCollapsibleGroupBox, QgsDoubleSpinBox, QgsSpinBox
@@ -45,9 +45,11 @@ class InstancePanel(QgsCollapsibleGroupBox):
         self.example_class_combo = QComboBox()
         self.example_class_combo.setToolTip("The class the selected polygons are examples of")
         add_button = QPushButton("Use selected")
-        add_button.setToolTip("Keep the selected polygons of the active layer (a result layer or one you "
-                              "drew) in the project as examples of this class; instance jobs use them to "
-                              "recognise objects like them")
+        add_button.setToolTip(
+            "Keep the selected polygons of the active layer (a result layer or one you "
+            "drew) in the project as examples of this class; instance jobs use them to "
+            "recognise objects like them"
+        )
         add_button.clicked.connect(self.add_selected_examples)
         add_row = QHBoxLayout()
         add_row.addWidget(self.example_class_combo, 1)
@@ -56,8 +58,9 @@ class InstancePanel(QgsCollapsibleGroupBox):
         self.examples_label.setWordWrap(True)
         examples_row = QHBoxLayout()
         examples_row.addWidget(self.examples_label, 1)
-        examples_row.addWidget(theme_button("/mActionDeleteSelected.svg", "Clear the project's examples",
-                                            self.clear_examples))
+        examples_row.addWidget(
+            theme_button("/mActionDeleteSelected.svg", "Clear the project's examples", self.clear_examples)
+        )
         form.addRow("Examples of", add_row)
         form.addRow(examples_row)
 
@@ -86,8 +89,9 @@ class InstancePanel(QgsCollapsibleGroupBox):
 
     def options(self) -> InstanceOptions:
         """The options shown."""
-        return InstanceOptions(**{key: spin.value() for key, spin in self.spins.items()},
-                               class_prompts=self.prompts_check.isChecked())
+        return InstanceOptions(
+            **{key: spin.value() for key, spin in self.spins.items()}, class_prompts=self.prompts_check.isChecked()
+        )
 
     # --- examples ------------------------------------------------------------------------------
     def set_classes(self, classes: list[VocabularyClass]) -> None:
@@ -100,10 +104,13 @@ class InstancePanel(QgsCollapsibleGroupBox):
         """The project's examples (ExampleError when they cannot be read)."""
         return project_examples(QgsProject.instance())
 
-    def job_examples(self, classes: list[VocabularyClass], layer: QgsRasterLayer, request: RasterRequest) -> dict | None:
+    def job_examples(
+        self, classes: list[VocabularyClass], layer: QgsRasterLayer, request: RasterRequest
+    ) -> dict | None:
         """The examples to send with an instance job of ``classes`` on ``request`` (ExampleError as above)."""
-        return self.examples().for_job([c.name for c in classes], layer, request,
-                                       QgsProject.instance().transformContext())
+        return self.examples().for_job(
+            [c.name for c in classes], layer, request, QgsProject.instance().transformContext()
+        )
 
     def add_selected_examples(self) -> None:
         """Keep the selected polygons of the active layer as examples of the chosen class."""
@@ -136,10 +143,13 @@ class InstancePanel(QgsCollapsibleGroupBox):
             self.examples_label.setText(str(exc))
             return
         known = {name.lower() for name in self.class_names}
-        parts = [f"{name}: {count}" + ("" if name.lower() in known else " (not in the vocabulary)")
-                 for name, count in counts.items()]
-        self.examples_label.setText(", ".join(parts) if parts else
-                                    "None: select polygons of a layer, choose their class, press Use selected.")
+        parts = [
+            f"{name}: {count}" + ("" if name.lower() in known else " (not in the vocabulary)")
+            for name, count in counts.items()
+        ]
+        self.examples_label.setText(
+            ", ".join(parts) if parts else "None: select polygons of a layer, choose their class, press Use selected."
+        )
 
     def shutdown(self) -> None:
         """Stop following the project."""

@@ -11,7 +11,7 @@ list from a timer, each call in a worker thread, so QGIS never waits for the bac
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from qgis.PyQt.QtCore import QTimer, pyqtSignal
 from qgis.PyQt.QtWidgets import (
@@ -75,24 +75,32 @@ class ModelsPanel(QWidget):
         self._calls = BackgroundCalls(self)
         self._calls.done.connect(self._on_answer)
 
-        self.model_combo = _combo("The CLIP model Start backend loads, from the backend's list (weights present or "
-                                  "missing, and their size); or type ARCH@/path/to/checkpoint.pt", editable=True)
+        self.model_combo = _combo(
+            "The CLIP model Start backend loads, from the backend's list (weights present or "
+            "missing, and their size); or type ARCH@/path/to/checkpoint.pt",
+            editable=True,
+        )
         self.model_combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
         self.model_combo.lineEdit().setPlaceholderText(f"backend default ({DEFAULT_MODEL})")
         self.model_combo.setEditText(model)
         self.model_combo.currentTextChanged.connect(self._follow_model)
         self.model_combo.activated.connect(lambda _index: self.changed.emit())
         self.model_combo.lineEdit().editingFinished.connect(self.changed.emit)
-        self.weights_combo = _combo("The model whose weights Download and Import weights file… fetch into the "
-                                    "backend's cache (Segment Anything's for instance mode too)")
+        self.weights_combo = _combo(
+            "The model whose weights Download and Import weights file… fetch into the "
+            "backend's cache (Segment Anything's for instance mode too)"
+        )
         self.weights_combo.currentIndexChanged.connect(self._describe)
         self.download_button = QPushButton("Download")
-        self.download_button.setToolTip("The backend downloads the weights into its cache, verified against "
-                                        "their known sha256")
+        self.download_button.setToolTip(
+            "The backend downloads the weights into its cache, verified against their known sha256"
+        )
         self.download_button.clicked.connect(self.download)
         self.import_button = QPushButton("Import weights file…")
-        self.import_button.setToolTip("A weights file downloaded elsewhere (air-gapped sites), on the backend's "
-                                      "machine: the backend verifies it and copies it into its cache")
+        self.import_button.setToolTip(
+            "A weights file downloaded elsewhere (air-gapped sites), on the backend's "
+            "machine: the backend verifies it and copies it into its cache"
+        )
         self.import_button.clicked.connect(self._choose_import_file)
         self.progress = QProgressBar()
         self.progress.setVisible(False)
@@ -195,8 +203,7 @@ class ModelsPanel(QWidget):
             self._begin(name, lambda client: client.import_model(name, path), local_only=True)
 
     def _choose_import_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, f"Import the weights of {self.weights_model()}", "",
-                                              WEIGHTS_FILTER)
+        path, _ = QFileDialog.getOpenFileName(self, f"Import the weights of {self.weights_model()}", "", WEIGHTS_FILTER)
         if path:
             self.import_file(path)
 
@@ -208,8 +215,12 @@ class ModelsPanel(QWidget):
             self._end(name, str(exc), BAD_COLOUR)
             return
         if local_only and not client.is_local:
-            self._end(name, f"The backend at {client.url} reads the file on its own machine: import it there "
-                      "(`rsov models --import FILE`).", BAD_COLOUR)
+            self._end(
+                name,
+                f"The backend at {client.url} reads the file on its own machine: import it there "
+                "(`rsov models --import FILE`).",
+                BAD_COLOUR,
+            )
             return
         self._transfer, self._outcome = (name, client), None
         self._enable_buttons()
@@ -219,7 +230,10 @@ class ModelsPanel(QWidget):
         self._calls.start(name, lambda: request(client))
 
     def _poll(self) -> None:
-        name, client = self._transfer
+        transfer = self._transfer
+        if transfer is None:
+            return  # stopped meanwhile
+        name, client = transfer
         self._calls.start(name, client.models)
 
     def _on_answer(self, _name: str, result: Transfer | list[ModelInfo] | BackendError) -> None:
@@ -230,18 +244,24 @@ class ModelsPanel(QWidget):
         if isinstance(result, BackendError):
             self._end(name, str(result), BAD_COLOUR)
             return
+        transfer: Transfer | None
         if isinstance(result, list):
             self.set_models(result)
             info = self._models.get(name)
-            result = info.transfer if info is not None else None
-            if result is None:
-                self._end(name, f"The backend no longer knows of a transfer of {name}'s weights (did it restart?).",
-                          BAD_COLOUR)
+            transfer = info.transfer if info is not None else None
+            if transfer is None:
+                self._end(
+                    name,
+                    f"The backend no longer knows of a transfer of {name}'s weights (did it restart?).",
+                    BAD_COLOUR,
+                )
                 return
-        if result.finished:
-            self._finished(name, result)
         else:
-            self._show_progress(name, result)
+            transfer = result
+        if transfer.finished:
+            self._finished(name, transfer)
+        else:
+            self._show_progress(name, transfer)
             self._poll_timer.start()
 
     def _show_progress(self, name: str, transfer: Transfer) -> None:

@@ -4,6 +4,8 @@ provider, and undoes all of it (stopping a backend it started) on unload or exit
 
 from __future__ import annotations
 
+from typing import cast
+
 from qgis.core import QgsApplication, QgsSettings
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
@@ -21,7 +23,7 @@ VISIBLE_KEY = "rsov/dock_visible"
 class RsovPlugin:
     """Thin glue between QGIS and the rsov panel."""
 
-    def __init__(self, iface):
+    def __init__(self, iface) -> None:
         self.iface = iface
         self.provider: RsovProvider | None = None
         self.dock: RsovDock | None = None
@@ -36,9 +38,10 @@ class RsovPlugin:
     def initGui(self) -> None:  # noqa: N802
         """Add the panel, its toolbar/menu action and the review shortcuts."""
         self.initProcessing()
+        provider = cast(RsovProvider, self.provider)  # set by initProcessing
         window = self.iface.mainWindow()
         self.dock = RsovDock(self.iface, window)
-        self.provider.use_backend(self.dock.backend)  # one backend process, whoever starts it
+        provider.use_backend(self.dock.backend)  # one backend process, whoever starts it
         self.action = QAction(QIcon(str(ICON)), "rsov segmentation panel", window)
         self.action.setObjectName("rsovShowPanel")
         self.action.setCheckable(True)
@@ -56,6 +59,8 @@ class RsovPlugin:
         self.dock.check_backend_later()
 
     def _review_actions(self) -> list[QAction]:
+        if self.dock is None:
+            return []
         return self.dock.review_panel.shortcut_actions
 
     def _shutdown(self) -> None:
@@ -78,6 +83,7 @@ class RsovPlugin:
         self.iface.removeToolBarIcon(self.action)
         self.iface.removeDockWidget(self.dock)
         self.dock.deleteLater()
-        self.action.deleteLater()
+        if self.action is not None:
+            self.action.deleteLater()
         self.dock = None
         self.action = None

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any, cast
 
 from qgis.core import (
     Qgis,
@@ -95,8 +96,10 @@ def cannot_start_text(settings: Settings, client: BackendClient) -> str:
     else:
         why = "no rsov executable is set in the rsov settings or found on PATH"
     command = serve_shell_command(settings.backend_url, settings.token_file, settings.model)
-    return (f"No rsov backend answers at {client.url} and Processing cannot start one ({why}): start one from a "
-            f"shell with `{command}`.")
+    return (
+        f"No rsov backend answers at {client.url} and Processing cannot start one ({why}): start one from a "
+        f"shell with `{command}`."
+    )
 
 
 class _EmbeddedStyle(QgsProcessingLayerPostProcessorInterface):
@@ -111,7 +114,14 @@ class _EmbeddedStyle(QgsProcessingLayerPostProcessorInterface):
 class SegmentAlgorithm(QgsProcessingAlgorithm):
     """Open-vocabulary segmentation of a raster extent into class polygons."""
 
-    INPUT, CLASSES, EXTENT, THRESHOLD, RESOLUTION, OUTPUT = "INPUT", "CLASSES", "EXTENT", "THRESHOLD", "RESOLUTION", "OUTPUT"
+    INPUT, CLASSES, EXTENT, THRESHOLD, RESOLUTION, OUTPUT = (
+        "INPUT",
+        "CLASSES",
+        "EXTENT",
+        "THRESHOLD",
+        "RESOLUTION",
+        "OUTPUT",
+    )
     MODE, EXAMPLES, EXAMPLES_CLASS, CLASS_PROMPTS = "MODE", "EXAMPLES", "EXAMPLES_CLASS", "CLASS_PROMPTS"
     MASK, REFINE = "MASK", "REFINE"
     MODES = ("semantic", "instance")
@@ -124,21 +134,23 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         return "Segment raster (open vocabulary)"
 
     def shortHelpString(self):  # noqa: N802
-        return ("Segments a raster extent into polygons of the classes you type, with the rsov backend "
-                "(when none answers, it is started with the rsov panel's settings and keeps running for "
-                "the next runs). Classes are separated by ';', "
-                "synonyms by ',': 'building,roof,house; tree,forest; water'. Pixels whose best class "
-                "probability is under the threshold are left out.\n\n"
-                "The processing area is the whole raster, or the extent given; with polygons as the mask "
-                "(use 'Selected features only' for a selection) only the pixels inside them get a class. "
-                "Resolution 0 (auto) works at the raster's own resolution × 1024/448, so a pixel gets the "
-                "same class whatever the area.\n\n"
-                "Mode 'instance' gives one polygon per object (with an instance_id) instead of class "
-                "regions. Its optional examples are polygons of objects like those wanted, their class "
-                "(one of the vocabulary's class names) in the examples' class field; examples of other "
-                "classes, or off the raster, are not used. The instance options are under Advanced.\n\n"
-                "The output is a GeoPackage (layer 'rsov') with the review status field and the class style "
-                "saved inside.")
+        return (
+            "Segments a raster extent into polygons of the classes you type, with the rsov backend "
+            "(when none answers, it is started with the rsov panel's settings and keeps running for "
+            "the next runs). Classes are separated by ';', "
+            "synonyms by ',': 'building,roof,house; tree,forest; water'. Pixels whose best class "
+            "probability is under the threshold are left out.\n\n"
+            "The processing area is the whole raster, or the extent given; with polygons as the mask "
+            "(use 'Selected features only' for a selection) only the pixels inside them get a class. "
+            "Resolution 0 (auto) works at the raster's own resolution × 1024/448, so a pixel gets the "
+            "same class whatever the area.\n\n"
+            "Mode 'instance' gives one polygon per object (with an instance_id) instead of class "
+            "regions. Its optional examples are polygons of objects like those wanted, their class "
+            "(one of the vocabulary's class names) in the examples' class field; examples of other "
+            "classes, or off the raster, are not used. The instance options are under Advanced.\n\n"
+            "The output is a GeoPackage (layer 'rsov') with the review status field and the class style "
+            "saved inside."
+        )
 
     def createInstance(self):  # noqa: N802
         return SegmentAlgorithm()
@@ -150,36 +162,74 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         double = enum_value((Qgis, "ProcessingNumberParameterType.Double"), (QgsProcessingParameterNumber, "Double"))
         polygons = enum_value((Qgis, "ProcessingSourceType.VectorPolygon"), (QgsProcessing, "TypeVectorPolygon"))
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster"))
-        self.addParameter(QgsProcessingParameterString(
-            self.CLASSES, "Classes (';' between classes, ',' between synonyms)",
-            defaultValue="building,roof,house; tree,forest; water,river"))
-        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent (default: the whole raster)", optional=True))
-        self.addParameter(QgsProcessingParameterNumber(self.THRESHOLD, "Threshold (minimum class probability)",
-                                                       double, 0.3, False, 0.0, 1.0))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.MASK, "Processing area: polygons (pixels outside them get no class)", [polygons], optional=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.RESOLUTION, "Resolution in metres per pixel (0: auto, from the raster's resolution)",
-            double, 0.0, True, 0.0))
-        self.addParameter(QgsProcessingParameterEnum(self.MODE, "Mode", list(self.MODES), False, self.MODES[0],
-                                                     False, True))
-        advanced = enum_value((Qgis, "ProcessingParameterFlag.Advanced"), (QgsProcessingParameterDefinition, "FlagAdvanced"))
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.CLASSES,
+                "Classes (';' between classes, ',' between synonyms)",
+                defaultValue="building,roof,house; tree,forest; water,river",
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterExtent(self.EXTENT, "Extent (default: the whole raster)", optional=True)
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.THRESHOLD, "Threshold (minimum class probability)", double, 0.3, False, 0.0, 1.0
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(
+                self.MASK, "Processing area: polygons (pixels outside them get no class)", [polygons], optional=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.RESOLUTION,
+                "Resolution in metres per pixel (0: auto, from the raster's resolution)",
+                double,
+                0.0,
+                True,
+                0.0,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(self.MODE, "Mode", list(self.MODES), False, self.MODES[0], False, True)
+        )
+        advanced = enum_value(
+            (Qgis, "ProcessingParameterFlag.Advanced"), (QgsProcessingParameterDefinition, "FlagAdvanced")
+        )
         refine = QgsProcessingParameterBoolean(self.REFINE, f"{REFINE[0]} (semantic mode)", False)
         refine.setHelp(REFINE[1])
         self._add_advanced(refine, advanced)
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.EXAMPLES, "Example objects (instance mode)", [polygons], optional=True))
-        self.addParameter(QgsProcessingParameterField(
-            self.EXAMPLES_CLASS, "Class field of the examples", schema.CLASS, self.EXAMPLES, optional=True))
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(
+                self.EXAMPLES, "Example objects (instance mode)", [polygons], optional=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterField(
+                self.EXAMPLES_CLASS, "Class field of the examples", schema.CLASS, self.EXAMPLES, optional=True
+            )
+        )
         integer = enum_value((Qgis, "ProcessingNumberParameterType.Integer"), (QgsProcessingParameterNumber, "Integer"))
         for option in NUMBER_OPTIONS:
-            parameter = QgsProcessingParameterNumber(option.key.upper(), f"{option.label} (instance mode)",
-                                                     double if option.decimals else integer, option.default, False,
-                                                     option.minimum, option.maximum)
+            parameter = QgsProcessingParameterNumber(
+                option.key.upper(),
+                f"{option.label} (instance mode)",
+                double if option.decimals else integer,
+                option.default,
+                False,
+                option.minimum,
+                option.maximum,
+            )
             parameter.setHelp(option.tip)
             self._add_advanced(parameter, advanced)
-        self._add_advanced(QgsProcessingParameterBoolean(self.CLASS_PROMPTS, f"{CLASS_PROMPTS[0]} (instance mode)",
-                                                         InstanceOptions.class_prompts), advanced)
+        self._add_advanced(
+            QgsProcessingParameterBoolean(
+                self.CLASS_PROMPTS, f"{CLASS_PROMPTS[0]} (instance mode)", InstanceOptions.class_prompts
+            ),
+            advanced,
+        )
         self.addParameter(QgsProcessingParameterVectorDestination(self.OUTPUT, "Segments", polygons))
 
     def _add_advanced(self, parameter, advanced) -> None:
@@ -190,9 +240,13 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         """The instance options, or None for a semantic job."""
         if self.parameterAsEnumString(parameters, self.MODE, context) != "instance":
             return None
-        numbers = {o.key: (self.parameterAsDouble if o.decimals else self.parameterAsInt)(parameters, o.key.upper(), context)
-                   for o in NUMBER_OPTIONS}
-        return InstanceOptions(**numbers, class_prompts=self.parameterAsBoolean(parameters, self.CLASS_PROMPTS, context))
+        numbers = {
+            o.key: (self.parameterAsDouble if o.decimals else self.parameterAsInt)(parameters, o.key.upper(), context)
+            for o in NUMBER_OPTIONS
+        }
+        return InstanceOptions(
+            **numbers, class_prompts=self.parameterAsBoolean(parameters, self.CLASS_PROMPTS, context)
+        )
 
     def _job_examples(self, parameters, context, classes: list[VocabularyClass], layer, request) -> dict | None:
         """The example objects to send (their class read from their class field), as
@@ -221,8 +275,11 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         settings = Settings.load()
         resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context)
         refine = self.parameterAsBoolean(parameters, self.REFINE, context)
-        options = SegmentOptions(threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
-                                 resolution=resolution or None, refine=REFINE_SAM if refine else None)
+        options = SegmentOptions(
+            threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
+            resolution=resolution or None,
+            refine=REFINE_SAM if refine else None,
+        )
         instance = self._instance(parameters, context)
         extent = None
         if parameters.get(self.EXTENT) is not None:
@@ -244,13 +301,21 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             try:
                 client = self._backend(settings, feedback)
                 if mask is not None:
-                    request = mask_request((f.geometry() for f in mask.getFeatures()), mask.sourceCrs(), layer,
-                                           context.transformContext(), client.is_local, within=extent,
-                                           source="The mask polygons")
-                    feedback.pushInfo(f"Mask polygons on the raster: {len(request.mask['features'])}.")
+                    request = mask_request(
+                        (f.geometry() for f in mask.getFeatures()),
+                        mask.sourceCrs(),
+                        layer,
+                        context.transformContext(),
+                        client.is_local,
+                        within=extent,
+                        source="The mask polygons",
+                    )
+                    polygons = cast("dict[str, Any]", request.mask)  # mask_request always sets it
+                    feedback.pushInfo(f"Mask polygons on the raster: {len(polygons['features'])}.")
                 else:
-                    request = raster_request(extent or layer.extent(), layer.crs(), layer, context.transformContext(),
-                                             client.is_local)
+                    request = raster_request(
+                        extent or layer.extent(), layer.crs(), layer, context.transformContext(), client.is_local
+                    )
                 job = request.job(queries, options, instance)
                 self._report_estimate(client, job, feedback)
                 if instance is not None:
@@ -258,7 +323,8 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
                     feedback.pushInfo(f"Instance mode; examples sent: {len((job.examples or {}).get('features', []))}.")
                 chip = None if request.path else write_chip(chip_pipe(layer), request, Path(folder) / "chip.tif")
                 job_id = client.run_job(job, chip, on_status, feedback.isCanceled)
-                self._report_summary(last, feedback)
+                if last is not None:
+                    self._report_summary(last, feedback)
                 save_result(client.result_gpkg(job_id), output, classes)
             except JobCancelled:
                 feedback.reportError("Cancelled.")
@@ -300,13 +366,24 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         feedback.pushInfo(f"No rsov backend answers at {client.url}: starting one.")
 
         def waiting(elapsed: float, log: str) -> None:
-            feedback.setProgressText(f"Starting the rsov backend (loading the model): {elapsed:.0f} s"
-                                     + (f" — {log.splitlines()[-1]}" if log else ""))
+            feedback.setProgressText(
+                f"Starting the rsov backend (loading the model): {elapsed:.0f} s"
+                + (f" — {log.splitlines()[-1]}" if log else "")
+            )
 
-        health = start_and_wait(self.provider().backend, settings.backend_executable, settings.backend_url,
-                                settings.token_file, settings.model, feedback.isCanceled, waiting)
-        feedback.pushInfo(f"Started {health.describe()}; it keeps running for the next runs, until the rsov "
-                          "panel's Stop backend or the end of this QGIS (or qgis_process).")
+        health = start_and_wait(
+            self.provider().backend,
+            settings.backend_executable,
+            settings.backend_url,
+            settings.token_file,
+            settings.model,
+            feedback.isCanceled,
+            waiting,
+        )
+        feedback.pushInfo(
+            f"Started {health.describe()}; it keeps running for the next runs, until the rsov "
+            "panel's Stop backend or the end of this QGIS (or qgis_process)."
+        )
         return client
 
     @staticmethod

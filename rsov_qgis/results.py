@@ -15,13 +15,14 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from qgis.core import QgsField, QgsLayerTreeGroup, QgsProject, QgsVectorLayer
 from osgeo import gdal, ogr
+from qgis.core import QgsField, QgsLayerTreeGroup, QgsProject, QgsVectorLayer
 from qgis.PyQt.QtCore import QMetaType, QVariant
 from qgis.PyQt.QtXml import QDomDocument
 
 from . import schema
 from .compat import enum_value
+from .errors import RsovPluginError
 from .styling import STYLE_DESCRIPTION, STYLE_NAME, apply_result_style
 from .vocabulary import VocabularyClass
 
@@ -29,7 +30,7 @@ GROUP = "rsov results"
 PROJECT_SUBFOLDER = "rsov_results"
 
 
-class ResultError(RuntimeError):
+class ResultError(RsovPluginError):
     """The result could not be saved or loaded; the message says why."""
 
 
@@ -179,11 +180,18 @@ STYLE_TABLE = "layer_styles"
 DELETE_STYLES = 'DELETE FROM "layer_styles" WHERE "f_table_name" = \'rsov\''  # STYLE_TABLE, schema.LAYER
 DEFAULT_STYLE = '"f_table_name" = \'rsov\' AND "useAsDefault" = 1'
 STYLE_FIELDS = (  # QGIS's own layer_styles table (what QgsVectorLayer.saveStyleToDatabase makes)
-    ("f_table_catalog", ogr.OFTString, 256), ("f_table_schema", ogr.OFTString, 256),
-    ("f_table_name", ogr.OFTString, 256), ("f_geometry_column", ogr.OFTString, 256),
-    ("styleName", ogr.OFTString, 30), ("styleQML", ogr.OFTString, 0), ("styleSLD", ogr.OFTString, 0),
-    ("useAsDefault", ogr.OFTInteger, 0), ("description", ogr.OFTString, 0), ("owner", ogr.OFTString, 30),
-    ("ui", ogr.OFTString, 30), ("update_time", ogr.OFTDateTime, 0),
+    ("f_table_catalog", ogr.OFTString, 256),
+    ("f_table_schema", ogr.OFTString, 256),
+    ("f_table_name", ogr.OFTString, 256),
+    ("f_geometry_column", ogr.OFTString, 256),
+    ("styleName", ogr.OFTString, 30),
+    ("styleQML", ogr.OFTString, 0),
+    ("styleSLD", ogr.OFTString, 0),
+    ("useAsDefault", ogr.OFTInteger, 0),
+    ("description", ogr.OFTString, 0),
+    ("owner", ogr.OFTString, 30),
+    ("ui", ogr.OFTString, 30),
+    ("update_time", ogr.OFTDateTime, 0),
 )
 
 
@@ -204,9 +212,18 @@ def _write_style(dataset, geometry_column: str, qml: str, sld: str, path: Path) 
                 field.SetDefault("CURRENT_TIMESTAMP")
             _check(styles.CreateField(field), path)
     feature = ogr.Feature(styles.GetLayerDefn())
-    values = {"f_table_catalog": "", "f_table_schema": "", "f_table_name": schema.LAYER,
-              "f_geometry_column": geometry_column, "styleName": STYLE_NAME, "styleQML": qml,
-              "styleSLD": sld, "useAsDefault": 1, "description": STYLE_DESCRIPTION, "owner": ""}
+    values = {
+        "f_table_catalog": "",
+        "f_table_schema": "",
+        "f_table_name": schema.LAYER,
+        "f_geometry_column": geometry_column,
+        "styleName": STYLE_NAME,
+        "styleQML": qml,
+        "styleSLD": sld,
+        "useAsDefault": 1,
+        "description": STYLE_DESCRIPTION,
+        "owner": "",
+    }
     for name, value in values.items():
         feature.SetField(name, value)
     _check(styles.CreateFeature(feature), path)
@@ -233,4 +250,5 @@ def add_result_layer(path: Path, name: str, project: QgsProject) -> QgsVectorLay
 def is_result_layer(layer) -> bool:
     """Whether ``layer`` looks like an rsov result (polygons with class, score and status)."""
     return isinstance(layer, QgsVectorLayer) and all(
-        layer.fields().indexOf(f) >= 0 for f in (schema.CLASS, schema.SCORE, schema.STATUS))
+        layer.fields().indexOf(f) >= 0 for f in (schema.CLASS, schema.SCORE, schema.STATUS)
+    )

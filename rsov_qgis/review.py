@@ -22,18 +22,20 @@ from qgis.core import (
     QgsCoordinateTransformContext,
     QgsFeature,
     QgsFeatureRequest,
-    QgsGeometry,
+    QgsFeatureSink,
     QgsProviderRegistry,
     QgsRectangle,
     QgsVectorLayer,
+    QgsVectorLayerUtils,
     QgsWkbTypes,
 )
 
 from . import schema
 from .compat import enum_value
+from .errors import RsovPluginError
 from .results import text_field
 
-UNREVIEWED = f"\"{schema.STATUS}\" IS NULL OR \"{schema.STATUS}\" = '{schema.NEW}'"
+UNREVIEWED = f'"{schema.STATUS}" IS NULL OR "{schema.STATUS}" = \'{schema.NEW}\''
 ACCEPTED = f"\"{schema.STATUS}\" = '{schema.ACCEPTED}'"
 CONTEXT = 3.0  # a feature under review is shown in a view three times its size: its own size of margin all round
 LOST = 4.0  # in a view over four times that, the feature is too small to judge: zoom in
@@ -41,7 +43,7 @@ FILTER_KEYS = ("subset", "sql")  # where OGR and PostgreSQL sources keep a layer
 NO_GEOMETRY = enum_value((Qgis, "FeatureRequestFlag.NoGeometry"), (QgsFeatureRequest, "NoGeometry"))
 
 
-class ReviewError(RuntimeError):
+class ReviewError(RsovPluginError):
     """A review action could not be done; the message says why."""
 
 
@@ -205,8 +207,9 @@ def hidden_unreviewed(layer: QgsVectorLayer) -> int:
     min_score = current_score_filter(layer)
     if not min_score:
         return 0
-    everything = QgsVectorLayer(layer.source(), layer.name(), layer.providerType(),
-                                QgsVectorLayer.LayerOptions(False))  # no style needed
+    everything = QgsVectorLayer(
+        layer.source(), layer.name(), layer.providerType(), QgsVectorLayer.LayerOptions(False)
+    )  # no style needed
     if not everything.setSubsetString(""):
         return 0
     request = QgsFeatureRequest().setFilterExpression(f'({UNREVIEWED}) AND "{schema.SCORE}" < {min_score}')
@@ -233,8 +236,9 @@ def review_extent(view: QgsRectangle, box: QgsRectangle, smallest: float) -> Qgs
     else:
         half_width = half_height = wanted / 2
     centre = box.center()
-    return QgsRectangle(centre.x() - half_width, centre.y() - half_height,
-                        centre.x() + half_width, centre.y() + half_height)
+    return QgsRectangle(
+        centre.x() - half_width, centre.y() - half_height, centre.x() + half_width, centre.y() + half_height
+    )
 
 
 # --- merging -------------------------------------------------------------------------------------
@@ -260,8 +264,9 @@ def merged_into(feature: QgsFeature) -> list[str]:
     return targets if isinstance(targets, list) else []
 
 
-def merge_accepted(source: QgsVectorLayer, target: QgsVectorLayer,
-                   context: QgsCoordinateTransformContext | None = None) -> Merged:
+def merge_accepted(
+    source: QgsVectorLayer, target: QgsVectorLayer, context: QgsCoordinateTransformContext | None = None
+) -> Merged:
     """Copy the accepted features of ``source`` not merged into ``target`` before into the polygon
     layer ``target`` (fields matched by name, geometry reprojected and split into parts for a
     single-part target), and record them as merged there. Features hidden by the score filter
@@ -289,31 +294,29 @@ def _check_target(source: QgsVectorLayer, target: QgsVectorLayer) -> None:
         raise ReviewError("Choose a target layer other than the result layer itself.")
 
 
-def _copies(features: list[QgsFeature], source: QgsVectorLayer, target: QgsVectorLayer,
-            context: QgsCoordinateTransformContext | None) -> list[QgsFeature]:
-    """``features`` of ``source`` as features of ``target``."""
+def _copies(
+    features: list[QgsFeature],
+    source: QgsVectorLayer,
+    target: QgsVectorLayer,
+    context: QgsCoordinateTransformContext | None,
+) -> list[QgsFeature]:
+    """``features`` of ``source`` as features of ``target``: reprojected, then made compatible by
+    QGIS (fields matched by name, primary keys left to the target, geometries of the target's type:
+    a multipolygon becomes one feature per part in a single-part target, Z and M are added or dropped)."""
     transform = None
     if source.crs() != target.crs():
         transform = QgsCoordinateTransform(source.crs(), target.crs(), context or QgsCoordinateTransformContext())
-    keys = set(target.primaryKeyAttributes())
-    shared = [(name, target.fields().indexOf(name)) for name in source.fields().names()
-              if name != schema.MERGED and target.fields().indexOf(name) >= 0
-              and target.fields().indexOf(name) not in keys]
-    multi = QgsWkbTypes.isMultiType(target.wkbType())
-    copies = []
+    moved = []
     for feature in features:
-        geometry = QgsGeometry(feature.geometry())
+        copy = QgsFeature(feature)
         if transform is not None:
+            geometry = copy.geometry()
             geometry.transform(transform)
-        if multi:
-            geometry.convertToMultiType()
-        for part in [geometry] if multi else geometry.asGeometryCollection():
-            copy = QgsFeature(target.fields())
-            for name, index in shared:
-                copy.setAttribute(index, feature[name])
-            copy.setGeometry(part)
-            copies.append(copy)
-    return copies
+            copy.setGeometry(geometry)
+        if copy.fields().indexOf(schema.MERGED) >= 0:
+            copy[schema.MERGED] = None  # the source's record of where it went, not the target's
+        moved.append(copy)
+    return QgsVectorLayerUtils.makeFeaturesCompatible(moved, target, QgsFeatureSink.SinkFlag.RegeneratePrimaryKey)
 
 
 def _record_merge(source: QgsVectorLayer, features: list[QgsFeature], key: str) -> None:

@@ -7,7 +7,7 @@ Widgets and their wiring only; the work is done by :mod:`review`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from qgis.core import QgsApplication, QgsCoordinateTransform, QgsProject
 from qgis.gui import QgsMapLayerComboBox
@@ -64,12 +64,18 @@ class ReviewPanel(QWidget):
         score_row.addWidget(self.score_slider, 1)
         score_row.addWidget(self.score_label)
 
-        self.accept_action = self._action("Accept", SHORTCUTS["accept"], "/mIconSuccess.svg",
-                                          lambda: self.set_selected_status(schema.ACCEPTED))
-        self.reject_action = self._action("Reject", SHORTCUTS["reject"], "/mActionDeleteSelected.svg",
-                                          lambda: self.set_selected_status(schema.REJECTED))
-        self.next_action = self._action("Next unreviewed", SHORTCUTS["next"], "/mActionZoomToSelected.svg",
-                                        self.zoom_to_next_unreviewed)
+        self.accept_action = self._action(
+            "Accept", SHORTCUTS["accept"], "/mIconSuccess.svg", lambda: self.set_selected_status(schema.ACCEPTED)
+        )
+        self.reject_action = self._action(
+            "Reject",
+            SHORTCUTS["reject"],
+            "/mActionDeleteSelected.svg",
+            lambda: self.set_selected_status(schema.REJECTED),
+        )
+        self.next_action = self._action(
+            "Next unreviewed", SHORTCUTS["next"], "/mActionZoomToSelected.svg", self.zoom_to_next_unreviewed
+        )
         self.shortcut_actions = [self.accept_action, self.reject_action, self.next_action]
         actions_row = QHBoxLayout()
         for action in self.shortcut_actions:
@@ -103,8 +109,10 @@ class ReviewPanel(QWidget):
         self.target_combo.setFilters(polygon_layers())
         self.target_combo.setAllowEmptyLayer(True)
         merge_button = QPushButton("Merge accepted into target")
-        merge_button.setToolTip("Copy the accepted features into the target layer (saving the review first); "
-                                "features merged into it before are not copied again")
+        merge_button.setToolTip(
+            "Copy the accepted features into the target layer (saving the review first); "
+            "features merged into it before are not copied again"
+        )
         merge_button.clicked.connect(self.merge_accepted)
         self.review_summary = QLabel()
         self.review_summary.setWordWrap(True)
@@ -170,8 +178,13 @@ class ReviewPanel(QWidget):
 
     @staticmethod
     def _signals(layer):
-        return (layer.attributeValueChanged, layer.editingStarted, layer.editingStopped,
-                layer.afterCommitChanges, layer.subsetStringChanged)
+        return (
+            layer.attributeValueChanged,
+            layer.editingStarted,
+            layer.editingStopped,
+            layer.afterCommitChanges,
+            layer.subsetStringChanged,
+        )
 
     def _refresh_later(self, *_args) -> None:
         self._refresh_timer.start()
@@ -190,8 +203,9 @@ class ReviewPanel(QWidget):
         min_score = review.current_score_filter(layer)
         shown = f"score ≥ {min_score:.2f} shown" if min_score else "all shown"
         unsaved = "; not saved yet" if review.has_unsaved_review(layer) else ""
-        self.review_summary.setText(", ".join(f"{counts.get(s, 0)} {s}" for s in schema.STATUSES)
-                                    + f" ({shown}{unsaved})")
+        self.review_summary.setText(
+            ", ".join(f"{counts.get(s, 0)} {s}" for s in schema.STATUSES) + f" ({shown}{unsaved})"
+        )
 
     # --- the score filter ---------------------------------------------------------------------------
     def _show_score_filter(self, layer) -> None:
@@ -296,8 +310,11 @@ class ReviewPanel(QWidget):
     def _say_nothing_left(self, layer) -> None:
         hidden = review.hidden_unreviewed(layer)
         if hidden:
-            self.message(f"{hidden} hidden by the score filter still to review: lower the minimum score to see "
-                         f"them (every shown feature of {layer.name()} is reviewed).", "Info")
+            self.message(
+                f"{hidden} hidden by the score filter still to review: lower the minimum score to see "
+                f"them (every shown feature of {layer.name()} is reviewed).",
+                "Info",
+            )
         else:
             self.message(f"Every feature of {layer.name()} is reviewed.", "Success")
 
@@ -328,9 +345,11 @@ class ReviewPanel(QWidget):
         except review.ReviewError as exc:
             self.message(str(exc), "Critical")
             return
-        self.message(f"{'Review saved. ' if saving else ''}Accepted features of {layer.name()}: {merged.added} "
-                     f"added to {target.name()}, {merged.already} already merged.",
-                     "Success" if merged.added else "Info")
+        self.message(
+            f"{'Review saved. ' if saving else ''}Accepted features of {layer.name()}: {merged.added} "
+            f"added to {target.name()}, {merged.already} already merged.",
+            "Success" if merged.added else "Info",
+        )
 
     def shutdown(self) -> None:
         """Stop following the result layer."""

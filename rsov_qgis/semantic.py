@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-REFINE = ("Refine with SAM regions",
-          "Semantic mode: clean the class map with Segment Anything's automatic regions (the class "
-          "probabilities are averaged inside each region, so that class edges follow object edges). "
-          "Costs a Segment Anything pass per 1024 px tile")
+REFINE = (
+    "Refine with SAM regions",
+    "Semantic mode: clean the class map with Segment Anything's automatic regions (the class "
+    "probabilities are averaged inside each region, so that class edges follow object edges). "
+    "Costs a Segment Anything pass per 1024 px tile",
+)

@@ -100,8 +100,13 @@ class Settings:
     def install_request(self) -> Request:
         """What the backend installer is asked to do."""
         offline = self.install_offline and bool(self.install_wheelhouse)  # without a wheelhouse there is no offline
-        return Request(Path(self.install_prefix or default_prefix()), self.install_torch, self.install_python,
-                       self.install_wheelhouse, offline)
+        return Request(
+            Path(self.install_prefix or default_prefix()),
+            self.install_torch,
+            self.install_python,
+            self.install_wheelhouse,
+            offline,
+        )
 
     def results_dir(self) -> Path:
         """The output folder for results of an unsaved project."""

@@ -7,7 +7,7 @@ dark outline on a white halo and a check mark; rejected: no fill, grey dashes on
 from __future__ import annotations
 
 from base64 import b64encode
-from typing import Iterable
+from collections.abc import Iterable
 
 from qgis.core import (
     QgsCategorizedSymbolRenderer,
@@ -36,15 +36,19 @@ FILL_ALPHA = 150  # of 255: the image stays visible under the polygons
 OUTLINE_FILL_ALPHA = 40  # instance results: a light fill inside the outline, to click on
 STYLE_NAME = "rsov"  # the default style stored in each result GeoPackage
 STYLE_DESCRIPTION = "rsov classes and review status"
-VOCABULARY_PROPERTY = "rsov/vocabulary"  # the layer's vocabulary (text format): the class ids, whatever the legend order
+VOCABULARY_PROPERTY = (
+    "rsov/vocabulary"  # the layer's vocabulary (text format): the class ids, whatever the legend order
+)
 HATCH_ANGLES = (45.0, 135.0, 0.0, 90.0)  # degrees, one per further palette cycle (then again)
 HATCH_DISTANCE, HATCH_WIDTH = 2.0, 0.3  # mm
 # The review look: dark lines on a white halo read over any class colour and any image.
 HALO, ACCEPTED_LINE, REJECTED_LINE, CHECK_GREEN = "#ffffff", "#212121", "#757575", "#1b5e20"
 CHECK_SIZE = 6.0  # mm
 _CHECK_PATH = '<path d="M4 12.5l5 5L20 6.5" fill="none" stroke-linecap="round" stroke-linejoin="round" '
-CHECK_SVG = (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24">{_CHECK_PATH}stroke="{HALO}" '
-             f'stroke-width="7"/>{_CHECK_PATH}stroke="{CHECK_GREEN}" stroke-width="3.5"/></svg>')
+CHECK_SVG = (
+    f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24">{_CHECK_PATH}stroke="{HALO}" '
+    f'stroke-width="7"/>{_CHECK_PATH}stroke="{CHECK_GREEN}" stroke-width="3.5"/></svg>'
+)
 CHECK_MARK = "base64:" + b64encode(CHECK_SVG.encode()).decode()  # embedded: the style needs no file beside it
 
 
@@ -64,18 +68,23 @@ def class_symbol(color: str, outlined: bool = False) -> QgsFillSymbol:
     whose outline and fill follow the review status."""
     fill = QColor(color)
     fill.setAlpha(OUTLINE_FILL_ALPHA if outlined else FILL_ALPHA)
-    symbol = QgsFillSymbol.createSimple({
-        "color": ",".join(str(v) for v in fill.getRgb()),
-        "outline_color": QColor(color).name() if outlined else QColor(color).darker(150).name(),
-        "outline_width": "0.6" if outlined else "0.3",
-    })
+    symbol = QgsFillSymbol.createSimple(
+        {
+            "color": ",".join(str(v) for v in fill.getRgb()),
+            "outline_color": QColor(color).name() if outlined else QColor(color).darker(150).name(),
+            "outline_width": "0.6" if outlined else "0.3",
+        }
+    )
     layer = symbol.symbolLayer(0)
     layer.setDataDefinedProperty(_property("FillStyle"), _when_status(rejected="'no'"))
     # a reviewed feature's own outline becomes the white halo under its status line
     layer.setDataDefinedProperty(_property("StrokeColor"), _when_status(accepted=f"'{HALO}'", rejected=f"'{HALO}'"))
     layer.setDataDefinedProperty(_property("StrokeWidth"), _when_status(accepted="1.4", rejected="0.8"))
-    for status_layer in (_status_outline(schema.ACCEPTED, ACCEPTED_LINE, 0.5, "solid"), _check_mark(),
-                         _status_outline(schema.REJECTED, REJECTED_LINE, 0.4, "dash")):
+    for status_layer in (
+        _status_outline(schema.ACCEPTED, ACCEPTED_LINE, 0.5, "solid"),
+        _check_mark(),
+        _status_outline(schema.REJECTED, REJECTED_LINE, 0.4, "dash"),
+    ):
         status_layer.setLocked(True)  # recolouring the class in QGIS leaves the review look as it is
         symbol.appendSymbolLayer(status_layer)
     return symbol
@@ -85,8 +94,7 @@ def class_symbol(color: str, outlined: bool = False) -> QgsFillSymbol:
 # value draws them for features of their status.
 def _status_outline(status: str, color: str, width: float, style: str) -> QgsSymbolLayer:
     """An outline in ``style`` (``solid``, ``dash``) for features of ``status``."""
-    layer = QgsSimpleFillSymbolLayer(QColor(0, 0, 0, 0), Qt.BrushStyle.NoBrush, QColor(color), Qt.PenStyle.NoPen,
-                                     width)
+    layer = QgsSimpleFillSymbolLayer(QColor(0, 0, 0, 0), Qt.BrushStyle.NoBrush, QColor(color), Qt.PenStyle.NoPen, width)
     layer.setDataDefinedProperty(_property("StrokeStyle"), _when_status(**{status: f"'{style}'"}))
     return layer
 
@@ -104,14 +112,18 @@ def _check_mark() -> QgsSymbolLayer:
     return layer
 
 
-def class_renderer(classes: list[VocabularyClass], outlined: bool = False,
-                   present: Iterable[str] = ()) -> QgsCategorizedSymbolRenderer:
+def class_renderer(
+    classes: list[VocabularyClass], outlined: bool = False, present: Iterable[str] = ()
+) -> QgsCategorizedSymbolRenderer:
     """One category per class, labelled with all its synonyms: the classes named in ``present``
     (those the layer holds) first, then the others (so every class stays drawn and can be
     relabelled to), each part in vocabulary order."""
     categories = [
-        QgsRendererCategory(c.name, category_symbol(class_id, c.color, outlined),
-                            c.name if len(c.synonyms) == 1 else f"{c.name} ({', '.join(c.synonyms[1:])})")
+        QgsRendererCategory(
+            c.name,
+            category_symbol(class_id, c.color, outlined),
+            c.name if len(c.synonyms) == 1 else f"{c.name} ({', '.join(c.synonyms[1:])})",
+        )
         for class_id, c in legend_order(assign_colors(classes), present)
     ]
     return QgsCategorizedSymbolRenderer(schema.CLASS, categories)
@@ -136,8 +148,10 @@ def class_hatch(class_id: int, color: str, outlined: bool) -> QgsLinePatternFill
     hatch.setLineWidth(HATCH_WIDTH)
     lines = QColor(color) if outlined else QColor("#000000" if QColor(color).lightness() > 140 else "#ffffff")
     hatch.setColor(lines)
-    hatch.setDataDefinedProperty(_property("LayerEnabled"), QgsProperty.fromExpression(
-        f"coalesce(\"{schema.STATUS}\" <> '{schema.REJECTED}', true)"))
+    hatch.setDataDefinedProperty(
+        _property("LayerEnabled"),
+        QgsProperty.fromExpression(f"coalesce(\"{schema.STATUS}\" <> '{schema.REJECTED}', true)"),
+    )
     hatch.setLocked(True)
     return hatch
 
@@ -168,12 +182,16 @@ def renderer_classes(layer: QgsVectorLayer) -> list[VocabularyClass]:
     renderer = layer.renderer()
     if not isinstance(renderer, QgsCategorizedSymbolRenderer):
         return []
-    return [VocabularyClass([str(c.value())], c.symbol().color().name()) for c in renderer.categories()
-            if str(c.value())]
+    return [
+        VocabularyClass([str(c.value())], c.symbol().color().name()) for c in renderer.categories() if str(c.value())
+    ]
 
 
-def apply_result_style(layer: QgsVectorLayer, classes: list[VocabularyClass], present: Iterable[str] | None = None,
-                       ) -> None:
+def apply_result_style(
+    layer: QgsVectorLayer,
+    classes: list[VocabularyClass],
+    present: Iterable[str] | None = None,
+) -> None:
     """Give ``layer`` the categorized renderer of ``classes``, those in ``present`` (by default the
     classes the layer holds) first in its legend, and keep the vocabulary with the style:
     outlines, and class labels that are off, for instance results."""

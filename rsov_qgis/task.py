@@ -33,9 +33,17 @@ class SegmentTask(QgsTask):
     failed = pyqtSignal(str)
     cancelled = pyqtSignal()
 
-    def __init__(self, client: BackendClient, raster: RasterRequest, job: JobRequest, classes: list[VocabularyClass],
-                 destination: Path, layer_name: str, chip: QgsRasterPipe | None = None,
-                 project: QgsProject | None = None):
+    def __init__(
+        self,
+        client: BackendClient,
+        raster: RasterRequest,
+        job: JobRequest,
+        classes: list[VocabularyClass],
+        destination: Path,
+        layer_name: str,
+        chip: QgsRasterPipe | None = None,
+        project: QgsProject | None = None,
+    ):
         super().__init__(f"rsov: segment {layer_name}", enum_value((QgsTask, "Flag.CanCancel"), (QgsTask, "CanCancel")))
         self.client = client
         self.raster = raster
@@ -53,8 +61,9 @@ class SegmentTask(QgsTask):
 
     def again(self) -> SegmentTask:
         """A new task for the same job, to send it once more."""
-        return SegmentTask(self.client, self.raster, self.job, self.classes, self.destination, self.layer_name,
-                           self.chip, self.project)
+        return SegmentTask(
+            self.client, self.raster, self.job, self.classes, self.destination, self.layer_name, self.chip, self.project
+        )
 
     def _on_status(self, status: JobStatus) -> None:
         self.job_id, self.status = status.job_id, status

@@ -18,10 +18,11 @@ Processing and the backend colour the same vocabulary alike.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
+from .errors import RsovPluginError
 from .palette import class_colour
 
 _COLOUR = re.compile(r"#[0-9a-fA-F]{6}(?![0-9a-fA-F])")
@@ -29,7 +30,7 @@ _PRESET_HEADER = re.compile(r"^\s*#\s*preset\s*:\s*(.+?)\s*$", re.IGNORECASE)
 MAX_CLASSES = 256  # the backend's limit
 
 
-class VocabularyError(ValueError):
+class VocabularyError(RsovPluginError):
     """The vocabulary cannot be sent: the message says what to fix."""
 
 

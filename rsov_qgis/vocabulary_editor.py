@@ -7,8 +7,8 @@ Widgets and their wiring only; parsing and colours are :mod:`vocabulary`'s.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from qgis.gui import QgsColorButton
 from qgis.PyQt.QtCore import QSignalBlocker, pyqtSignal
@@ -97,11 +97,16 @@ class VocabularyEditor(QWidget):
         table.verticalHeader().setVisible(False)
         table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        table.setToolTip("One class per row; the first word names the class, the others are synonyms (each "
-                         "is a text query; the class takes the best). Type or paste several classes with ';' "
-                         "between them, or one per line, to fill several rows")
-        table.setMinimumHeight(header.sizeHint().height() + 2 * table.frameWidth()
-                               + MIN_VISIBLE_ROWS * table.verticalHeader().defaultSectionSize())
+        table.setToolTip(
+            "One class per row; the first word names the class, the others are synonyms (each "
+            "is a text query; the class takes the best). Type or paste several classes with ';' "
+            "between them, or one per line, to fill several rows"
+        )
+        table.setMinimumHeight(
+            header.sizeHint().height()
+            + 2 * table.frameWidth()
+            + MIN_VISIBLE_ROWS * table.verticalHeader().defaultSectionSize()
+        )
         table.itemChanged.connect(self._on_item_changed)
         table.pasted.connect(self.paste)
         return table
@@ -113,9 +118,14 @@ class VocabularyEditor(QWidget):
 
     def rows(self) -> list[VocabularyClass]:
         """Every row, empty ones included, with its colour and whether that was chosen."""
-        return [VocabularyClass(parse_synonyms(self.table.item(row, TEXT).text()), self._button(row).color().name(),
-                                bool(self._button(row).property(CHOSEN)))
-                for row in range(self.table.rowCount())]
+        return [
+            VocabularyClass(
+                parse_synonyms(self.table.item(row, TEXT).text()),
+                self._button(row).color().name(),
+                bool(self._button(row).property(CHOSEN)),
+            )
+            for row in range(self.table.rowCount())
+        ]
 
     def set_classes(self, classes: list[VocabularyClass]) -> None:
         """Replace the table's content."""

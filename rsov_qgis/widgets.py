@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel
 from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
@@ -18,7 +18,7 @@ def polygon_layers():
     return enum_value((Qgis, "LayerFilter.PolygonLayer"), (QgsMapLayerProxyModel, "PolygonLayer"))
 
 
-def theme_button(icon: str, tip: str, slot: Callable[[], None]) -> QToolButton:
+def theme_button(icon: str, tip: str, slot: Callable[[], object]) -> QToolButton:
     """A flat tool button with a QGIS theme icon."""
     button = QToolButton()
     button.setIcon(QgsApplication.getThemeIcon(icon))

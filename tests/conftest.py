@@ -13,6 +13,13 @@ from affine import Affine
 # Third-party sample data beside the checkout (read-only; never copied into the repo).
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+# The plugin tests run in QGIS's own Python with their own settings (tests/plugin/pytest.ini): never here.
+collect_ignore = ["plugin"]
+
+
+def pytest_report_header(config) -> str:
+    return "tests/plugin is not collected here: `make test-plugin` runs it in QGIS's Python"
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
@@ -35,8 +42,16 @@ def make_geotiff(tmp_path: Path) -> Callable[..., Path]:
         path = tmp_path / name
         count, height, width = data.shape
         with rasterio.open(
-            path, "w", driver="GTiff", width=width, height=height, count=count,
-            dtype=data.dtype, crs=crs, transform=transform, nodata=nodata,
+            path,
+            "w",
+            driver="GTiff",
+            width=width,
+            height=height,
+            count=count,
+            dtype=data.dtype,
+            crs=crs,
+            transform=transform,
+            nodata=nodata,
         ) as ds:
             ds.write(data)
         return path

@@ -77,7 +77,7 @@ class OracleProposer:
         import numpy as np
         from scipy import ndimage
 
-        from rsov.instances import _crop
+        from rsov.instance.masks import crop_mask
 
         self.tiles.append(tile.shape[:2])
         grey = np.array(PALETTE["grey"][0])
@@ -86,7 +86,7 @@ class OracleProposer:
         masks = []
         for value in np.unique(colours[objects]):
             regions, count = ndimage.label(objects & (colours == value))
-            masks += [_crop(regions == k, 0.99) for k in range(1, count + 1)]
+            masks += [crop_mask(regions == k, 0.99) for k in range(1, count + 1)]
         return masks
 
 

@@ -32,8 +32,22 @@ def run(capsys, *args):
 def test_segment_real_geotiff(capsys, tmp_path, shared_data, tiny_checkpoint):
     raster = shared_data / "openearthmap" / "oem_koeln_50.tif"
     out = tmp_path / "oem.gpkg"
-    code, stdout, _ = run(capsys, "segment", raster, "--classes", "building,roof; tree; road", "--model", tiny_checkpoint,
-                          "--out", out, "--raster-out", tmp_path / "classes.tif", "--preview", tmp_path / "p.png", "--quiet")
+    code, stdout, _ = run(
+        capsys,
+        "segment",
+        raster,
+        "--classes",
+        "building,roof; tree; road",
+        "--model",
+        tiny_checkpoint,
+        "--out",
+        out,
+        "--raster-out",
+        tmp_path / "classes.tif",
+        "--preview",
+        tmp_path / "p.png",
+        "--quiet",
+    )
     assert code == 0
     assert stdout.count("\n") == 1 and "polygons" in stdout and str(out) in stdout
     info = pyogrio.read_info(out)
@@ -60,8 +74,21 @@ def test_segment_one_band_uint16_with_bbox_in_wgs84(capsys, tmp_path, shared_dat
 
         left, bottom, right, top = src.bounds
         sub = transform_bounds(src.crs, "EPSG:4326", left, bottom, (left + right) / 2, (bottom + top) / 2)
-    code, _, _ = run(capsys, "segment", raster, "--classes", "building; road", "--model", tiny_checkpoint,
-                     f"--bbox={','.join(map(str, sub))}", "--bbox-crs", "EPSG:4326", "--out", out, "--quiet")
+    code, _, _ = run(
+        capsys,
+        "segment",
+        raster,
+        "--classes",
+        "building; road",
+        "--model",
+        tiny_checkpoint,
+        f"--bbox={','.join(map(str, sub))}",
+        "--bbox-crs",
+        "EPSG:4326",
+        "--out",
+        out,
+        "--quiet",
+    )
     assert code == 0
     info = pyogrio.read_info(out)
     assert info["crs"] == "EPSG:32616"
@@ -72,9 +99,21 @@ def test_segment_one_band_uint16_with_bbox_in_wgs84(capsys, tmp_path, shared_dat
 def test_classes_file_and_models_listing(capsys, tmp_path, shared_data, tiny_checkpoint):
     classes = tmp_path / "classes.txt"
     classes.write_text("building,roof\n# comment\ntree\n")
-    code, stdout, _ = run(capsys, "segment", shared_data / "openearthmap" / "oem_koeln_50.tif", "--classes-file", classes,
-                          "--model", tiny_checkpoint, "--out", tmp_path / "x.gpkg", "--quiet", "--layer-per-class",
-                          "--bbox", "346100,5647600,346300,5647800")
+    code, stdout, _ = run(
+        capsys,
+        "segment",
+        shared_data / "openearthmap" / "oem_koeln_50.tif",
+        "--classes-file",
+        classes,
+        "--model",
+        tiny_checkpoint,
+        "--out",
+        tmp_path / "x.gpkg",
+        "--quiet",
+        "--layer-per-class",
+        "--bbox",
+        "346100,5647600,346300,5647800",
+    )
     assert code == 0, stdout
     assert set(pyogrio.list_layers(tmp_path / "x.gpkg")[:, 0]) == {"building", "tree", "layer_styles"}
     code, stdout, _ = run(capsys, "models")
@@ -94,8 +133,15 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("extra,message", BAD_INPUTS)
 def test_bad_input_exits_2_with_one_line(capsys, tmp_path, shared_data, tiny_checkpoint, extra, message):
-    args = ["segment", shared_data / "openearthmap" / "oem_koeln_50.tif", "--model", tiny_checkpoint,
-            "--out", tmp_path / "o.gpkg", "--quiet"]
+    args = [
+        "segment",
+        shared_data / "openearthmap" / "oem_koeln_50.tif",
+        "--model",
+        tiny_checkpoint,
+        "--out",
+        tmp_path / "o.gpkg",
+        "--quiet",
+    ]
     if "--classes" not in extra:
         args += ["--classes", "building"]
     code, stdout, stderr = run(capsys, *args, *extra)
@@ -126,8 +172,18 @@ def test_unwritable_output_leaves_nothing(capsys, tmp_path, shared_data, tiny_ch
             out = target / "o.gpkg"
         else:
             out = locked / "o.gpkg"
-        code, _, stderr = run(capsys, "segment", shared_data / "openearthmap" / "oem_koeln_50.tif", "--classes", "tree",
-                              "--model", tiny_checkpoint, "--out", out, "--quiet")
+        code, _, stderr = run(
+            capsys,
+            "segment",
+            shared_data / "openearthmap" / "oem_koeln_50.tif",
+            "--classes",
+            "tree",
+            "--model",
+            tiny_checkpoint,
+            "--out",
+            out,
+            "--quiet",
+        )
         assert code == 2 and "Cannot write" in stderr and str(out) in stderr
         assert list(locked.iterdir()) == []
     finally:
@@ -135,17 +191,37 @@ def test_unwritable_output_leaves_nothing(capsys, tmp_path, shared_data, tiny_ch
 
 
 def test_missing_weights_exit_3(capsys, tmp_path, shared_data):
-    code, _, stderr = run(capsys, "segment", shared_data / "openearthmap" / "oem_koeln_50.tif", "--classes", "tree",
-                          "--out", tmp_path / "o.gpkg", "--quiet")
+    code, _, stderr = run(
+        capsys,
+        "segment",
+        shared_data / "openearthmap" / "oem_koeln_50.tif",
+        "--classes",
+        "tree",
+        "--out",
+        tmp_path / "o.gpkg",
+        "--quiet",
+    )
     assert code == 3 and "ViT-B-16-openai" in stderr and "rsov models --download" in stderr
     assert not (tmp_path / "o.gpkg").exists()
 
 
 def test_console_script_shows_progress_and_summary(tmp_path, shared_data, tiny_checkpoint):
     proc = subprocess.run(
-        [BIN / "rsov", "segment", shared_data / "openearthmap" / "oem_koeln_50.tif", "--classes", "building; tree",
-         "--model", tiny_checkpoint, "--out", tmp_path / "o.gpkg"],
-        capture_output=True, text=True, timeout=300, env={**os.environ},
+        [
+            BIN / "rsov",
+            "segment",
+            shared_data / "openearthmap" / "oem_koeln_50.tif",
+            "--classes",
+            "building; tree",
+            "--model",
+            tiny_checkpoint,
+            "--out",
+            tmp_path / "o.gpkg",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ},
     )
     assert proc.returncode == 0, proc.stderr
     assert "100%" in proc.stderr and "encoding windows" in proc.stderr
@@ -153,19 +229,50 @@ def test_console_script_shows_progress_and_summary(tmp_path, shared_data, tiny_c
 
 
 def test_jbu_upsampler_and_method_options_end_to_end(capsys, tmp_path, shared_data, tiny_checkpoint):
-    from rsov.upsample import JBUStack
+    from rsov.semantic.upsample import JBUStack
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "jbu64.pt"
     torch.save(JBUStack(64).state_dict(), checkpoint)  # a 64-d stack for the 64-d tiny CLIP
-    code, stdout, stderr = run(capsys, "segment", shared_data / "openearthmap" / "oem_koeln_50.tif",
-                               "--classes", "building; tree", "--model", tiny_checkpoint, "--upsampler", "jbu",
-                               "--upsampler-checkpoint", checkpoint, "--rotations", "0,90", "--dec", "0.5",
-                               "--templates", "remote-sensing", "--precision", "fast", "--long-side", "224",
-                               "--out", tmp_path / "o.gpkg", "--quiet")
+    code, stdout, stderr = run(
+        capsys,
+        "segment",
+        shared_data / "openearthmap" / "oem_koeln_50.tif",
+        "--classes",
+        "building; tree",
+        "--model",
+        tiny_checkpoint,
+        "--upsampler",
+        "jbu",
+        "--upsampler-checkpoint",
+        checkpoint,
+        "--rotations",
+        "0,90",
+        "--dec",
+        "0.5",
+        "--templates",
+        "remote-sensing",
+        "--precision",
+        "fast",
+        "--long-side",
+        "224",
+        "--out",
+        tmp_path / "o.gpkg",
+        "--quiet",
+    )
     assert code == 0, stderr
-    code, _, stderr = run(capsys, "segment", shared_data / "openearthmap" / "oem_koeln_50.tif", "--classes", "tree",
-                          "--model", tiny_checkpoint, "--upsampler", "jbu", "--quiet")
+    code, _, stderr = run(
+        capsys,
+        "segment",
+        shared_data / "openearthmap" / "oem_koeln_50.tif",
+        "--classes",
+        "tree",
+        "--model",
+        tiny_checkpoint,
+        "--upsampler",
+        "jbu",
+        "--quiet",
+    )
     assert code == 2 and "--upsampler-checkpoint" in stderr
 
 
@@ -173,9 +280,21 @@ def test_precision_fast_says_what_it_chose_and_why(capsys, tmp_path, shared_data
     from rsov.precision import cpu_capability
 
     capability = cpu_capability()
-    code, _, stderr = run(capsys, "segment", shared_data / "openearthmap" / "oem_koeln_50.tif", "--classes", "tree",
-                          "--model", tiny_checkpoint, "--precision", "fast", "--long-side", "224",
-                          "--out", tmp_path / "o.gpkg")
+    code, _, stderr = run(
+        capsys,
+        "segment",
+        shared_data / "openearthmap" / "oem_koeln_50.tif",
+        "--classes",
+        "tree",
+        "--model",
+        tiny_checkpoint,
+        "--precision",
+        "fast",
+        "--long-side",
+        "224",
+        "--out",
+        tmp_path / "o.gpkg",
+    )
     assert code == 0, stderr
     expected = "bf16" if capability.native_bf16 or capability.amx else "fp32"
     assert f"precision fast is {expected} here: " in stderr and capability.describe() in stderr

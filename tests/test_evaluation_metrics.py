@@ -8,27 +8,30 @@ import rasterio
 
 from rsov.engine import SegmentRequest
 from rsov.errors import InputError
-from rsov.evaluation.datasets import (PRESETS, LabelSpec, load_classes, load_coco, pair_images, parse_label_map,
-                                      preset_classes_path, read_label)
+from rsov.evaluation.datasets import (
+    PRESETS,
+    LabelSpec,
+    load_classes,
+    load_coco,
+    pair_images,
+    parse_label_map,
+    preset_classes_path,
+    read_label,
+)
 from rsov.evaluation.metrics import NO_CLASS, confusion_matrix, harmonic_mean, instance_scores, semantic_scores
 from rsov.evaluation.options import EngineSpec, Variant, apply_option, expand_sweeps, parse_sweep
-from rsov.vocabulary import parse_class
+from rsov.semantic.vocabulary import parse_class
 
 # ---- semantic metrics -------------------------------------------------------------------------
 
-LABEL = np.array([[0, 0, 1, 1],
-                  [2, 2, NO_CLASS, 1]])
-PRED = np.array([[0, 1, 1, 1],
-                 [2, NO_CLASS, 0, 0]])
+LABEL = np.array([[0, 0, 1, 1], [2, 2, NO_CLASS, 1]])
+PRED = np.array([[0, 1, 1, 1], [2, NO_CLASS, 0, 0]])
 
 
 def test_confusion_matrix_by_hand():
     cm = confusion_matrix(LABEL, PRED, 4)
     # rows: true class 0..3; columns: predicted 0..3 and "no class"; the ignored pixel is not counted
-    assert cm.tolist() == [[1, 1, 0, 0, 0],
-                           [1, 2, 0, 0, 0],
-                           [0, 0, 1, 0, 1],
-                           [0, 0, 0, 0, 0]]
+    assert cm.tolist() == [[1, 1, 0, 0, 0], [1, 2, 0, 0, 0], [0, 0, 1, 0, 1], [0, 0, 0, 0, 0]]
 
 
 def test_iou_miou_accuracy_absent_class_and_harmonic_mean():
@@ -64,6 +67,7 @@ def test_nothing_labelled_and_harmonic_edge_cases():
 
 # ---- instance metrics -------------------------------------------------------------------------
 
+
 def _rle(mask):
     from pycocotools import mask as mask_utils
 
@@ -79,8 +83,15 @@ def _box(rows, cols, size=20):
 
 def _gt(image_id, ann_id, category, mask):
     rle = _rle(mask)
-    return {"id": ann_id, "image_id": image_id, "category_id": category, "segmentation": rle,
-            "area": float(mask.sum()), "iscrowd": 0, "bbox": [0, 0, 1, 1]}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category,
+        "segmentation": rle,
+        "area": float(mask.sum()),
+        "iscrowd": 0,
+        "bbox": [0, 0, 1, 1],
+    }
 
 
 def test_instance_ap_and_recall_by_hand():
@@ -114,8 +125,11 @@ def test_instance_ap_and_recall_by_hand():
 
 
 def test_instance_scores_without_any_detection():
-    ground_truth = {"images": [{"id": 1, "width": 20, "height": 20}], "categories": [{"id": 1, "name": "a"}],
-                    "annotations": [_gt(1, 1, 1, _box(slice(0, 5), slice(0, 5)))]}
+    ground_truth = {
+        "images": [{"id": 1, "width": 20, "height": 20}],
+        "categories": [{"id": 1, "name": "a"}],
+        "annotations": [_gt(1, 1, 1, _box(slice(0, 5), slice(0, 5)))],
+    }
     scores = instance_scores(ground_truth, [], [1], 1)
     assert scores.ap50 == [0.0] and scores.recall[0.5] == [0.0]
 
@@ -200,11 +214,24 @@ def test_colour_labels_are_refused(make_geotiff):
 
 def test_coco_categories_match_synonyms_and_flat_polygons_are_fixed(tmp_path):
     (tmp_path / "img.png").write_bytes(b"")
-    coco = {"images": [{"id": 7, "file_name": "img.tif", "width": 10, "height": 10},
-                       {"id": 8, "file_name": "absent.tif", "width": 10, "height": 10}],
-            "categories": [{"id": 1, "name": "Roof"}, {"id": 2, "name": "water"}],
-            "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "segmentation": [0, 0, 5, 0, 5, 5],
-                             "area": 12.5, "bbox": [0, 0, 5, 5], "iscrowd": 0}]}
+    coco = {
+        "images": [
+            {"id": 7, "file_name": "img.tif", "width": 10, "height": 10},
+            {"id": 8, "file_name": "absent.tif", "width": 10, "height": 10},
+        ],
+        "categories": [{"id": 1, "name": "Roof"}, {"id": 2, "name": "water"}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 7,
+                "category_id": 1,
+                "segmentation": [0, 0, 5, 0, 5, 5],
+                "area": 12.5,
+                "bbox": [0, 0, 5, 5],
+                "iscrowd": 0,
+            }
+        ],
+    }
     path = tmp_path / "coco.json"
     path.write_text(json.dumps(coco))
     dataset = load_coco(path, tmp_path, CLASSES)
@@ -246,7 +273,7 @@ def test_option_errors():
         parse_sweep("threshold", "semantic")
     with pytest.raises(InputError, match="not a valid value"):
         apply_option(BASE, "threshold", "high")
-    with pytest.raises(InputError, match="between 0 and 1"):
+    with pytest.raises(InputError, match="threshold must be >= 0 and <= 1"):
         apply_option(BASE, "threshold", "1.5")
     with pytest.raises(InputError, match="swept twice"):
         expand_sweeps(BASE, [("threshold", ["0.1"]), ("threshold", ["0.2"])])

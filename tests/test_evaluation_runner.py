@@ -87,7 +87,7 @@ def test_loveda_perfect_and_shuffled_oracle_features(shared_data, tmp_path, orac
     assert run_eval(parse(*args, "--out", tmp_path / "perfect"), oracle.segmenter) == 0
     perfect = results(tmp_path / "perfect")["runs"][0]
     assert perfect["metrics"] == {"mIoU": 100.0, "pixel accuracy": 100.0}
-    iou = dict(zip(results(tmp_path / "perfect")["classes"], perfect["per_class"]["IoU"]))
+    iou = dict(zip(results(tmp_path / "perfect")["classes"], perfect["per_class"]["IoU"], strict=True))
     assert iou["barren"] is None and iou["forest"] == 100.0  # barren is in none of the three labels
     assert [im["image"] for im in perfect["per_image"]] == ["0.png", "1.png", "2.png"]
 
@@ -118,7 +118,9 @@ def test_potsdam_swapped_classes_and_background(shared_data, tmp_path, oracle):
     # road, building, car right; low vegetation and tree IoU 0; clutter in neither labels nor predictions
     assert swapped["per_class"]["IoU"] == [100.0, 100.0, 0.0, 0.0, 100.0, None]
     assert swapped["metrics"]["mIoU"] == pytest.approx(300 / 5, abs=0.01)
-    assert swapped["metrics"]["pixel accuracy"] == pytest.approx(100 * (1 - (histogram[3] + histogram[4]) / labelled), abs=0.01)
+    assert swapped["metrics"]["pixel accuracy"] == pytest.approx(
+        100 * (1 - (histogram[3] + histogram[4]) / labelled), abs=0.01
+    )
     assert "| low vegetation | tree | 100.0% |" in (tmp_path / "swapped" / "results.md").read_text()
 
     # car's word on no colour: car pixels match no query (1/8 each, under 0.3) and go to the background class
@@ -126,7 +128,9 @@ def test_potsdam_swapped_classes_and_background(shared_data, tmp_path, oracle):
     run_eval(parse(*args, "--threshold", 0.3, "--out", tmp_path / "to_clutter"), oracle.segmenter)
     to_clutter = results(tmp_path / "to_clutter")["runs"][0]
     assert to_clutter["per_class"]["IoU"] == [100.0, 100.0, 100.0, 100.0, 0.0, 0.0]  # clutter: predicted, never true
-    run_eval(parse(*args, "--threshold", 0.3, "--background-class", "none", "--out", tmp_path / "miss"), oracle.segmenter)
+    run_eval(
+        parse(*args, "--threshold", 0.3, "--background-class", "none", "--out", tmp_path / "miss"), oracle.segmenter
+    )
     miss = results(tmp_path / "miss")["runs"][0]
     assert miss["per_class"]["IoU"] == [100.0, 100.0, 100.0, 100.0, 0.0, None]  # a miss is no class's false positive
     assert miss["metrics"]["pixel accuracy"] == pytest.approx(100 * (1 - histogram[5] / labelled), abs=0.01)
@@ -138,15 +142,39 @@ def test_sweep_writes_json_markdown_and_charts(shared_data, tmp_path, oracle):
     paint(labels, images, {v: v - 1 for v in range(1, 7)})
     oracle.words("potsdam", [0, 1, 3, 2, 4, 5])
     out = tmp_path / "sweep"
-    code = run_eval(parse("semantic", "--dataset", "potsdam", "--images", images, "--labels", labels,
-                          *one_window(512), "--sweep", "threshold=0.1,0.99", "--sweep", "cls_lambda=0,0.3",
-                          "--unseen", "tree,car", "--out", out), oracle.segmenter)
+    code = run_eval(
+        parse(
+            "semantic",
+            "--dataset",
+            "potsdam",
+            "--images",
+            images,
+            "--labels",
+            labels,
+            *one_window(512),
+            "--sweep",
+            "threshold=0.1,0.99",
+            "--sweep",
+            "cls_lambda=0,0.3",
+            "--unseen",
+            "tree,car",
+            "--out",
+            out,
+        ),
+        oracle.segmenter,
+    )
     assert code == 0
     data = results(out)
-    assert [r["name"] for r in data["runs"]] == ["threshold=0.1, cls_lambda=0", "threshold=0.1, cls_lambda=0.3",
-                                                "threshold=0.99, cls_lambda=0", "threshold=0.99, cls_lambda=0.3"]
-    assert data["runs"][0]["options"]["cls_lambda"] == 0.0 and data["runs"][0]["swept"] == {"threshold": "0.1",
-                                                                                           "cls_lambda": "0"}
+    assert [r["name"] for r in data["runs"]] == [
+        "threshold=0.1, cls_lambda=0",
+        "threshold=0.1, cls_lambda=0.3",
+        "threshold=0.99, cls_lambda=0",
+        "threshold=0.99, cls_lambda=0.3",
+    ]
+    assert data["runs"][0]["options"]["cls_lambda"] == 0.0 and data["runs"][0]["swept"] == {
+        "threshold": "0.1",
+        "cls_lambda": "0",
+    }
     first = data["runs"][0]["metrics"]
     assert first["s-mIoU"] == pytest.approx(200 / 3, abs=0.01) and first["u-mIoU"] == 50.0  # tree 0, car 100
     assert first["h-mIoU"] == pytest.approx(2 * (200 / 3) * 50 / (200 / 3 + 50), abs=0.01)
@@ -190,14 +218,67 @@ def test_resume_after_interrupt_limit_and_option_changes(shared_data, tmp_path, 
     assert run_eval(args, again) == 0 and again.calls == 0
     assert "3 of 3 image results from the cache" in capsys.readouterr().out
     changed = LabelSegmenter(labels)
-    run_eval(parse("semantic", "--dataset", "loveda", "--images", images, "--labels", labels, "--out", out,
-                   "--threshold", "0.5", "--quiet"), changed)
+    run_eval(
+        parse(
+            "semantic",
+            "--dataset",
+            "loveda",
+            "--images",
+            images,
+            "--labels",
+            labels,
+            "--out",
+            out,
+            "--threshold",
+            "0.5",
+            "--quiet",
+        ),
+        changed,
+    )
     assert changed.calls == 3  # another option, another result
     limited = LabelSegmenter(labels)
-    run_eval(parse("semantic", "--dataset", "loveda", "--images", images, "--labels", labels, "--limit", 2,
-                   "--out", tmp_path / "limited", "--no-cache", "--quiet"), limited)
+    run_eval(
+        parse(
+            "semantic",
+            "--dataset",
+            "loveda",
+            "--images",
+            images,
+            "--labels",
+            labels,
+            "--limit",
+            2,
+            "--out",
+            tmp_path / "limited",
+            "--no-cache",
+            "--quiet",
+        ),
+        limited,
+    )
     assert limited.calls == 2 and results(tmp_path / "limited")["images"] == 2
     assert not (tmp_path / "limited" / "cache").exists()
+
+
+def test_without_the_eval_extra_eval_says_what_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "pycocotools" else find_spec(name, *a)
+    )
+    argv = [
+        "--dataset",
+        "sota",
+        "--images",
+        tmp_path,
+        "--annotations",
+        tmp_path / "coco.json",
+        "--out",
+        tmp_path / "out",
+    ]
+    with pytest.raises(InputError, match=r"rsov eval instance needs pycocotools: install the backend with its eval"):
+        run_eval(parse("instance", *argv))
+    assert not (tmp_path / "out").exists()  # refused before anything is read or written
 
 
 def test_user_errors(shared_data, tmp_path):
@@ -208,22 +289,63 @@ def test_user_errors(shared_data, tmp_path):
     classes.write_text("building\nwater\n")
     # LoveDA's raw values 1..7 are no classes of a two-class file without a label map
     with pytest.raises(InputError, match="neither a class nor the ignore index"):
-        run_eval(parse("semantic", "--images", images, "--labels", labels, "--classes-file", classes, "--out",
-                       tmp_path / "a", "--quiet"), LabelSegmenter(labels))
+        run_eval(
+            parse(
+                "semantic",
+                "--images",
+                images,
+                "--labels",
+                labels,
+                "--classes-file",
+                classes,
+                "--out",
+                tmp_path / "a",
+                "--quiet",
+            ),
+            LabelSegmenter(labels),
+        )
 
     class Wrong(LabelSegmenter):
         def semantic(self, variant, image):
             return super().semantic(variant, image)[:10]
 
     with pytest.raises(InputError, match="is 1024x10 px but its label .* is 1024x1024 px"):
-        run_eval(parse("semantic", "--dataset", "loveda", "--images", images, "--labels", labels, "--out",
-                       tmp_path / "b", "--quiet"), Wrong(labels))
+        run_eval(
+            parse(
+                "semantic",
+                "--dataset",
+                "loveda",
+                "--images",
+                images,
+                "--labels",
+                labels,
+                "--out",
+                tmp_path / "b",
+                "--quiet",
+            ),
+            Wrong(labels),
+        )
     with pytest.raises(InputError, match="Unknown option"):
-        run_eval(parse("semantic", "--dataset", "loveda", "--images", images, "--labels", labels,
-                       "--sweep", "colour=red", "--out", tmp_path / "c"), LabelSegmenter(labels))
+        run_eval(
+            parse(
+                "semantic",
+                "--dataset",
+                "loveda",
+                "--images",
+                images,
+                "--labels",
+                labels,
+                "--sweep",
+                "colour=red",
+                "--out",
+                tmp_path / "c",
+            ),
+            LabelSegmenter(labels),
+        )
 
 
 # ---- instances: SpaceNet's 43 buildings -------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def spacenet_masks(shared_data):
@@ -233,8 +355,10 @@ def spacenet_masks(shared_data):
     data = json.loads((shared_data / "spacenet-buildings" / "coco_sample_2.json").read_text())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # pycocotools' decode and numpy 2
-        return [mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([ann["segmentation"]], 900, 900))).astype(bool)
-                for ann in data["annotations"]]
+        return [
+            mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([ann["segmentation"]], 900, 900))).astype(bool)
+            for ann in data["annotations"]
+        ]
 
 
 class InstanceSegmenter:
@@ -253,9 +377,23 @@ def run_instances(shared_data, tmp_path, predictions, name):
     classes.write_text("# one class\nbuilding,roof\n")
     segmenter = InstanceSegmenter(predictions)
     out = tmp_path / name
-    code = run_eval(parse("instance", "--images", shared_data / "spacenet-buildings", "--annotations",
-                          shared_data / "spacenet-buildings" / "coco_sample_2.json", "--classes-file", classes,
-                          "--label-map", "1:building,2:building", "--out", out, "--quiet"), segmenter)
+    code = run_eval(
+        parse(
+            "instance",
+            "--images",
+            shared_data / "spacenet-buildings",
+            "--annotations",
+            shared_data / "spacenet-buildings" / "coco_sample_2.json",
+            "--classes-file",
+            classes,
+            "--label-map",
+            "1:building,2:building",
+            "--out",
+            out,
+            "--quiet",
+        ),
+        segmenter,
+    )
     assert code == 0 and segmenter.calls == 1
     return results(out)["runs"][0]["metrics"]
 
@@ -267,7 +405,11 @@ def test_spacenet_instances_known_ap_and_recall(shared_data, tmp_path, spacenet_
     assert n == 43
     perfect = [InstancePrediction(m, 0, 1.0) for m in spacenet_masks]
     assert run_instances(shared_data, tmp_path, perfect, "perfect") == {
-        "mAP@0.5": 100.0, "R@100 (IoU 0.4)": 100.0, "R@100 (IoU 0.5)": 100.0, "R@100 (IoU 0.6)": 100.0}
+        "mAP@0.5": 100.0,
+        "R@100 (IoU 0.4)": 100.0,
+        "R@100 (IoU 0.5)": 100.0,
+        "R@100 (IoU 0.6)": 100.0,
+    }
 
     # 3 buildings missed: precision 1 up to recall 40/43 = 0.930, i.e. at 94 of the 101 recall points
     dropped = run_instances(shared_data, tmp_path, perfect[3:], "dropped")
@@ -277,8 +419,11 @@ def test_spacenet_instances_known_ap_and_recall(shared_data, tmp_path, spacenet_
     # 5 buildings shifted 400 px away, scored above all the right ones: 5 false positives first, then 38 hits;
     # the interpolated precision is 38/43 up to recall 38/43 = 0.884 (89 recall points)
     shifted = [InstancePrediction(np.roll(m, 400, axis=1), 0, 2.0) for m in spacenet_masks[:5]]
-    ious = mask_utils.iou([mask_utils.encode(np.asfortranarray(p.mask.astype(np.uint8))) for p in shifted],
-                          [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in spacenet_masks], [0] * n)
+    ious = mask_utils.iou(
+        [mask_utils.encode(np.asfortranarray(p.mask.astype(np.uint8))) for p in shifted],
+        [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in spacenet_masks],
+        [0] * n,
+    )
     assert ious.max() < 0.4  # the shifted masks match nothing, at any threshold
     result = run_instances(shared_data, tmp_path, shifted + perfect[5:], "shifted")
     assert result["mAP@0.5"] == pytest.approx(100 * 89 * (38 / 43) / 101, abs=0.01)
@@ -289,7 +434,7 @@ def test_spacenet_instances_known_ap_and_recall(shared_data, tmp_path, spacenet_
     for m in spacenet_masks[:4]:
         keep = np.zeros_like(m)
         pixels = np.flatnonzero(m)
-        keep.flat[pixels[:int(np.ceil(0.45 * len(pixels)))]] = True
+        keep.flat[pixels[: int(np.ceil(0.45 * len(pixels)))]] = True
         trimmed.append(InstancePrediction(keep, 0, 0.5))
     result = run_instances(shared_data, tmp_path, perfect[4:] + trimmed, "trimmed")
     assert result["R@100 (IoU 0.4)"] == 100.0
@@ -302,14 +447,30 @@ def test_instance_seen_unseen_split_and_cache(shared_data, tmp_path, spacenet_ma
     # the two SpaceNet categories as two classes; category 2 ("0.0", 37 buildings) is unseen and fully found,
     # category 1 ("1.0", 6 buildings) is never predicted
     data = json.loads((shared_data / "spacenet-buildings" / "coco_sample_2.json").read_text())
-    predictions = [InstancePrediction(m, 1, 1.0) for m, a in zip(spacenet_masks, data["annotations"])
-                   if a["category_id"] == 2]
+    predictions = [
+        InstancePrediction(m, 1, 1.0)
+        for m, a in zip(spacenet_masks, data["annotations"], strict=True)
+        if a["category_id"] == 2
+    ]
     classes = tmp_path / "two.txt"
     classes.write_text("building\nhouse\n")
     segmenter = InstanceSegmenter(predictions)
-    argv = ["instance", "--images", shared_data / "spacenet-buildings", "--annotations",
-            shared_data / "spacenet-buildings" / "coco_sample_2.json", "--classes-file", classes,
-            "--label-map", "1:0,2:1", "--unseen", "house", "--out", tmp_path / "out", "--quiet"]
+    argv = [
+        "instance",
+        "--images",
+        shared_data / "spacenet-buildings",
+        "--annotations",
+        shared_data / "spacenet-buildings" / "coco_sample_2.json",
+        "--classes-file",
+        classes,
+        "--label-map",
+        "1:0,2:1",
+        "--unseen",
+        "house",
+        "--out",
+        tmp_path / "out",
+        "--quiet",
+    ]
     run_eval(parse(*argv), segmenter)
     metrics = results(tmp_path / "out")["runs"][0]["metrics"]
     assert metrics["seen mAP"] == 0.0 and metrics["unseen mAP"] == 100.0 and metrics["HM mAP"] == 0.0
@@ -322,18 +483,63 @@ def test_instance_seen_unseen_split_and_cache(shared_data, tmp_path, spacenet_ma
 
 
 def test_real_engine_with_the_tiny_model(shared_data, tmp_path, monkeypatch):
-    """The real loading path (load_engine), on the Potsdam sample: runs and scores, meaninglessly."""
+    """The real loading path (load_engine), on the Potsdam sample: the tiny model's (meaningless) class map
+    is scored exactly as computed here by hand from that map and the label."""
     monkeypatch.setenv("RSOV_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("RSOV_OFFLINE", "1")
     out = tmp_path / "tiny"
+
+    class Recording(EngineSegmenter):  # the real engine (load_engine), keeping the class maps it gave
+        maps: list[np.ndarray] = []
+
+        def semantic(self, variant, image):
+            class_map = super().semantic(variant, image)
+            self.maps.append(class_map)
+            return class_map
+
+    segmenter = Recording("cpu")
     with pytest.warns(UserWarning):  # the tiny model says its output is meaningless
-        code = run_eval(parse("semantic", "--dataset", "potsdam", "--images", shared_data / "potsdam" / "img_dir",
-                              "--labels", shared_data / "potsdam" / "ann_dir", "--model", "tiny-random",
-                              "--templates", "plain", "--device", "cpu", "--out", out, "--quiet"))
+        code = run_eval(
+            parse(
+                "semantic",
+                "--dataset",
+                "potsdam",
+                "--images",
+                shared_data / "potsdam" / "img_dir",
+                "--labels",
+                shared_data / "potsdam" / "ann_dir",
+                "--model",
+                "tiny-random",
+                "--templates",
+                "plain",
+                "--device",
+                "cpu",
+                "--out",
+                out,
+                "--quiet",
+            ),
+            segmenter,
+        )
     assert code == 0
     run = results(out)["runs"][0]
-    assert 0.0 <= run["metrics"]["mIoU"] <= 100.0 and run["options"]["model"] == "tiny-random"
+    assert run["options"]["model"] == "tiny-random"
     assert run["options"]["threshold"] == 0.1 and run["options"]["background"] == []  # the benchmark setting
+    # By hand: label value v is class v - 1 (0 = boundary, ignored); the engine's 0 (none of the classes)
+    # counts as clutter (class 5), the preset's background class.
+    (class_map,) = segmenter.maps
+    label = np.array(Image.open(shared_data / "potsdam" / "ann_dir" / "2_10_0_0_512_512.png")).astype(int) - 1
+    assert class_map.shape == label.shape == (512, 512)
+    predicted = np.where(class_map == 0, 5, class_map.astype(int) - 1)
+    keep = label >= 0
+    iou = []
+    for k in range(6):
+        union = (((label == k) | (predicted == k)) & keep).sum()
+        iou.append(100 * ((label == k) & (predicted == k)).sum() / union if union else None)
+    defined = [v for v in iou if v is not None]
+    assert len(np.unique(predicted[keep])) >= 2  # not one class all over: a real mix to score
+    assert run["per_class"]["IoU"] == [None if v is None else pytest.approx(v, abs=0.006) for v in iou]
+    assert run["metrics"]["mIoU"] == pytest.approx(sum(defined) / len(defined), abs=0.006)
+    assert run["metrics"]["pixel accuracy"] == pytest.approx(100 * (predicted == label)[keep].mean(), abs=0.006)
 
 
 def test_instances_through_the_real_engine(tmp_path):
@@ -350,19 +556,44 @@ def test_instances_through_the_real_engine(tmp_path):
     # one more lake in the annotations that is not in the image: water is found at recall 1/2
     annotated = [(name, box) for name in objects for box in objects[name]] + [("water", (16, 300, 80, 400))]
     for k, (name, (r0, c0, r1, c1)) in enumerate(annotated):
-        annotations.append({"id": k + 1, "image_id": 1, "category_id": 1 if name == "building" else 2, "iscrowd": 0,
-                            "segmentation": [[c0, r0, c1, r0, c1, r1, c0, r1]], "area": float((r1 - r0) * (c1 - c0)),
-                            "bbox": [c0, r0, c1 - c0, r1 - r0]})
+        annotations.append(
+            {
+                "id": k + 1,
+                "image_id": 1,
+                "category_id": 1 if name == "building" else 2,
+                "iscrowd": 0,
+                "segmentation": [[c0, r0, c1, r0, c1, r1, c0, r1]],
+                "area": float((r1 - r0) * (c1 - c0)),
+                "bbox": [c0, r0, c1 - c0, r1 - r0],
+            }
+        )
     (tmp_path / "images").mkdir()
     Image.fromarray(image).save(tmp_path / "images" / "scene.png")
-    coco = {"images": [{"id": 1, "file_name": "scene.png", "width": 448, "height": 448}], "annotations": annotations,
-            "categories": [{"id": 1, "name": "building"}, {"id": 2, "name": "water"}]}
+    coco = {
+        "images": [{"id": 1, "file_name": "scene.png", "width": 448, "height": 448}],
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "building"}, {"id": 2, "name": "water"}],
+    }
     (tmp_path / "coco.json").write_text(json.dumps(coco))
     (tmp_path / "classes.txt").write_text("building,roof\nwater\n")  # the oracle knows "roof" and "water"
     segmenter = EngineSegmenter(load=lambda spec: oracle_instance_engine())
-    run_eval(parse("instance", "--images", tmp_path / "images", "--annotations", tmp_path / "coco.json",
-                   "--classes-file", tmp_path / "classes.txt", "--cls-lambda", 0, "--out", tmp_path / "out", "--quiet"),
-             segmenter)
+    run_eval(
+        parse(
+            "instance",
+            "--images",
+            tmp_path / "images",
+            "--annotations",
+            tmp_path / "coco.json",
+            "--classes-file",
+            tmp_path / "classes.txt",
+            "--cls-lambda",
+            0,
+            "--out",
+            tmp_path / "out",
+            "--quiet",
+        ),
+        segmenter,
+    )
     run = results(tmp_path / "out")["runs"][0]
     assert run["per_class"]["AP@0.5"] == [100.0, pytest.approx(100 * 51 / 101, abs=0.01)]
     assert run["per_class"]["R@100 (IoU 0.6)"] == [100.0, 50.0]

@@ -9,15 +9,15 @@ import pytest
 import rasterio
 from affine import Affine
 from oracle import PALETTE, oracle_engine
+from rasterio.windows import Window
 
 from rsov.engine import SegmentRequest, load_engine
 from rsov.errors import InputError
+from rsov.geo.vectorize import read_vector
 from rsov.grid import AUTO_FACTOR, working_grid
-from rsov.predictor import FeatureOptions, ScoreOptions
+from rsov.semantic.predictor import FeatureOptions, ScoreOptions
 from rsov.streaming import Outputs, in_process, segment_streamed
 from rsov.tiled import WindowStats, plan
-from rsov.vectorize import read_vector
-from rasterio.windows import Window
 
 CLASSES = ("building,roof", "tree", "road", "water")
 
@@ -59,10 +59,10 @@ def test_a_sub_extent_gets_the_same_answer_as_the_whole(tiny_engine, oem, resolu
     part = tiny_engine.segment(SegmentRequest(oem, CLASSES, bbox=bbox, features=features, vectorize=False))
     c0, r0 = (round(v) for v in ~whole.transform @ (part.bounds[0], part.bounds[3]))
     h, w = part.prediction.class_map.shape
-    inside = whole.prediction.class_map[r0:r0 + h, c0:c0 + w]
+    inside = whole.prediction.class_map[r0 : r0 + h, c0 : c0 + w]
     assert inside.shape == (h, w) and (c0, r0) == (333, 271)
     assert (inside == part.prediction.class_map).mean() >= 0.9999
-    assert np.abs(whole.prediction.score_map[r0:r0 + h, c0:c0 + w] - part.prediction.score_map).max() < 1e-5
+    assert np.abs(whole.prediction.score_map[r0 : r0 + h, c0 : c0 + w] - part.prediction.score_map).max() < 1e-5
     assert len(np.unique(inside)) > 1  # a map with something to agree on
 
 
@@ -84,8 +84,9 @@ def torch_close(a, b, atol):
 
 
 def test_panning_by_half_an_extent_reencodes_only_new_windows(tiny_engine, oem):
-    request = SegmentRequest(oem, CLASSES, bbox=sub_bbox(oem, 0, 0, 500, 500), vectorize=False,
-                             features=FeatureOptions(resolution_m=0.5))
+    request = SegmentRequest(
+        oem, CLASSES, bbox=sub_bbox(oem, 0, 0, 500, 500), vectorize=False, features=FeatureOptions(resolution_m=0.5)
+    )
     first = tiny_engine.segment(request)
     panned = tiny_engine.segment(SegmentRequest(**{**request.__dict__, "bbox": sub_bbox(oem, 250, 0, 750, 500)}))
     total = panned.windows_encoded + panned.windows_cached
@@ -147,9 +148,14 @@ TRANSFORM = Affine(0.5, 0, 356000.0, 0, -0.5, 5645000.0)
 
 def test_a_region_across_block_seams_is_one_polygon(make_geotiff, tmp_path):
     path = make_geotiff(paint_cross(), crs="EPSG:25832", transform=TRANSFORM)
-    request = SegmentRequest(str(path), ("building,roof", "water"), background=("background",),
-                             features=FeatureOptions(resolution_m=0.5), scoring=ScoreOptions(cls_lambda=0.0),
-                             simplify_px=0.0)
+    request = SegmentRequest(
+        str(path),
+        ("building,roof", "water"),
+        background=("background",),
+        features=FeatureOptions(resolution_m=0.5),
+        scoring=ScoreOptions(cls_lambda=0.0),
+        simplify_px=0.0,
+    )
     engine = oracle_engine()
     job = plan(str(path), None, None, None, request.features, None, block=96)  # the cross spans 5 x 5 blocks
     summary = segment_streamed(request, job, Outputs(vector=tmp_path / "o.gpkg"), in_process(engine, WindowStats()))
@@ -166,12 +172,25 @@ def test_processing_area_masks_the_answer(make_geotiff):
     path = make_geotiff(paint_cross(), crs="EPSG:25832", transform=TRANSFORM)
     x0, y0 = TRANSFORM @ (0, 512)
     x1, y1 = TRANSFORM @ (256, 0)  # the left half
-    area = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "EPSG:25832"}},
-            "features": [{"type": "Feature", "properties": {},
-                          "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1],
-                                                                           [x0, y0]]]}}]}
-    request = SegmentRequest(str(path), ("building,roof", "water"), background=("background",), area=area,
-                             features=FeatureOptions(resolution_m=0.5), scoring=ScoreOptions(cls_lambda=0.0))
+    area = {
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": "EPSG:25832"}},
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {},
+                "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]},
+            }
+        ],
+    }
+    request = SegmentRequest(
+        str(path),
+        ("building,roof", "water"),
+        background=("background",),
+        area=area,
+        features=FeatureOptions(resolution_m=0.5),
+        scoring=ScoreOptions(cls_lambda=0.0),
+    )
     result = oracle_engine().segment(request)
     assert result.prediction.class_map.shape == (512, 256)  # the extent is the area's
     assert {f.class_name for f in result.features} == {"building"}  # the water square lies outside

@@ -11,16 +11,18 @@ import rasterio
 import torch
 import torch.nn.functional as F
 from affine import Affine
-from scipy import ndimage
 from oracle import PALETTE, OracleEncoder, OracleText, oracle_instance_engine
+from scipy import ndimage
 from shapely.geometry import box, mapping
 
 from rsov import cli
 from rsov.engine import Engine, SegmentRequest, load_engine
-from rsov.instances import (InstanceOptions, Mask, _crop, mask_nms, merge_across_seams, prompt_points,
-                            read_examples)
-from rsov.sam_proposer import SamProposer
-from rsov.predictor import FeatureOptions, ScoreOptions
+from rsov.geo.instance_io import read_examples
+from rsov.instance.masks import crop_mask, mask_nms, merge_across_seams
+from rsov.instance.prompts import prompt_points
+from rsov.instance.sam import SamProposer
+from rsov.instance.types import InstanceOptions, Mask
+from rsov.semantic.predictor import FeatureOptions, ScoreOptions
 
 TRANSFORM = Affine(0.5, 0, 356000.0, 0, -0.5, 5645000.0)  # EPSG:25832, 0.5 m
 OBJECTS = {  # name: (row0, col0, row1, col1, colour)
@@ -58,10 +60,12 @@ def test_each_object_once_with_its_class_across_tile_seams(make_geotiff):
     result = engine.segment(request(path))
     assert len(engine.proposer.tiles) == 4  # 2 x 2 tiles: the seam object was cut four ways
     found = sorted((f.class_name, f.geometry.bounds) for f in result.features)
-    expected = sorted((("water" if colour == "blue" else "building"), world_box(r0, c0, r1, c1).bounds)
-                      for r0, c0, r1, c1, colour in OBJECTS.values())
+    expected = sorted(
+        (("water" if colour == "blue" else "building"), world_box(r0, c0, r1, c1).bounds)
+        for r0, c0, r1, c1, colour in OBJECTS.values()
+    )
     assert [name for name, _ in found] == [name for name, _ in expected]
-    for (_, got), (_, want) in zip(found, expected):
+    for (_, got), (_, want) in zip(found, expected, strict=False):
         assert np.allclose(got, want, atol=1e-6)  # one polygon per object, exactly its extent
     ids = [f.instance_id for f in result.features]
     assert sorted(ids) == list(range(1, len(ids) + 1))
@@ -82,22 +86,42 @@ class MixedText(OracleText):
 
 
 def test_two_examples_fix_a_decision_the_text_gets_wrong(make_geotiff, tmp_path):
-    objects = {"roof": (32, 32, 96, 128, "red"), "pool": (160, 160, 224, 256, "yellow"),
-               "ex1": (320, 32, 384, 96, "yellow"), "ex2": (320, 320, 400, 400, "yellow")}
+    objects = {
+        "roof": (32, 32, 96, 128, "red"),
+        "pool": (160, 160, 224, 256, "yellow"),
+        "ex1": (320, 32, 384, 96, "yellow"),
+        "ex2": (320, 320, 400, 400, "yellow"),
+    }
     path = make_geotiff(paint(objects), crs="EPSG:25832", transform=TRANSFORM)
     classes = ("building,roof", "swimming pool,pool")
 
     def run(examples=()):
-        req = SegmentRequest(raster=str(path), classes=classes, background=("background",), mode="instance", features=FeatureOptions(long_side=448),
-                             scoring=ScoreOptions(cls_lambda=0.0), examples=examples)
+        req = SegmentRequest(
+            raster=str(path),
+            classes=classes,
+            background=("background",),
+            mode="instance",
+            features=FeatureOptions(long_side=448),
+            scoring=ScoreOptions(cls_lambda=0.0),
+            examples=examples,
+        )
         result = oracle_instance_engine(MixedText()).segment(req)
         return {f.geometry.bounds: f.class_name for f in result.features}
 
     target = world_box(160, 160, 224, 256).bounds
     assert run()[target] == "building"  # the text alone is wrong
-    collection = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "EPSG:25832"}},
-                  "features": [{"type": "Feature", "properties": {"class": "swimming pool"},
-                                "geometry": mapping(world_box(*objects[k][:4]))} for k in ("ex1", "ex2")]}
+    collection = {
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": "EPSG:25832"}},
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {"class": "swimming pool"},
+                "geometry": mapping(world_box(*objects[k][:4])),
+            }
+            for k in ("ex1", "ex2")
+        ],
+    }
     examples_file = tmp_path / "examples.geojson"
     examples_file.write_text(json.dumps(collection))
     fixed = run(read_examples(examples_file))
@@ -107,15 +131,23 @@ def test_two_examples_fix_a_decision_the_text_gets_wrong(make_geotiff, tmp_path)
 
 def test_examples_must_name_a_class(make_geotiff, tmp_path):
     path = make_geotiff(paint(OBJECTS), crs="EPSG:25832", transform=TRANSFORM)
-    bad = ({"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"class": "ship"},
-                                                        "geometry": mapping(world_box(0, 0, 10, 10))}]})
+    bad = {
+        "type": "FeatureCollection",
+        "features": [
+            {"type": "Feature", "properties": {"class": "ship"}, "geometry": mapping(world_box(0, 0, 10, 10))}
+        ],
+    }
     examples = read_examples(bad)
     assert examples[0].crs == "EPSG:4326"  # RFC 7946 default
     with pytest.raises(Exception, match="not in the vocabulary|does not overlap"):
         oracle_instance_engine().segment(request(path, examples=examples))
     with pytest.raises(Exception, match="Polygon feature with a 'class'"):
-        read_examples({"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {},
-                                                                  "geometry": mapping(box(0, 0, 1, 1))}]})
+        read_examples(
+            {
+                "type": "FeatureCollection",
+                "features": [{"type": "Feature", "properties": {}, "geometry": mapping(box(0, 0, 1, 1))}],
+            }
+        )
 
 
 def test_mask_helpers():
@@ -144,8 +176,9 @@ def test_prompt_points_sit_inside_confident_regions():
 
 
 # Random SAM weights give poor masks: accept them all, and keep the (CPU-costly) decoder calls few.
-PERMISSIVE = InstanceOptions(points_per_side=3, pred_iou_thresh=-1.0, stability_thresh=-1.0, score_threshold=0.0,
-                             nms_iou=0.9, max_prompts=8)
+PERMISSIVE = InstanceOptions(
+    points_per_side=3, pred_iou_thresh=-1.0, stability_thresh=-1.0, score_threshold=0.0, nms_iou=0.9, max_prompts=8
+)
 
 
 def test_real_sam_path_on_spacenet(shared_data, tiny_checkpoints, tmp_path, monkeypatch):
@@ -153,8 +186,9 @@ def test_real_sam_path_on_spacenet(shared_data, tiny_checkpoints, tmp_path, monk
     clip, sam = tiny_checkpoints
     raster = shared_data / "spacenet-buildings" / "sample_geotiff.tif"
     engine = load_engine(clip, "cpu", sam=sam)
-    req = SegmentRequest(raster=str(raster), classes=("building", "road"), background=(), mode="instance",
-                         instance=PERMISSIVE)
+    req = SegmentRequest(
+        raster=str(raster), classes=("building", "road"), background=(), mode="instance", instance=PERMISSIVE
+    )
     first = engine.segment(req)
     assert first.chip.crs.to_epsg() == 32616
     with rasterio.open(raster) as src:
@@ -169,24 +203,63 @@ def test_real_sam_path_on_spacenet(shared_data, tiny_checkpoints, tmp_path, monk
     # a sub-extent lies in the same raster-anchored tile: SAM's embedding and CLIP's windows are reused
     with rasterio.open(raster) as src:
         left, bottom, right, top = src.bounds
-    part = engine.segment(SegmentRequest(**{**req.__dict__, "bbox": (left + 33.3, bottom + 51.7, right - 80.1, top - 20.2)}))
+    part = engine.segment(
+        SegmentRequest(**{**req.__dict__, "bbox": (left + 33.3, bottom + 51.7, right - 80.1, top - 20.2)})
+    )
     assert engine.proposer.encoded_tiles == 1 and part.features_cached
     assert part.chip.image.shape[:2] == part.prediction.class_map.shape != first.chip.image.shape[:2]
 
 
-def test_cli_instance_mode_with_examples_and_oriented_boxes(shared_data, tiny_checkpoints, tmp_path, monkeypatch, capsys):
+def test_cli_instance_mode_with_examples_and_oriented_boxes(
+    shared_data, tiny_checkpoints, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("RSOV_CACHE_DIR", str(tmp_path / "cache"))
     clip, sam = tiny_checkpoints
     raster = shared_data / "openearthmap" / "oem_koeln_50.tif"
-    examples = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "EPSG:25832"}},
-                "features": [{"type": "Feature", "properties": {"class": "building"},
-                              "geometry": mapping(box(346100, 5647700, 346120, 5647720))}]}
+    examples = {
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": "EPSG:25832"}},
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {"class": "building"},
+                "geometry": mapping(box(346100, 5647700, 346120, 5647720)),
+            }
+        ],
+    }
     (tmp_path / "ex.geojson").write_text(json.dumps(examples))
     out = tmp_path / "objects.gpkg"
-    code = cli.main(["segment", str(raster), "--classes", "building; car", "--mode", "instance", "--model", clip,
-                     "--sam", sam, "--examples", str(tmp_path / "ex.geojson"), "--points-per-side", "3", "--no-class-prompts",
-                     "--pred-iou=-1", "--stability=-1", "--object-threshold", "0", "--background", "",
-                     "--obb", "--out", str(out), "--preview", str(tmp_path / "p.png"), "--quiet"])
+    code = cli.main(
+        [
+            "segment",
+            str(raster),
+            "--classes",
+            "building; car",
+            "--mode",
+            "instance",
+            "--model",
+            clip,
+            "--sam",
+            sam,
+            "--examples",
+            str(tmp_path / "ex.geojson"),
+            "--points-per-side",
+            "3",
+            "--no-class-prompts",
+            "--pred-iou=-1",
+            "--stability=-1",
+            "--object-threshold",
+            "0",
+            "--background",
+            "",
+            "--obb",
+            "--out",
+            str(out),
+            "--preview",
+            str(tmp_path / "p.png"),
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     layers = dict(pyogrio.list_layers(out))
     assert set(layers) == {"rsov", "rsov_obb", "layer_styles"}
@@ -195,7 +268,7 @@ def test_cli_instance_mode_with_examples_and_oriented_boxes(shared_data, tiny_ch
     assert pyogrio.read_info(out, layer="rsov_obb")["features"] == info["features"] > 0
     printed = capsys.readouterr().out
     assert "objects" in printed and f"summary: {info['features']} kept" not in printed
-    assert re.search(r"summary: \d+ proposals, %d kept, \d+ below the object threshold 0.00" % info["features"], printed)
+    assert re.search(rf"summary: \d+ proposals, {info['features']} kept, \d+ below the object threshold 0.00", printed)
 
 
 def test_mask_paste_on_a_window():
@@ -210,7 +283,7 @@ def test_mask_paste_on_a_window():
 def test_cut_out_embedding_sees_the_object():
     from oracle import OracleEncoder
 
-    from rsov.instances import crop_features
+    from rsov.instance.classify import crop_features
 
     image = np.zeros((200, 200, 3), np.uint8)
     image[:] = PALETTE["grey"][0]
@@ -267,7 +340,7 @@ class OracleMaskDecoder(torch.nn.Module):
         image = image_embeddings[0].numpy()
         logits = []
         for x, y in (sparse_prompt_embeddings[:, 0] / 4).long().tolist():
-            regions, _ = ndimage.label(np.abs(image - image[:, y:y + 1, x:x + 1]).sum(0) < 0.1)
+            regions, _ = ndimage.label(np.abs(image - image[:, y : y + 1, x : x + 1]).sum(0) < 0.1)
             region = regions == regions[y, x]
             signed = ndimage.distance_transform_edt(region) - ndimage.distance_transform_edt(~region)
             grown = ndimage.binary_dilation(region, iterations=8)
@@ -291,8 +364,9 @@ class FullResolutionProposer(SamProposer):
 
         p = self.predictor
         coords = p.transform.apply_coords_torch(torch.as_tensor(xy, dtype=torch.float32), p.original_size)
-        logits, iou, _ = p.predict_torch(coords[:, None, :], torch.ones(len(coords), 1, dtype=torch.int64),
-                                         multimask_output=True, return_logits=True)
+        logits, iou, _ = p.predict_torch(
+            coords[:, None, :], torch.ones(len(coords), 1, dtype=torch.int64), multimask_output=True, return_logits=True
+        )
         return logits > 0, iou, calculate_stability_score(logits, 0.0, 1.0)
 
     def _grid_masks(self, size, options):
@@ -302,22 +376,24 @@ class FullResolutionProposer(SamProposer):
         xy = build_point_grid(options.points_per_side) * np.array(size[::-1])
         kept, scores = [], []
         for start in range(0, len(xy), options.points_per_batch):
-            masks, iou, stability = (t.flatten(0, 1) for t in self._full(xy[start:start + options.points_per_batch]))
+            masks, iou, stability = (t.flatten(0, 1) for t in self._full(xy[start : start + options.points_per_batch]))
             keep = (iou > options.pred_iou_thresh) & (stability > options.stability_thresh) & masks.flatten(1).any(1)
             kept.append(masks[keep])
             scores.append((iou * stability)[keep])
         masks, scores = torch.cat(kept), torch.cat(scores)
         keep = batched_nms(batched_mask_to_box(masks).float(), scores, torch.zeros(len(masks)), iou_threshold=0.7)
-        return [_crop(masks[i].numpy(), float(scores[i])) for i in keep.tolist()]
+        return [crop_mask(masks[i].numpy(), float(scores[i])) for i in keep.tolist()]
 
     def _prompted_masks(self, points, options):
         out = []
         for start in range(0, len(points), options.points_per_batch):
-            batch = points[start:start + options.points_per_batch]
+            batch = points[start : start + options.points_per_batch]
             masks, iou, stability = self._full(batch[:, :2])
             for i, j in enumerate(iou.argmax(dim=1).tolist()):
                 if masks[i, j].any():
-                    out.append(_crop(masks[i, j].numpy(), float(iou[i, j] * stability[i, j]), hint=int(batch[i, 2])))
+                    out.append(
+                        crop_mask(masks[i, j].numpy(), float(iou[i, j] * stability[i, j]), hint=int(batch[i, 2]))
+                    )
         return out
 
 
@@ -337,7 +413,7 @@ def test_low_resolution_decoding_keeps_the_full_resolution_masks():
         full = FullResolutionProposer(oracle_sam(), "oracle").propose(tile, "t", points, ORACLE_SAM)
     assert len(cheap) == len(full) >= 7  # four regions from the grid, three prompted
     by_place = lambda m: (m.box, m.hint)  # noqa: E731 (the order follows quality, which differs a little)
-    for a, b in zip(sorted(cheap, key=by_place), sorted(full, key=by_place)):
+    for a, b in zip(sorted(cheap, key=by_place), sorted(full, key=by_place), strict=False):
         assert np.abs(np.subtract(a.box, b.box)).max() <= 1 and a.hint == b.hint
         assert reference_iou(a, b) > 0.98
         assert a.quality == pytest.approx(b.quality, abs=0.1)  # stability on 16x fewer pixels: close, not equal
@@ -349,11 +425,13 @@ def test_cheap_decoding_finds_the_same_objects_through_the_engine(make_geotiff):
     def objects(proposer):
         text = OracleText()
         engine = Engine(OracleEncoder(), lambda templates: text, name="oracle", proposer_factory=lambda: proposer)
-        return sorted((f.class_name, f.geometry.bounds) for f in engine.segment(request(path, instance=ORACLE_SAM)).features)
+        return sorted(
+            (f.class_name, f.geometry.bounds) for f in engine.segment(request(path, instance=ORACLE_SAM)).features
+        )
 
     cheap, full = objects(SamProposer(oracle_sam(), "oracle")), objects(FullResolutionProposer(oracle_sam(), "oracle"))
     assert [name for name, _ in cheap] == [name for name, _ in full] == ["building", "building", "water"]
-    for (_, a), (_, b) in zip(cheap, full):
+    for (_, a), (_, b) in zip(cheap, full, strict=False):
         assert np.allclose(a, b, atol=0.5)  # one pixel is 0.5 m
 
 
@@ -383,12 +461,12 @@ def reference_merge(masks, tiles, iou=0.5):
     group = _components(graph)
     out = []
     for g in dict.fromkeys(group):
-        members = [m for m, k in zip(masks, group) if k == g]
+        members = [m for m, k in zip(masks, group, strict=False) if k == g]
         if len(members) == 1:
             out.append(members[0])
             continue
         canvas = np.any([m.paste((1200, 1200)) for m in members], axis=0)
-        merged = _crop(canvas, max(m.quality for m in members), next((m.hint for m in members if m.hint), 0))
+        merged = crop_mask(canvas, max(m.quality for m in members), next((m.hint for m in members if m.hint), 0))
         out.append(Mask(merged.crop, merged.y0, merged.x0, merged.quality, -1, merged.hint))
     return out
 
@@ -422,18 +500,25 @@ def seam_masks(rng, tiles, objects):
     for _ in range(objects):
         cy, cx, ry, rx = rng.integers(0, 600), rng.integers(0, 600), rng.integers(4, 40), rng.integers(4, 40)
         yy, xx = np.ogrid[:600, :600]
-        shape = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1 if rng.random() < 0.5 else \
-            (np.abs(yy - cy) <= ry) & (np.abs(xx - cx) <= rx)
+        shape = (
+            ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+            if rng.random() < 0.5
+            else (np.abs(yy - cy) <= ry) & (np.abs(xx - cx) <= rx)
+        )
         for index, (y0, x0, y1, x1) in enumerate(tiles):
             seen = np.zeros_like(shape)
             seen[y0:y1, x0:x1] = shape[y0:y1, x0:x1]
             if rng.random() < 0.3:
-                seen = np.roll(seen, rng.integers(-6, 7), axis=1) & (np.arange(600) < x1)[None] & (np.arange(600) >= x0)[None]
+                seen = (
+                    np.roll(seen, rng.integers(-6, 7), axis=1)
+                    & (np.arange(600) < x1)[None]
+                    & (np.arange(600) >= x0)[None]
+                )
             if seen.any():
-                m = _crop(seen, float(rng.random()), int(rng.integers(0, 3)))
+                m = crop_mask(seen, float(rng.random()), int(rng.integers(0, 3)))
                 masks.append(Mask(m.crop, m.y0, m.x0, m.quality, index, m.hint))
                 if rng.random() < 0.2:  # its upper half too, as SAM's multimask output gives parts
-                    half = _crop(m.crop[: max(1, m.crop.shape[0] // 2)], m.quality, m.hint)
+                    half = crop_mask(m.crop[: max(1, m.crop.shape[0] // 2)], m.quality, m.hint)
                     masks.append(Mask(half.crop, half.y0 + m.y0, half.x0 + m.x0, m.quality, index, m.hint))
     return masks
 
@@ -445,8 +530,10 @@ def test_vectorised_dedup_matches_the_pairwise_reference():
     assert len(masks) >= 300
     merged, expected = merge_across_seams(masks, tiles), reference_merge(masks, tiles)
     assert len(expected) < len(masks) - 50  # many copies across seams were merged
-    assert [(m.box, m.quality, m.tile, m.hint) for m in merged] == [(m.box, m.quality, m.tile, m.hint) for m in expected]
-    assert all(np.array_equal(a.crop, b.crop) for a, b in zip(merged, expected))
+    assert [(m.box, m.quality, m.tile, m.hint) for m in merged] == [
+        (m.box, m.quality, m.tile, m.hint) for m in expected
+    ]
+    assert all(np.array_equal(a.crop, b.crop) for a, b in zip(merged, expected, strict=False))
     scores = rng.random(len(masks)).round(2).tolist()  # ties too
     for iou in (0.0, 0.3, 0.5, 0.9):
         assert mask_nms(masks, scores, iou) == reference_nms(masks, scores, iou)
@@ -457,21 +544,30 @@ def test_vectorised_dedup_matches_the_pairwise_reference():
 
 
 def test_the_summary_says_where_every_proposal_went(make_geotiff):
-    objects = {**OBJECTS, "tree": (16, 304, 64, 352, "green"), "sand": (288, 32, 352, 96, "yellow"),
-               "shed": (416, 416, 432, 432, "red")}  # on the oracle's 16 px patches, so each is seen pure
+    objects = {
+        **OBJECTS,
+        "tree": (16, 304, 64, 352, "green"),
+        "sand": (288, 32, 352, 96, "yellow"),
+        "shed": (416, 416, 432, 432, "red"),
+    }  # on the oracle's 16 px patches, so each is seen pure
     path = make_geotiff(paint(objects), crs="EPSG:25832", transform=TRANSFORM)
 
     class LeaningText(OracleText):  # 'water' leans a little towards yellow: sand is water, unsure (p = 0.45)
         def embed(self, queries):
             vectors = super().embed(queries)
-            vectors[torch.tensor([q == "water" for q in queries])] = F.normalize(torch.tensor([0, 0, 1.0, 0, 0.01, 0, 0, 0]), dim=0)
+            vectors[torch.tensor([q == "water" for q in queries])] = F.normalize(
+                torch.tensor([0, 0, 1.0, 0, 0.01, 0, 0, 0]), dim=0
+            )
             return vectors
 
     engine = oracle_instance_engine(LeaningText())
     stages = []
-    result = engine.segment(request(path, background=("background", "tree"), min_area_m2=100.0,
-                                    instance=replace(TILES, score_threshold=0.5)),
-                            stage=lambda name, fraction: stages.append((fraction, name)))
+    result = engine.segment(
+        request(
+            path, background=("background", "tree"), min_area_m2=100.0, instance=replace(TILES, score_threshold=0.5)
+        ),
+        stage=lambda name, fraction: stages.append((fraction, name)),
+    )
     s = result.summary
     # the seam roof is one proposal after merging; the tree is background; the shed is 64 m2
     assert (s.proposals, s.kept, s.background, s.below_threshold, s.too_small) == (6, 3, 1, 1, 1)
@@ -486,7 +582,8 @@ def test_the_summary_says_where_every_proposal_went(make_geotiff):
 
 def test_objects_outside_the_extent_are_counted(make_geotiff):
     path = make_geotiff(paint(OBJECTS), crs="EPSG:25832", transform=TRANSFORM)
-    part = oracle_instance_engine().segment(request(path, features=FeatureOptions(resolution_m=0.5),
-                                                    bbox=world_box(300, 300, 440, 440).bounds))
+    part = oracle_instance_engine().segment(
+        request(path, features=FeatureOptions(resolution_m=0.5), bbox=world_box(300, 300, 440, 440).bounds)
+    )
     s = part.summary
     assert s.kept == 1 and s.outside_extent == s.proposals - 1  # the whole tile was proposed, one object touches

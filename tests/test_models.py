@@ -24,7 +24,7 @@ def test_tiny_random_is_deterministic_and_loud():
         a = models.load_model(models.TINY_MODEL)
     with pytest.warns(UserWarning):
         b = models.load_model(models.TINY_MODEL)
-    for (name, pa), (_, pb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+    for (name, pa), (_, pb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         assert torch.equal(pa, pb), name
     assert not a.model.training
 
@@ -96,6 +96,7 @@ def test_weights_found_in_the_hub_cache_layout(tmp_path):
 
 # ---- OpenAI formats, QuickGELU, relative paths ----------------------------------------------
 
+
 def _features(model, seed: int = 0) -> torch.Tensor:
     image = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
@@ -134,8 +135,9 @@ def gelu_tiny_arch(tmp_path):
 def test_openai_torchscript_archive_loads_with_quick_gelu(tmp_path, gelu_tiny_arch):
     torch.manual_seed(1)
     source = open_clip.create_model(gelu_tiny_arch, force_quick_gelu=True).eval()
-    traced = torch.jit.trace(source, (torch.rand(1, 3, 224, 224), torch.zeros(1, 77, dtype=torch.long)),
-                             check_trace=False)
+    traced = torch.jit.trace(
+        source, (torch.rand(1, 3, 224, 224), torch.zeros(1, 77, dtype=torch.long)), check_trace=False
+    )
     traced.save(str(tmp_path / "ViT-B-16.pt"))  # OpenAI ships its models as TorchScript archives
     loaded = models.load_model(f"{gelu_tiny_arch}@{tmp_path / 'ViT-B-16.pt'}")
     assert "OpenAI's format" in loaded.activation
@@ -168,11 +170,17 @@ def test_a_file_that_is_no_checkpoint_is_an_input_error(tmp_path):
 
 # ---- import and download, verified --------------------------------------------------------
 
+
 def _registered_tiny(monkeypatch, tiny_checkpoint, **spec):
     """A registry entry for the tiny model's weights file, with its real digest unless given."""
     path = Path(tiny_checkpoint.split("@", 1)[1])
-    spec = models.ModelSpec("tiny-file", models.TINY_ARCH, "tiny weights from a file", checkpoint="tiny-file.pt",
-                            **{"sha256": weights.sha256_file(path), **spec})
+    spec = models.ModelSpec(
+        "tiny-file",
+        models.TINY_ARCH,
+        "tiny weights from a file",
+        checkpoint="tiny-file.pt",
+        **{"sha256": weights.sha256_file(path), **spec},
+    )
     monkeypatch.setitem(models.MODELS, spec.name, spec)
     return spec, path
 
@@ -228,8 +236,14 @@ def test_download_is_verified_and_shows_its_bytes(monkeypatch, tiny_checkpoint, 
     assert target.read_bytes() == path.read_bytes()
     assert seen[-1] == (path.stat().st_size, path.stat().st_size) and len(seen) > 1
 
-    bad = models.ModelSpec("tiny-bad", models.TINY_ARCH, "wrong digest", checkpoint="tiny-bad.pt",
-                           source_url=f"{url}/tiny.pt", sha256="f" * 64)
+    bad = models.ModelSpec(
+        "tiny-bad",
+        models.TINY_ARCH,
+        "wrong digest",
+        checkpoint="tiny-bad.pt",
+        source_url=f"{url}/tiny.pt",
+        sha256="f" * 64,
+    )
     with pytest.raises(weights.DigestMismatchError):
         models.download_weights(bad)
     assert sorted(p.name for p in target.parent.iterdir()) == ["tiny-file.pt"]  # nothing half-written left

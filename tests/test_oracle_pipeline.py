@@ -14,8 +14,8 @@ from pyproj import Transformer
 from shapely.geometry import box
 
 from rsov.engine import SegmentRequest
-from rsov.predictor import FeatureOptions, ScoreOptions
-from rsov.vocabulary import build_vocabulary
+from rsov.semantic.predictor import FeatureOptions, ScoreOptions
+from rsov.semantic.vocabulary import build_vocabulary
 
 CLASSES = ("building,roof", "tree", "water")
 # (row0, col0, row1, col1) in pixels of a 448 x 448 raster, on the 16 px patch grid
@@ -27,7 +27,7 @@ def paint(size=448, scale=1):
     image = np.empty((3, size * scale, size * scale), dtype=np.uint8)
     image[:] = np.array(PALETTE["grey"][0], dtype=np.uint8)[:, None, None]
     for name, (r0, c0, r1, c1) in REGIONS.items():
-        image[:, r0 * scale:r1 * scale, c0 * scale:c1 * scale] = np.array(PALETTE[COLOUR[name]][0])[:, None, None]
+        image[:, r0 * scale : r1 * scale, c0 * scale : c1 * scale] = np.array(PALETTE[COLOUR[name]][0])[:, None, None]
     return image
 
 
@@ -135,7 +135,12 @@ def test_nodata_gets_no_class(make_geotiff):
     result = oracle_engine().segment(request(path))
     assert not result.prediction.class_map[64:160, 96:160].any()
     nodata_area = expected_box(PROJECTED, (64, 96, 160, 160))
+    found = by_class(result.features)
+    assert sorted(found) == sorted(REGIONS) and all(len(found[name]) == 1 for name in REGIONS)
     assert all(f.geometry.intersection(nodata_area).area < 1e-6 for f in result.features)
+    # the building is its right half, the part with data
+    right_half = expected_box(PROJECTED, (64, 160, 160, 224))
+    assert np.allclose(found["building"][0].geometry.bounds, right_half.bounds, atol=1.0)
 
 
 def test_edited_vocabulary_reuses_image_features(make_geotiff):
@@ -143,8 +148,13 @@ def test_edited_vocabulary_reuses_image_features(make_geotiff):
     engine = oracle_engine()
     first = engine.segment(request(path))
     calls = engine.encoder.calls
-    edited = SegmentRequest(raster=str(path), classes=("building,roof", "tree"), background=("background",),
-                            scoring=ScoreOptions(cls_lambda=0.0, threshold=0.5), features=FeatureOptions(long_side=448))
+    edited = SegmentRequest(
+        raster=str(path),
+        classes=("building,roof", "tree"),
+        background=("background",),
+        scoring=ScoreOptions(cls_lambda=0.0, threshold=0.5),
+        features=FeatureOptions(long_side=448),
+    )
     second = engine.segment(edited)
     assert engine.encoder.calls == calls and second.features_cached and not first.features_cached
     assert sorted(by_class(second.features)) == ["building", "tree"]
@@ -158,8 +168,10 @@ def test_progress_moves_through_the_vocabulary_windows_and_rows(make_geotiff):
     path = make_geotiff(paint(), crs="EPSG:25832", transform=PROJECTED)
     classes = CLASSES + tuple(f"thing {k}" for k in range(40))
     stages = []
-    oracle_engine().segment(replace(request(path), classes=classes, block_size=128),
-                            stage=lambda name, fraction: stages.append((fraction, name)))
+    oracle_engine().segment(
+        replace(request(path), classes=classes, block_size=128),
+        stage=lambda name, fraction: stages.append((fraction, name)),
+    )
     fractions = [f for f, _ in stages]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     names = [name for _, name in stages]

@@ -27,5 +27,5 @@ def test_colours_are_distinct_then_cycle_darker():
     assert len(set(first)) == n == 20 and palette.class_colour(0) == "#000000"
     second = [palette.class_colour(k) for k in range(n + 1, 2 * n + 1)]
     assert not set(first) & set(second) and len(set(first + second)) == 2 * n
-    assert palette.class_rgb(1) == (0xe6, 0x9f, 0x00) and palette.class_rgb(n + 1) == (138, 95, 0)
+    assert palette.class_rgb(1) == (0xE6, 0x9F, 0x00) and palette.class_rgb(n + 1) == (138, 95, 0)
     assert palette.cycle(n) == 0 and palette.cycle(n + 1) == 1

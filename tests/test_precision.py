@@ -4,13 +4,22 @@ import numpy as np
 import pytest
 import torch
 
-from rsov.precision import (MIN_AGREEMENT, Calibration, CpuCapability, calibration_key, choose_fast, cpu_capability,
-                            load_calibration, resolve_precision, save_calibration)
-from rsov.dense_clip import SegEarthCLIP
 from rsov.errors import InputError
 from rsov.models import TINY_MODEL, load_model
-from rsov.predictor import FeatureOptions, Predictor, _quantized
-from rsov.text import TEMPLATE_SETS, ClipTextEmbedder
+from rsov.precision import (
+    MIN_AGREEMENT,
+    Calibration,
+    CpuCapability,
+    calibration_key,
+    choose_fast,
+    cpu_capability,
+    load_calibration,
+    resolve_precision,
+    save_calibration,
+)
+from rsov.semantic.encoder import SegEarthCLIP
+from rsov.semantic.predictor import FeatureOptions, Predictor, _quantized
+from rsov.semantic.text import TEMPLATE_SETS, ClipTextEmbedder
 
 AVX2 = CpuCapability("AVX2", native_bf16=False, amx=False)  # the AMD EPYC where bf16 ran 9x slower
 BF16 = CpuCapability("AVX512", native_bf16=True, amx=False)

@@ -5,12 +5,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rsov.dense_clip import SegEarthCLIP, resize_positional_embedding
 from rsov.errors import CancelledError, InputError
 from rsov.models import TINY_MODEL, load_model
-from rsov.predictor import FeatureOptions, Predictor, ScoreOptions, bilinear_matrix, dec_channels, sliding_windows
-from rsov.text import TEMPLATE_SETS, ClipTextEmbedder
-from rsov.vocabulary import build_vocabulary
+from rsov.semantic.encoder import SegEarthCLIP, resize_positional_embedding
+from rsov.semantic.predictor import (
+    FeatureOptions,
+    Predictor,
+    ScoreOptions,
+    bilinear_matrix,
+    dec_channels,
+    sliding_windows,
+)
+from rsov.semantic.text import TEMPLATE_SETS, ClipTextEmbedder
+from rsov.semantic.vocabulary import build_vocabulary
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +50,13 @@ def reference_tokens(model, crop):
     y = last.ln_1(x)[0]
     d = y.shape[-1]
     w, b = last.attn.in_proj_weight, last.attn.in_proj_bias
-    q, k, val = (y @ w[i * d:(i + 1) * d].T + b[i * d:(i + 1) * d] for i in range(3))
+    q, k, val = (y @ w[i * d : (i + 1) * d].T + b[i * d : (i + 1) * d] for i in range(3))
     heads = last.attn.num_heads
     hd = d // heads
     outs = []
     for h in range(heads):
         sl = slice(h * hd, (h + 1) * hd)
-        attn = sum(torch.softmax(hd ** -0.5 * t[:, sl] @ t[:, sl].T, dim=-1) for t in (q, k, val))
+        attn = sum(torch.softmax(hd**-0.5 * t[:, sl] @ t[:, sl].T, dim=-1) for t in (q, k, val))
         outs.append(attn @ val[:, sl])
     out = last.attn.out_proj(torch.cat(outs, dim=-1))  # no residual, no FFN
     out = v.ln_post(out) @ v.proj
@@ -61,7 +68,9 @@ def reference_logits(model, mean, std, image, text, lam=0.3, long_side=448, wind
     h, w = image.shape[:2]
     scale = long_side / max(h, w)
     size = (int(h * scale + 0.5), int(w * scale + 0.5))
-    x = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=size, mode="bilinear", align_corners=False)
+    x = F.interpolate(
+        torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=size, mode="bilinear", align_corners=False
+    )
     x = (x - torch.tensor(mean).view(1, 3, 1, 1) * 255) / (torch.tensor(std).view(1, 3, 1, 1) * 255)
     H, W = size
     preds = torch.zeros(text.shape[0], H, W)
@@ -79,7 +88,7 @@ def reference_logits(model, mean, std, image, text, lam=0.3, long_side=448, wind
             logits = torch.einsum("chw,qc->qhw", F.normalize(patches, dim=0), text)
             logits = logits - lam * (F.normalize(cls, dim=0) @ text.T)[:, None, None]
             logits = F.interpolate(logits[None], size=crop.shape[-2:], mode="bilinear", align_corners=False)[0]
-            logits = logits[:, t:t + ch, left:left + cw]
+            logits = logits[:, t : t + ch, left : left + cw]
             preds[:, y1:y2, x1:x2] += logits
             count[y1:y2, x1:x2] += 1
     return preds / count

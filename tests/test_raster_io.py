@@ -1,4 +1,4 @@
-"""Tests for rsov.raster_io on real samples and synthetic edge-case rasters."""
+"""Tests for rsov.geo.raster_io on real samples and synthetic edge-case rasters."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pyproj import Transformer
 from rasterio.windows import Window
 
 from rsov.errors import InputError
-from rsov.raster_io import describe_raster, parse_bands, read_chip
+from rsov.geo.raster_io import describe_raster, parse_bands, read_chip
 
 
 @pytest.fixture
@@ -64,10 +64,22 @@ def test_bbox_in_wgs84_lands_on_the_right_pixels(oem):
     # Expected window, independently: project densely sampled bbox edges with pyproj.
     to_utm = Transformer.from_crs("EPSG:4326", "EPSG:25832", always_xy=True)
     t = np.linspace(0, 1, 200)
-    lons = np.concatenate([bbox[0] + t * (bbox[2] - bbox[0]), np.full(200, bbox[2]),
-                           bbox[0] + t * (bbox[2] - bbox[0]), np.full(200, bbox[0])])
-    lats = np.concatenate([np.full(200, bbox[1]), bbox[1] + t * (bbox[3] - bbox[1]),
-                           np.full(200, bbox[3]), bbox[1] + t * (bbox[3] - bbox[1])])
+    lons = np.concatenate(
+        [
+            bbox[0] + t * (bbox[2] - bbox[0]),
+            np.full(200, bbox[2]),
+            bbox[0] + t * (bbox[2] - bbox[0]),
+            np.full(200, bbox[0]),
+        ]
+    )
+    lats = np.concatenate(
+        [
+            np.full(200, bbox[1]),
+            bbox[1] + t * (bbox[3] - bbox[1]),
+            np.full(200, bbox[3]),
+            bbox[1] + t * (bbox[3] - bbox[1]),
+        ]
+    )
     xs, ys = to_utm.transform(lons, lats)
     col0, col1 = math.floor((xs.min() - 346000) / 0.5), math.ceil((xs.max() - 346000) / 0.5)
     row0, row1 = math.floor((5648000 - ys.max()) / 0.5), math.ceil((5648000 - ys.min()) / 0.5)
@@ -90,9 +102,7 @@ def test_bbox_in_raster_crs_snaps_outward_and_clips(oem):
     assert chip.image.shape == (201, 20, 3)
 
 
-@pytest.mark.parametrize(
-    ("bbox", "crs"), [((-180, -90, 180, 90), "EPSG:4326"), ((-2e7, -2e7, 2e7, 2e7), "EPSG:3857")]
-)
+@pytest.mark.parametrize(("bbox", "crs"), [((-180, -90, 180, 90), "EPSG:4326"), ((-2e7, -2e7, 2e7, 2e7), "EPSG:3857")])
 def test_world_extent_reads_the_whole_raster(oem, bbox, crs):
     # Projected into UTM directly, such extents collapse to nonsense far from the raster.
     chip = read_chip(oem, bbox=bbox, bbox_crs=crs)
@@ -194,8 +204,12 @@ def test_alpha_band_masks_pixels(make_geotiff):
     data[3, :, :5] = 0  # transparent columns
     path = make_geotiff(data)
     with rasterio.open(path, "r+") as ds:
-        ds.colorinterp = [rasterio.enums.ColorInterp.red, rasterio.enums.ColorInterp.green,
-                          rasterio.enums.ColorInterp.blue, rasterio.enums.ColorInterp.alpha]
+        ds.colorinterp = [
+            rasterio.enums.ColorInterp.red,
+            rasterio.enums.ColorInterp.green,
+            rasterio.enums.ColorInterp.blue,
+            rasterio.enums.ColorInterp.alpha,
+        ]
     chip = read_chip(path)
     assert not chip.valid[:, :5].any() and chip.valid[:, 5:].all()
     assert (chip.image[:, :5] == 0).all() and (chip.image[:, 5:] == 120).all()
@@ -259,7 +273,8 @@ def test_max_side_decimates(oem):
 def test_geographic_pixel_size(make_geotiff):
     # 0.0001 degree pixels centred at 60 N: about 111.32 km * cos(60) * 1e-4 = 5.57 m wide.
     path = make_geotiff(
-        np.full((3, 100, 100), 50, dtype=np.uint8), crs="EPSG:4326",
+        np.full((3, 100, 100), 50, dtype=np.uint8),
+        crs="EPSG:4326",
         transform=Affine(0.0001, 0, 10.0, 0, -0.0001, 60.005),
     )
     chip = read_chip(path)

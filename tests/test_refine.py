@@ -9,14 +9,19 @@ from scipy import ndimage
 from rsov.engine import Engine, SegmentRequest
 from rsov.errors import InputError
 from rsov.evaluation.options import EngineSpec, Variant, apply_option
-from rsov.instances import InstanceOptions, _crop
-from rsov.predictor import FeatureOptions, ScoreOptions
+from rsov.instance.masks import crop_mask
+from rsov.instance.types import InstanceOptions
 from rsov.refine import region_labels, region_means
+from rsov.semantic.predictor import FeatureOptions, ScoreOptions
 
 TRANSFORM = Affine(0.5, 0, 356000.0, 0, -0.5, 5645000.0)  # EPSG:25832, 0.5 m
 # off the 16 px patch grid, so the oracle CLIP map is blocky along every edge
-OBJECTS = {"roof": (37, 41, 139, 171, "red"), "lake": (205, 251, 331, 419, "blue"),
-           "roof_b": (300, 60, 390, 150, "red"), "sand": (70, 300, 101, 333, "yellow")}
+OBJECTS = {
+    "roof": (37, 41, 139, 171, "red"),
+    "lake": (205, 251, 331, 419, "blue"),
+    "roof_b": (300, 60, 390, 150, "red"),
+    "sand": (70, 300, 101, 333, "yellow"),
+}
 TRUTH = {"red": 1, "blue": 2, "yellow": 3, "grey": 0}
 TILES = InstanceOptions(tile=256, tile_overlap=64)
 
@@ -37,7 +42,7 @@ class ColourRegions:
             if (value >> 16, (value >> 8) & 255, value & 255) in self.missed:
                 continue
             regions, count = ndimage.label(codes == value)
-            masks += [_crop(regions == k, 0.99) for k in range(1, count + 1)]
+            masks += [crop_mask(regions == k, 0.99) for k in range(1, count + 1)]
         return masks
 
 
@@ -57,9 +62,15 @@ def engine(proposer):
 
 
 def request(path, **kw):
-    return SegmentRequest(raster=str(path), classes=("roof", "water", "sand"), background=("background",),
-                          features=FeatureOptions(resolution_m=0.5), scoring=ScoreOptions(cls_lambda=0.0),
-                          instance=TILES, **kw)
+    return SegmentRequest(
+        raster=str(path),
+        classes=("roof", "water", "sand"),
+        background=("background",),
+        features=FeatureOptions(resolution_m=0.5),
+        scoring=ScoreOptions(cls_lambda=0.0),
+        instance=TILES,
+        **kw,
+    )
 
 
 def boundary_iou(pred, truth, width=3):
@@ -113,8 +124,10 @@ def test_refinement_does_not_depend_on_the_block_or_the_extent(make_geotiff):
 def test_region_means_average_inside_each_region():
     import torch
 
-    masks = [_crop(np.pad(np.ones((4, 4), bool), ((0, 4), (0, 4))), 1.0),  # top-left quarter
-             _crop(np.ones((8, 8), bool), 1.0)]  # everything: painted first, the quarter on top
+    masks = [
+        crop_mask(np.pad(np.ones((4, 4), bool), ((0, 4), (0, 4))), 1.0),  # top-left quarter
+        crop_mask(np.ones((8, 8), bool), 1.0),
+    ]  # everything: painted first, the quarter on top
     labels = region_labels(masks, (8, 8))
     assert (labels[:4, :4] == 2).all() and (labels[4:] == 1).all()
     probs = torch.zeros(2, 8, 8)
@@ -135,7 +148,7 @@ def test_bad_refinements_are_refused(make_geotiff):
         one.segment(request(path, refine="crf"))
     variant = apply_option(Variant(EngineSpec(), request(path)), "refine", "sam")
     assert variant.request.refine == "sam"
-    with pytest.raises(InputError, match="not a valid value for refine"):
+    with pytest.raises(InputError, match="refine must be one of none, sam"):
         apply_option(variant, "refine", "crf")
 
 
@@ -148,11 +161,36 @@ def test_cli_refines_with_the_real_sam_path(shared_data, tiny_checkpoints, tmp_p
     monkeypatch.setenv("RSOV_CACHE_DIR", str(tmp_path / "cache"))
     clip, sam = tiny_checkpoints
     raster = shared_data / "openearthmap" / "oem_koeln_50.tif"
-    common = ["segment", str(raster), "--classes", "building; tree; road", "--model", clip, "--sam", sam,
-              "--points-per-side", "4", "--pred-iou=-1", "--stability=-1", "--quiet"]
+    common = [
+        "segment",
+        str(raster),
+        "--classes",
+        "building; tree; road",
+        "--model",
+        clip,
+        "--sam",
+        sam,
+        "--points-per-side",
+        "4",
+        "--pred-iou=-1",
+        "--stability=-1",
+        "--quiet",
+    ]
     for refine in ("none", "sam"):
-        assert cli.main(common + ["--refine", refine, "--out", str(tmp_path / f"{refine}.gpkg"),
-                                  "--raster-out", str(tmp_path / f"{refine}.tif")]) == 0, capsys.readouterr().err
+        assert (
+            cli.main(
+                common
+                + [
+                    "--refine",
+                    refine,
+                    "--out",
+                    str(tmp_path / f"{refine}.gpkg"),
+                    "--raster-out",
+                    str(tmp_path / f"{refine}.tif"),
+                ]
+            )
+            == 0
+        ), capsys.readouterr().err
     with rasterio.open(tmp_path / "none.tif") as a, rasterio.open(tmp_path / "sam.tif") as b:
         plain, refined = a.read(1), b.read(1)
     assert plain.shape == refined.shape and (plain != refined).any()  # SAM's regions changed the map

@@ -20,7 +20,7 @@ import rasterio
 import rasterio.transform
 from shapely.geometry import box, shape
 
-from rsov.client import Client, ClientError
+from rsov.service.client import Client, ClientError
 
 BIN = Path(sys.executable).parent
 OEM_BOUNDS = (346000.0, 5647500.0, 346500.0, 5648000.0)
@@ -42,9 +42,22 @@ class Server:
         self.log = open(folder / "server.log", "w")
         env = {**os.environ, "RSOV_CACHE_DIR": str(folder / "cache")}
         self.proc = subprocess.Popen(
-            [BIN / "rsov", "serve", "--model", model, "--port", str(self.port), "--token-file",
-             self.token_file, "--results-dir", self.results, *extra],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env,
+            [
+                BIN / "rsov",
+                "serve",
+                "--model",
+                model,
+                "--port",
+                str(self.port),
+                "--token-file",
+                self.token_file,
+                "--results-dir",
+                self.results,
+                *extra,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 120
@@ -110,8 +123,15 @@ def test_health_needs_no_token(server):
 
 def test_token_file_is_private_and_required(server, oem):
     assert stat.S_IMODE(server.token_file.stat().st_mode) == 0o600
-    for method, path in [("GET", "/v1/models"), ("POST", "/v1/models/sam-vit-b/download"), ("POST", "/v1/jobs"), ("GET", "/v1/jobs/x"), ("DELETE", "/v1/jobs/x"),
-                         ("GET", "/v1/jobs/x/result"), ("POST", "/v1/estimate")]:
+    for method, path in [
+        ("GET", "/v1/models"),
+        ("POST", "/v1/models/sam-vit-b/download"),
+        ("POST", "/v1/jobs"),
+        ("GET", "/v1/jobs/x"),
+        ("DELETE", "/v1/jobs/x"),
+        ("GET", "/v1/jobs/x/result"),
+        ("POST", "/v1/estimate"),
+    ]:
         for token in (None, "wrong-token"):
             response = server.http(method, path, token=token, json={"raster": oem, "classes": ["a"]})
             assert response.status_code == 401, (method, path)
@@ -183,8 +203,13 @@ def test_a_backend_without_weights_starts_and_loads_them_once_imported(tmp_path,
 
 
 def test_job_runs_to_done_with_growing_progress(server, oem):
-    job = server.client.submit(oem, ["building,roof", "tree", "road"], bbox=(346100, 5647600, 346400, 5647900),
-                               bbox_crs="EPSG:25832", long_side=1024)
+    job = server.client.submit(
+        oem,
+        ["building,roof", "tree", "road"],
+        bbox=(346100, 5647600, 346400, 5647900),
+        bbox_crs="EPSG:25832",
+        long_side=1024,
+    )
     seen = []
     final = server.client.wait(job, poll_s=0.02, on_status=seen.append)
     assert final["state"] == "done" and final["progress"] == 1.0 and final["error"] is None
@@ -236,8 +261,12 @@ def test_two_concurrent_jobs_both_finish(server, oem):
 
 def test_upload_a_chip(server, oem):
     with open(oem, "rb") as chip:
-        response = server.http("POST", "/v1/jobs", files={"chip": ("chip.tif", chip, "image/tiff")},
-                               data={"request": '{"classes": ["building", "tree"], "bbox": [346000, 5647500, 346200, 5647700]}'})
+        response = server.http(
+            "POST",
+            "/v1/jobs",
+            files={"chip": ("chip.tif", chip, "image/tiff")},
+            data={"request": '{"classes": ["building", "tree"], "bbox": [346000, 5647500, 346200, 5647700]}'},
+        )
     assert response.status_code == 202, response.text
     job = response.json()["job_id"]
     assert server.client.wait(job)["state"] == "done"
@@ -256,10 +285,26 @@ def bad_requests(oem, tmp: Path, token_file: Path):
         ({"json": {"raster": str(text), "classes": ["a"]}}, 400, "reads GeoTIFF"),
         ({"json": {"raster": oem + "\x00.tif", "classes": ["a"]}}, 400, "control characters"),
         ({"json": {"raster": oem, "classes": ["a"], "bbox": [1e300, 1e300, 1e308, 1e308]}}, 400, "does not overlap"),
-        ({"content": b'{"raster": "%s", "classes": ["a"], "bbox": [0, 0, Infinity, 1]}' % oem.encode(),
-          "headers": {"content-type": "application/json"}}, 422, "bbox"),
-        ({"json": {"raster": oem, "classes": ["a"], "bbox": [1, 2, 3, 4],
-                   "bbox_crs": "+proj=pipeline +step +proj=unitconvert +xy_in=deg +xy_out=rad"}}, 400, "not recognised"),
+        (
+            {
+                "content": b'{"raster": "%s", "classes": ["a"], "bbox": [0, 0, Infinity, 1]}' % oem.encode(),
+                "headers": {"content-type": "application/json"},
+            },
+            422,
+            "bbox",
+        ),
+        (
+            {
+                "json": {
+                    "raster": oem,
+                    "classes": ["a"],
+                    "bbox": [1, 2, 3, 4],
+                    "bbox_crs": "+proj=pipeline +step +proj=unitconvert +xy_in=deg +xy_out=rad",
+                }
+            },
+            400,
+            "not recognised",
+        ),
         ({"json": {"raster": oem, "classes": ["a"], "options": {"resolution": 1e-9}}}, 400, "finer"),
         ({"json": {"raster": str(token_file), "classes": ["a"]}}, 403, "does not read"),
         ({"json": {"raster": oem, "classes": ["a"], "bbox": [0, 0, 1, 1]}}, 400, "does not overlap"),
@@ -324,28 +369,67 @@ def test_allow_list_queue_limit_and_upload_limit(tmp_path, oem):
 
 
 def test_refuses_non_loopback_without_flag(tmp_path):
-    proc = subprocess.run([BIN / "rsov", "serve", "--model", "tiny-random", "--host", "0.0.0.0", "--token-file",
-                           tmp_path / "t"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [BIN / "rsov", "serve", "--model", "tiny-random", "--host", "0.0.0.0", "--token-file", tmp_path / "t"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "--allow-remote" in proc.stderr
 
 
 def test_openapi_fuzz_finds_no_server_errors(server):
     proc = subprocess.run(
-        [BIN / "st", "run", f"{server.url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "25",
-         "--header", f"Authorization: Bearer {server.token}", "--generation-deterministic", "--request-timeout", "30"],
-        capture_output=True, text=True, timeout=600,
+        [
+            BIN / "st",
+            "run",
+            f"{server.url}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "25",
+            "--header",
+            f"Authorization: Bearer {server.token}",
+            "--generation-deterministic",
+            "--request-timeout",
+            "30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-4000:]
 
 
 def test_instance_job_with_examples(server, oem):
-    examples = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "EPSG:25832"}},
-                "features": [{"type": "Feature", "properties": {"class": "building"},
-                              "geometry": {"type": "Polygon", "coordinates": [[[346100, 5647700], [346120, 5647700],
-                                                                               [346120, 5647720], [346100, 5647700]]]}}]}
-    body = {"raster": oem, "classes": ["building", "car"], "mode": "instance", "examples": examples,
-            "options": {"points_per_side": 3, "pred_iou": -1, "stability": -1, "object_threshold": 0,
-                        "class_prompts": False, "background": []}}
+    examples = {
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": "EPSG:25832"}},
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {"class": "building"},
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[346100, 5647700], [346120, 5647700], [346120, 5647720], [346100, 5647700]]],
+                },
+            }
+        ],
+    }
+    body = {
+        "raster": oem,
+        "classes": ["building", "car"],
+        "mode": "instance",
+        "examples": examples,
+        "options": {
+            "points_per_side": 3,
+            "pred_iou": -1,
+            "stability": -1,
+            "object_threshold": 0,
+            "class_prompts": False,
+            "background": [],
+        },
+    }
     response = server.http("POST", "/v1/jobs", json=body)
     assert response.status_code == 202, response.text
     job = response.json()["job_id"]
@@ -355,10 +439,13 @@ def test_instance_job_with_examples(server, oem):
     assert features and all("instance_id" in f["properties"] for f in features)
     summary = status["summary"]  # where every proposal went, and the same words as the message
     assert summary["kept"] == len(features) and status["message"] == summary["text"]
-    assert summary["proposals"] == sum(summary[k] for k in ("kept", "below_threshold", "background", "duplicates",
-                                                            "outside_extent", "too_small"))
-    bad = dict(body, examples={"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {},
-                                                                          "geometry": None}]})
+    assert summary["proposals"] == sum(
+        summary[k] for k in ("kept", "below_threshold", "background", "duplicates", "outside_extent", "too_small")
+    )
+    bad = dict(
+        body,
+        examples={"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}, "geometry": None}]},
+    )
     response = server.http("POST", "/v1/jobs", json=bad)
     assert response.status_code == 400 and "class" in response.json()["error"]["message"]
 
@@ -380,14 +467,23 @@ def test_finished_results_expire(tmp_path, oem):
 
 def test_examples_are_checked_before_the_job_is_queued(server, oem):
     def example(cls, x0, y0):
-        return {"type": "Feature", "properties": {"class": cls}, "geometry": {"type": "Polygon", "coordinates": [
-            [[x0, y0], [x0 + 10, y0], [x0 + 10, y0 + 10], [x0, y0]]]}}
+        return {
+            "type": "Feature",
+            "properties": {"class": cls},
+            "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x0 + 10, y0], [x0 + 10, y0 + 10], [x0, y0]]]},
+        }
 
     crs = {"type": "name", "properties": {"name": "EPSG:25832"}}
-    for feature, needle in [(example("car", 346100, 5647700), "not in the vocabulary"),
-                            (example("building", 0, 0), "does not overlap")]:
-        body = {"raster": oem, "classes": ["building"], "mode": "instance",
-                "examples": {"type": "FeatureCollection", "crs": crs, "features": [feature]}}
+    for feature, needle in [
+        (example("car", 346100, 5647700), "not in the vocabulary"),
+        (example("building", 0, 0), "does not overlap"),
+    ]:
+        body = {
+            "raster": oem,
+            "classes": ["building"],
+            "mode": "instance",
+            "examples": {"type": "FeatureCollection", "crs": crs, "features": [feature]},
+        }
         response = server.http("POST", "/v1/jobs", json=body)
         assert response.status_code == 400 and needle in response.json()["error"]["message"], response.text
 
@@ -396,8 +492,11 @@ def left_half_mask() -> dict:
     x0, y0, x1, y1 = OEM_BOUNDS
     xm = (x0 + x1) / 2
     ring = [[x0, y0], [xm, y0], [xm, y1], [x0, y1], [x0, y0]]
-    return {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "EPSG:25832"}},
-            "features": [{"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring]}}]}
+    return {
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": "EPSG:25832"}},
+        "features": [{"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring]}}],
+    }
 
 
 def test_estimate_says_what_a_job_costs(server, oem):
@@ -448,8 +547,11 @@ def test_a_vrt_is_refused_wherever_it_points(server, oem, tmp_path):
         assert ds.driver == "VRT"
     response = server.http("POST", "/v1/jobs", json={"raster": str(vrt), "classes": ["a"]})
     assert response.status_code == 400 and "no VRT" in response.json()["error"]["message"]
-    upload = server.http("POST", "/v1/jobs", files={"request": (None, '{"classes": ["a"]}'),
-                                                     "chip": ("chip.tif", vrt.read_bytes(), "image/tiff")})
+    upload = server.http(
+        "POST",
+        "/v1/jobs",
+        files={"request": (None, '{"classes": ["a"]}'), "chip": ("chip.tif", vrt.read_bytes(), "image/tiff")},
+    )
     assert upload.status_code == 400 and "no VRT" in upload.json()["error"]["message"]
 
 
@@ -480,9 +582,19 @@ def test_a_fifo_is_refused_before_anything_reads_it(server, tmp_path):
 
 def test_a_huge_header_is_refused_from_the_header(server, tmp_path):
     huge = tmp_path / "huge.tif"  # 200000 x 200000 px declared, a few kB on disk
-    with rasterio.open(huge, "w", driver="GTiff", width=200_000, height=200_000, count=3, dtype="uint8",
-                       tiled=True, sparse_ok=True, crs="EPSG:25832",
-                       transform=rasterio.transform.from_origin(346000, 5648000, 0.5, 0.5)):
+    with rasterio.open(
+        huge,
+        "w",
+        driver="GTiff",
+        width=200_000,
+        height=200_000,
+        count=3,
+        dtype="uint8",
+        tiled=True,
+        sparse_ok=True,
+        crs="EPSG:25832",
+        transform=rasterio.transform.from_origin(346000, 5648000, 0.5, 0.5),
+    ):
         pass  # nothing written: the tiles stay sparse
     assert huge.stat().st_size < 10 << 20
     started = time.monotonic()
@@ -493,8 +605,17 @@ def test_a_huge_header_is_refused_from_the_header(server, tmp_path):
 
 def test_complex_data_is_a_client_error(server, tmp_path):
     path = tmp_path / "complex.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=1, dtype="complex64", crs="EPSG:25832",
-                       transform=rasterio.transform.from_origin(346000, 5648000, 0.5, 0.5)) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=1,
+        dtype="complex64",
+        crs="EPSG:25832",
+        transform=rasterio.transform.from_origin(346000, 5648000, 0.5, 0.5),
+    ) as ds:
         ds.write(np.ones((1, 64, 64), dtype=np.complex64))
     response = server.http("POST", "/v1/jobs", json={"raster": str(path), "classes": ["a"]})
     assert response.status_code == 400 and "complex" in response.json()["error"]["message"]
@@ -503,18 +624,22 @@ def test_complex_data_is_a_client_error(server, tmp_path):
 def test_bodies_are_capped_while_they_are_read(tmp_path, oem):
     srv = Server(tmp_path, "--max-upload-mb", "1", "--max-json-mb", "0.01")
     try:
-        big_json = {"raster": oem, "classes": ["a"], "mask": {"type": "FeatureCollection", "features": [],
-                                                             "padding": "x" * 20_000}}
+        big_json = {
+            "raster": oem,
+            "classes": ["a"],
+            "mask": {"type": "FeatureCollection", "features": [], "padding": "x" * 20_000},
+        }
         response = srv.http("POST", "/v1/jobs", json=big_json)
         assert response.status_code == 413 and "request body" in response.json()["error"]["message"]
 
         def chunks():  # chunked: no Content-Length to refuse it by
-            yield b"--B\r\nContent-Disposition: form-data; name=\"chip\"; filename=\"c.tif\"\r\n\r\n"
+            yield b'--B\r\nContent-Disposition: form-data; name="chip"; filename="c.tif"\r\n\r\n'
             for _ in range(300):
                 yield b"\0" * (1 << 20)
 
-        response = srv.http("POST", "/v1/jobs", content=chunks(),
-                            headers={"content-type": "multipart/form-data; boundary=B"})
+        response = srv.http(
+            "POST", "/v1/jobs", content=chunks(), headers={"content-type": "multipart/form-data; boundary=B"}
+        )
         assert response.status_code == 413 and "upload" in response.json()["error"]["message"]
         assert srv.http("GET", "/v1/health", token=None).status_code == 200
         leftovers = [p for p in (tmp_path / "results").rglob("*") if p.is_file()]
@@ -553,9 +678,23 @@ def test_a_world_writable_results_folder_is_refused(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     results.chmod(0o777)
-    proc = subprocess.run([BIN / "rsov", "serve", "--model", "tiny-random", "--port", str(free_port()),
-                           "--token-file", tmp_path / "token", "--results-dir", results],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            BIN / "rsov",
+            "serve",
+            "--model",
+            "tiny-random",
+            "--port",
+            str(free_port()),
+            "--token-file",
+            tmp_path / "token",
+            "--results-dir",
+            results,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "writable by everyone" in proc.stderr
 
 
@@ -584,19 +723,51 @@ def hostile_jobs(oem: str, token_file: Path, seed: int = 0, count: int = 60) -> 
 
     rng = random.Random(seed)
     numbers = [0, -0.0, 1e-300, 1e300, -1e300, 1.7e308, 346250.0, 5647750.0, 2**63, -(2**63), 1e-9, 1e9]
-    crss = [None, "EPSG:25832", "EPSG:4326", "EPSG:999999", "+proj=pipeline +step +proj=axisswap +order=2,1",
-            "+proj=longlat +datum=WGS84", "GEOGCS[", "urn:ogc:def:crs:EPSG::3857", "", "\x00", "EPSG:4326" * 500]
-    options = [{"resolution": rng.choice([1e-12, 1e12, 0.5, 3.3])}, {"long_side": 16}, {"max_side": 16},
-               {"block_size": 64}, {"bands": [1, 1, 1]}, {"bands": [0]}, {"templates": str(token_file)},
-               {"templates": "/dev/zero"}, {"rotations": [90, 270]}, {"dec_keep": 1e-9}, {"threshold": 1.0},
-               {"simplify": 100}, {"min_area": 1e300}, {"tile": 64, "tile_overlap": 31}]
-    masks = [None, {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [0, 0]]]},
-             {"type": "FeatureCollection", "features": []}, {"type": "Point", "coordinates": [0, 0]},
-             {"type": "Polygon", "coordinates": [[[346100, 5647600], [346300, 5647600], [346300, 5647900],
-                                                  [346100, 5647600]]], "crs": {"type": "name",
-                                                                               "properties": {"name": "EPSG:25832"}}},
-             {"crs": {"type": "name", "properties": {"name": "+proj=pipeline"}}, "type": "Polygon",
-              "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}]
+    crss = [
+        None,
+        "EPSG:25832",
+        "EPSG:4326",
+        "EPSG:999999",
+        "+proj=pipeline +step +proj=axisswap +order=2,1",
+        "+proj=longlat +datum=WGS84",
+        "GEOGCS[",
+        "urn:ogc:def:crs:EPSG::3857",
+        "",
+        "\x00",
+        "EPSG:4326" * 500,
+    ]
+    options = [
+        {"resolution": rng.choice([1e-12, 1e12, 0.5, 3.3])},
+        {"long_side": 16},
+        {"max_side": 16},
+        {"block_size": 64},
+        {"bands": [1, 1, 1]},
+        {"bands": [0]},
+        {"templates": str(token_file)},
+        {"templates": "/dev/zero"},
+        {"rotations": [90, 270]},
+        {"dec_keep": 1e-9},
+        {"threshold": 1.0},
+        {"simplify": 100},
+        {"min_area": 1e300},
+        {"tile": 64, "tile_overlap": 31},
+    ]
+    masks = [
+        None,
+        {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [0, 0]]]},
+        {"type": "FeatureCollection", "features": []},
+        {"type": "Point", "coordinates": [0, 0]},
+        {
+            "type": "Polygon",
+            "coordinates": [[[346100, 5647600], [346300, 5647600], [346300, 5647900], [346100, 5647600]]],
+            "crs": {"type": "name", "properties": {"name": "EPSG:25832"}},
+        },
+        {
+            "crs": {"type": "name", "properties": {"name": "+proj=pipeline"}},
+            "type": "Polygon",
+            "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]],
+        },
+    ]
     jobs = []
     for _ in range(count):
         body = {"raster": oem, "classes": ["building", "tree"], "options": rng.choice(options)}

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from rsov.errors import InputError
 from rsov.models import TINY_MODEL, load_model
-from rsov.text import TEMPLATE_SETS, ClipTextEmbedder, resolve_templates
+from rsov.semantic.text import TEMPLATE_SETS, ClipTextEmbedder, resolve_templates
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +24,16 @@ def test_embedding_is_normalised_mean_of_normalised_templates(tiny, tmp_path):
     embedder = ClipTextEmbedder(tiny, templates, cache_root=tmp_path)
     got = embedder.embed(["swimming pool"])
     with torch.no_grad():
-        per = F.normalize(tiny.model.encode_text(tiny.tokenizer([t.format("swimming pool") for t in templates])), dim=-1)
+        per = F.normalize(
+            tiny.model.encode_text(tiny.tokenizer([t.format("swimming pool") for t in templates])), dim=-1
+        )
     expected = F.normalize(per.mean(0), dim=-1)
     assert got.shape == (1, 64)
     assert torch.allclose(got[0], expected, atol=1e-6)
 
 
 def test_trimmed_text_encoding_equals_open_clip(tiny):
-    from rsov.text import encode_text_trimmed
+    from rsov.semantic.text import encode_text_trimmed
 
     tokens = tiny.tokenizer(["a", "an aerial image of a large swimming pool next to a red roof", "tree"])
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Tests for rsov.upsample: FeatUp's JBUStack with its real CLIP checkpoint, and the fallback."""
+"""Tests for rsov.semantic.upsample: FeatUp's JBUStack with its real CLIP checkpoint, and the fallback."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rsov import upsample
 from rsov.errors import InputError
-from rsov.upsample import (
+from rsov.semantic import upsample
+from rsov.semantic.upsample import (
     JBUStack,
     JBUStage,
     build_upsampler,
@@ -124,7 +124,7 @@ def test_stage_sizes_are_exact_2x_for_16x_windows() -> None:
     assert JBUStack.stage_sizes((14, 14), (224, 224)) == [(28, 28), (56, 56), (112, 112), (224, 224)]
     sizes = JBUStack.stage_sizes((13, 11), (200, 168))
     assert sizes[-1] == (200, 168)
-    for (h0, w0), (h1, w1) in zip([(13, 11), *sizes[:-1]], sizes):
+    for (h0, w0), (h1, w1) in zip([(13, 11), *sizes[:-1]], sizes, strict=True):
         assert 1.7 < h1 / h0 < 2.3 and 1.7 < w1 / w0 < 2.3
 
 
@@ -162,7 +162,9 @@ def test_jbu_keeps_feature_edges_on_image_edges(jbu: JBUStack) -> None:
     source, guidance, _, _ = _edge_scene()
     with torch.inference_mode():
         t_jbu = _position_between_sides(jbu(source, guidance))
-        t_bilinear = _position_between_sides(F.interpolate(source, size=(224, 224), mode="bilinear", align_corners=False))
+        t_bilinear = _position_between_sides(
+            F.interpolate(source, size=(224, 224), mode="bilinear", align_corners=False)
+        )
     ideal = (torch.arange(224) >= 112).float()
     near = slice(96, 128)
     error_jbu = (t_jbu[near] - ideal[near]).abs().mean()
@@ -189,9 +191,7 @@ def test_stack_is_affine_and_stages_are_linear(jbu: JBUStack) -> None:
         )
         # Stages are linear; the final refinement adds 0.1 * its conv bias.
         bias_effect = 0.1 * jbu.fixup_proj[1].bias.reshape(1, -1, 1, 1)
-        torch.testing.assert_close(
-            jbu(2 * x, guidance), 2 * jbu(x, guidance) - bias_effect, rtol=1e-4, atol=1e-4
-        )
+        torch.testing.assert_close(jbu(2 * x, guidance), 2 * jbu(x, guidance) - bias_effect, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(
             jbu(x + y, guidance), jbu(x, guidance) + jbu(y, guidance) - bias_effect, rtol=1e-4, atol=1e-4
         )

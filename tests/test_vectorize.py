@@ -1,4 +1,4 @@
-"""Tests for rsov.vectorize: polygons from class maps, vector and raster outputs."""
+"""Tests for rsov.geo.vectorize: polygons from class maps, vector and raster outputs."""
 
 from __future__ import annotations
 
@@ -19,11 +19,10 @@ import shapely
 from affine import Affine
 from rasterio.features import rasterize, shapes
 
-from rsov.errors import InputError
 from rsov import palette
-from rsov.palette import class_rgb
-from rsov.qml import result_qml
-from rsov.vectorize import (
+from rsov.errors import InputError
+from rsov.geo.qml import result_qml
+from rsov.geo.vectorize import (
     VectorFeature,
     _clean,
     features_to_geojson,
@@ -31,6 +30,7 @@ from rsov.vectorize import (
     write_class_raster,
     write_vector,
 )
+from rsov.palette import class_rgb
 
 UTM = "EPSG:25832"
 # 0.5 m pixels, upper-left corner at (346000, 5648000).
@@ -58,8 +58,12 @@ def features(scene):
 
 def _world_box(row0, col0, row1, col1, transform=TRANSFORM):
     """Expected (minx, miny, maxx, maxy) of pixel rows row0:row1, cols col0:col1."""
-    return (transform.c + col0 * transform.a, transform.f + row1 * transform.e,
-            transform.c + col1 * transform.a, transform.f + row0 * transform.e)
+    return (
+        transform.c + col0 * transform.a,
+        transform.f + row1 * transform.e,
+        transform.c + col1 * transform.a,
+        transform.f + row0 * transform.e,
+    )
 
 
 def test_one_feature_per_region_in_order(features):
@@ -102,9 +106,7 @@ def test_valid_mask_removes_pixels(scene):
 
 
 def test_four_connectivity_and_adjacent_classes():
-    class_map = np.array([[1, 0, 2, 2],
-                          [0, 1, 2, 1],
-                          [0, 0, 0, 0]], dtype=np.int32)
+    class_map = np.array([[1, 0, 2, 2], [0, 1, 2, 1], [0, 0, 0, 0]], dtype=np.int32)
     features = polygonize(class_map, np.ones(class_map.shape), None, Affine.identity(), None, ["a", "b"])
     # Diagonal neighbours are separate regions; touching classes stay separate.
     assert [(f.class_id, f.area_m2) for f in features] == [(1, 1.0), (1, 1.0), (1, 1.0), (2, 3.0)]
@@ -118,7 +120,9 @@ def test_geographic_area_is_geodesic():
     (feature,) = polygonize(class_map, np.ones(class_map.shape), None, transform, "EPSG:4326", ["field"])
     # Spherical zone area R^2 * dlon * (sin(lat1) - sin(lat0)), mean Earth radius.
     lat_top, lat_bottom = 52.5 - 10e-4, 52.5 - 110e-4
-    expected = 6371008.8**2 * math.radians(0.01) * (math.sin(math.radians(lat_top)) - math.sin(math.radians(lat_bottom)))
+    expected = (
+        6371008.8**2 * math.radians(0.01) * (math.sin(math.radians(lat_top)) - math.sin(math.radians(lat_bottom)))
+    )
     assert feature.area_m2 == pytest.approx(expected, rel=0.01)
     assert feature.geometry.bounds == pytest.approx((13.401, 52.489, 13.411, 52.499))
 
@@ -175,7 +179,7 @@ def test_write_gpkg_round_trip(features, tmp_path):
     assert list(fields[2]) == [f.score for f in features]
     assert list(fields[3]) == [90.0, 15.0, 25.0]
     assert list(fields[4]) == ["new"] * 3  # ready for review
-    assert all(shapely.from_wkb(g).equals(f.geometry) for g, f in zip(geometry, features))
+    assert all(shapely.from_wkb(g).equals(f.geometry) for g, f in zip(geometry, features, strict=True))
     assert sorted(os.listdir(tmp_path)) == ["result.gpkg"]  # no temporary leftovers
 
 
@@ -198,19 +202,22 @@ def test_write_empty_result(tmp_path):
 def _styles(path) -> list[tuple[str, str, bool]]:
     """(layer, geometry column, is default) of each style in the GeoPackage's layer_styles table."""
     _, _, _, (layers, columns, defaults) = pyogrio.raw.read(
-        path, layer="layer_styles", columns=["f_table_name", "f_geometry_column", "useAsDefault"])
-    return list(zip(layers, columns, map(bool, defaults)))
+        path, layer="layer_styles", columns=["f_table_name", "f_geometry_column", "useAsDefault"]
+    )
+    return list(zip(layers, columns, map(bool, defaults), strict=True))
 
 
 def _symbols(path, layer: str = "rsov") -> list[tuple[str, dict[str, str]]]:
     """(category value, its SimpleFill properties) of the categorized renderer in a layer's QML."""
     _, _, _, (names, qmls) = pyogrio.raw.read(path, layer="layer_styles", columns=["f_table_name", "styleQML"])
-    root = ElementTree.fromstring(dict(zip(names, qmls))[layer])
+    root = ElementTree.fromstring(dict(zip(names, qmls, strict=True))[layer])
     renderer = root.find("renderer-v2")
     assert renderer.get("type") == "categorizedSymbol" and renderer.get("attr") == "class"
     symbols = {s.get("name"): s for s in renderer.iter("symbol")}
-    return [(c.get("value"), {p.get("k"): p.get("v") for p in symbols[c.get("symbol")].find("layer").iter("prop")})
-            for c in renderer.iter("category")]
+    return [
+        (c.get("value"), {p.get("k"): p.get("v") for p in symbols[c.get("symbol")].find("layer").iter("prop")})
+        for c in renderer.iter("category")
+    ]
 
 
 def test_gpkg_opens_styled_in_the_palette_colours(features, tmp_path):
@@ -229,8 +236,9 @@ def test_gpkg_opens_styled_in_the_palette_colours(features, tmp_path):
 
 def test_instance_gpkg_is_outlined_and_every_layer_is_styled(features, tmp_path):
     objects = [dataclasses.replace(f, instance_id=i) for i, f in enumerate(features, start=1)]
-    path = write_vector(objects, tmp_path / "objects.gpkg", UTM, layer_per_class=True, class_names=NAMES,
-                        instances=True)
+    path = write_vector(
+        objects, tmp_path / "objects.gpkg", UTM, layer_per_class=True, class_names=NAMES, instances=True
+    )
     assert _styles(path) == [("building", "geom", True), ("water", "geom", True)]
     value, props = _symbols(path, "water")[1]
     assert value == "water" and props["color"] == f"{','.join(map(str, class_rgb(2)))},40"
@@ -242,10 +250,13 @@ def test_classes_past_the_palette_s_first_cycle_are_hatched():
     names = [f"class {k}" for k in range(1, 2 * len(palette.COLOURS) + 2)] + ['roof "flat" & <tiles>']
     renderer = ElementTree.fromstring(result_qml(enumerate(names, start=1), instances=False)).find("renderer-v2")
     symbols = {s.get("name"): s for s in renderer.iter("symbol")}
-    layers = [[layer.get("class") for layer in symbols[c.get("symbol")].iter("layer")] for c in renderer.iter("category")]
+    layers = [
+        [layer.get("class") for layer in symbols[c.get("symbol")].iter("layer")] for c in renderer.iter("category")
+    ]
     assert layers[0] == layers[19] == ["SimpleFill"] and layers[20] == layers[40] == ["SimpleFill", "LinePatternFill"]
-    angles = [{p.get("k"): p.get("v") for p in symbols[str(k)].findall("layer")[-1].iter("prop")}["angle"]
-              for k in (20, 40)]
+    angles = [
+        {p.get("k"): p.get("v") for p in symbols[str(k)].findall("layer")[-1].iter("prop")}["angle"] for k in (20, 40)
+    ]
     assert angles == ["45", "135"]  # one angle per cycle
     assert [c.get("value") for c in renderer.iter("category")][-1] == 'roof "flat" & <tiles>'
 
@@ -270,7 +281,12 @@ def test_write_geojson_keeps_raster_crs(features, tmp_path):
     info = pyogrio.read_info(path)
     assert info["crs"] == UTM and info["features"] == 3
     assert json.loads(path.read_text())["features"][2]["properties"] == {
-        "class": "water", "class_id": 2, "score": features[2].score, "area_m2": 25.0, "status": "new"}
+        "class": "water",
+        "class_id": 2,
+        "score": features[2].score,
+        "area_m2": 25.0,
+        "status": "new",
+    }
 
 
 def test_overwrites_existing_file(features, tmp_path):

@@ -1,11 +1,13 @@
 import pytest
 
 from rsov.errors import InputError
-from rsov.vocabulary import MAX_CLASSES, build_vocabulary, read_classes_file, split_classes
+from rsov.semantic.vocabulary import MAX_CLASSES, build_vocabulary, read_classes_file, split_classes
 
 
 def test_synonyms_and_class_ids():
-    vocab = build_vocabulary(split_classes(" building, roof ,house; tree,forest;water "), background=("background", "tree"))
+    vocab = build_vocabulary(
+        split_classes(" building, roof ,house; tree,forest;water "), background=("background", "tree")
+    )
     assert vocab.names == ["building", "tree", "water"]
     queries, owners = vocab.queries()
     # "tree" is a user class, so it is not also a background synonym

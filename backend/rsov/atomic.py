@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .errors import InputError
 
@@ -29,17 +29,13 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     try:
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     except OSError as error:
-        raise InputError(
-            f"Cannot write {path}: the folder {path.parent} is not writable ({error.strerror})."
-        ) from None
+        raise InputError(f"Cannot write {path}: the folder {path.parent} is not writable ({error.strerror}).") from None
     try:
         tmp = tmp_dir / path.name
         yield tmp
         try:
             os.replace(tmp, path)
         except OSError as error:
-            raise InputError(
-                f"Cannot write {path} ({error.strerror}); is it open in another program?"
-            ) from None
+            raise InputError(f"Cannot write {path} ({error.strerror}); is it open in another program?") from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -8,13 +8,14 @@ so the output equals the single-process one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import cast
 
 from distributed import WorkerPlugin
 
-from .engine import CancelFn, SegmentRequest
+from .engine import CancelFn, Engine, SegmentRequest
 from .errors import CancelledError, InputError
 from .streaming import BlockRunner
 from .tiled import BlockResult, Plan
@@ -42,7 +43,7 @@ class EnginePlugin(WorkerPlugin):
     def __init__(self, spec: EngineSpec, threads: int | None) -> None:
         self.spec = spec
         self.threads = threads
-        self.engine = None
+        self.engine: Engine | None = None
 
     def setup(self, worker) -> None:
         import torch
@@ -52,8 +53,9 @@ class EnginePlugin(WorkerPlugin):
         if self.threads:
             torch.set_num_threads(self.threads)  # workers on one machine share its cores
         s = self.spec
-        self.engine = load_engine(s.model, s.device, s.upsampler, s.upsampler_checkpoint,
-                                  cache=FeatureCache(s.cache_mb << 20), sam=s.sam)
+        self.engine = load_engine(
+            s.model, s.device, s.upsampler, s.upsampler_checkpoint, cache=FeatureCache(s.cache_mb << 20), sam=s.sam
+        )
 
     def teardown(self, worker) -> None:
         self.engine = None
@@ -63,7 +65,9 @@ def _segment_block(request: SegmentRequest, job_plan: Plan, block: tuple[int, in
     """A Dask task: one block on this worker's engine."""
     from distributed import get_worker
 
-    engine = get_worker().plugins[PLUGIN_NAME].engine
+    engine = cast(EnginePlugin, get_worker().plugins[PLUGIN_NAME]).engine
+    if engine is None:
+        raise RuntimeError("The rsov engine plugin is not set up on this worker.")
     return next(engine.blocks(request, job_plan, [block]))
 
 
@@ -77,16 +81,25 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, timeou
         try:
             client = Client(scheduler, timeout=f"{timeout_s}s")
         except (OSError, TimeoutError) as exc:
-            raise InputError(f"The Dask scheduler at {scheduler} does not answer ({type(exc).__name__}): "
-                             "check the address (tcp://HOST:8786) and that the scheduler is running.") from None
+            raise InputError(
+                f"The Dask scheduler at {scheduler} does not answer ({type(exc).__name__}): "
+                "check the address (tcp://HOST:8786) and that the scheduler is running."
+            ) from None
         with client:
             yield client
         return
     if not workers or workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}.")
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.WARNING) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.WARNING,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 

@@ -12,8 +12,9 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,23 +23,25 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 from torch import nn
 
-from .dense_clip import DenseEncoder, SegEarthCLIP
 from .errors import CancelledError, InputError, WeightsMissingError
+from .geo.instance_io import build_example_bank, instance_features
+from .geo.raster_io import RasterChip, bounded_gdal_cache, open_raster, read_chip, window_bounds
+from .geo.vectorize import VectorFeature, polygonize
 from .grid import BLOCK_SIDE, tile_slide
-from .instances import (Example, Instance, InstanceOptions, InstanceSummary, Proposer, build_example_bank, classify,
-                        instance_features, prompt_points, propose)
+from .instance.classify import classify
+from .instance.prompts import prompt_points, propose
+from .instance.sam import SamProposer
+from .instance.types import Example, Instance, InstanceOptions, InstanceSummary, Proposer
 from .models import DEFAULT_MODEL, DEFAULT_SAM, TINY_MODEL, cache_dir, load_model, load_sam, resolve_sam_spec
+from .options import REFINE_MODES, by_stage
 from .precision import resolve_precision
-from .predictor import FeatureOptions, Prediction, Predictor, ScoreOptions
-from .sam_proposer import SamProposer
-from .refine import REFINE_MODES, SamRefiner
-from .raster_io import RasterChip, bounded_gdal_cache, open_raster, read_chip, window_bounds
-from .tiled import (DEFAULT_WINDOWS_PER_S, BlockResult, GridPredictor, Plan, WindowStats, estimate, plan,
-                    rasterize_area)
-from .text import ClipTextEmbedder, TextEmbedder, embed_in_steps, resolve_templates
-from .upsample import build_upsampler
-from .vectorize import VectorFeature, polygonize
-from .vocabulary import DEFAULT_BACKGROUND, Vocabulary, build_vocabulary
+from .refine import SamRefiner
+from .semantic.encoder import DenseEncoder, SegEarthCLIP
+from .semantic.predictor import FeatureOptions, Prediction, Predictor, ScoreOptions
+from .semantic.text import ClipTextEmbedder, TextEmbedder, embed_in_steps, resolve_templates
+from .semantic.upsample import build_upsampler
+from .semantic.vocabulary import DEFAULT_BACKGROUND, Vocabulary, build_vocabulary
+from .tiled import DEFAULT_WINDOWS_PER_S, BlockResult, GridPredictor, Plan, WindowStats, estimate, plan, rasterize_area
 
 log = logging.getLogger(__name__)
 StageFn = Callable[[str, float], None]  # (stage name, fraction of the whole job done)
@@ -92,15 +95,38 @@ class SegmentResult:
         return self.windows_encoded == 0 and self.windows_cached > 0
 
 
+def request_from_options(values: Mapping[str, Any], **fields: Any) -> SegmentRequest:
+    """A request from option values by name (rows of ``rsov.options``; those not given keep their
+    defaults) and the job's own fields (raster, classes, bbox, mode, examples, area...)."""
+    staged = by_stage(values)
+    return SegmentRequest(
+        **fields,
+        **staged["request"],
+        features=FeatureOptions(**staged["features"]),
+        scoring=ScoreOptions(**staged["scoring"]),
+        instance=InstanceOptions(**staged["instance"]),
+    )
+
+
 def plan_request(request: SegmentRequest) -> Plan:
     """The request's grids, blocks and area, from the raster header (no model needed)."""
     if request.refine not in REFINE_MODES:
         raise InputError(f"Unknown refinement '{request.refine}': use one of {', '.join(REFINE_MODES)}.")
-    job_plan = plan(request.raster, request.bbox, request.bbox_crs, request.bands, request.features, request.max_side,
-                    request.area, request.block_size)
+    job_plan = plan(
+        request.raster,
+        request.bbox,
+        request.bbox_crs,
+        request.bands,
+        request.features,
+        request.max_side,
+        request.area,
+        request.block_size,
+    )
     if request.refine == "sam" and request.mode == "semantic" and (job_plan.out.step_x, job_plan.out.step_y) != (1, 1):
-        raise InputError(f"Refining with SAM works on the raster's own pixels, and this output is decimated to "
-                         f"{job_plan.out.width}x{job_plan.out.height} px by max_side: drop max_side, or do not refine.")
+        raise InputError(
+            f"Refining with SAM works on the raster's own pixels, and this output is decimated to "
+            f"{job_plan.out.width}x{job_plan.out.height} px by max_side: drop max_side, or do not refine."
+        )
     return job_plan
 
 
@@ -126,7 +152,7 @@ class FeatureCache:
 
     def __init__(self, max_bytes: int = 2 << 30) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[str, object] = OrderedDict()
+        self._items: OrderedDict[str, Any] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -136,7 +162,7 @@ class FeatureCache:
                 self._items.move_to_end(key)
             return self._items.get(key)
 
-    def put(self, key: str, value) -> None:
+    def put(self, key: str, value: Any) -> None:
         """Keep ``value`` (anything with ``nbytes``)."""
         with self._lock:
             if key in self._items:
@@ -157,9 +183,16 @@ class FeatureCache:
 class Engine:
     """A dense encoder, an optional upsampler and text embedders, loaded once and reused."""
 
-    def __init__(self, encoder: DenseEncoder, text_factory: Callable[[tuple[str, ...]], TextEmbedder],
-                 upsampler: nn.Module | None = None, device: str | torch.device = "cpu", name: str = "custom",
-                 cache: FeatureCache | None = None, proposer_factory: Callable[[], Proposer] | None = None) -> None:
+    def __init__(
+        self,
+        encoder: DenseEncoder,
+        text_factory: Callable[[tuple[str, ...]], TextEmbedder],
+        upsampler: nn.Module | None = None,
+        device: str | torch.device = "cpu",
+        name: str = "custom",
+        cache: FeatureCache | None = None,
+        proposer_factory: Callable[[], Proposer] | None = None,
+    ) -> None:
         self.encoder = encoder
         self.upsampler = upsampler
         self.device = torch.device(device)
@@ -211,9 +244,15 @@ class Engine:
     def grid_predictor(self, templates: str = "openai") -> GridPredictor:
         return GridPredictor(self.predictor(templates), self.cache, self.name)
 
-    def blocks(self, request: SegmentRequest, job_plan: Plan, blocks: list[tuple[int, int, int, int]] | None = None,
-               stage: StageFn | None = None, cancelled: CancelFn | None = None,
-               stats: WindowStats | None = None) -> Iterator[BlockResult]:
+    def blocks(
+        self,
+        request: SegmentRequest,
+        job_plan: Plan,
+        blocks: list[tuple[int, int, int, int]] | None = None,
+        stage: StageFn | None = None,
+        cancelled: CancelFn | None = None,
+        stats: WindowStats | None = None,
+    ) -> Iterator[BlockResult]:
         """Segment the plan's blocks (default: all) one at a time, in order."""
         vocabulary = build_vocabulary(list(request.classes), request.background)
         blocks = job_plan.out.blocks if blocks is None else blocks
@@ -223,12 +262,28 @@ class Engine:
         # each block's share of the bar: encoding windows, then scoring, then (with a refinement) SAM's tiles
         encoding, scoring = (0.4, 0.5) if request.refine == "sam" else (0.8, 1.0)
         if stage is not None:  # a cold vocabulary of hundreds of classes takes seconds: say so
-            embed_in_steps(grid.predictor.text, vocabulary.queries()[0],
-                           lambda n, total: stage(f"embedding the vocabulary: {n}/{total} queries", 0.0))
+            embed_in_steps(
+                grid.predictor.text,
+                vocabulary.queries()[0],
+                lambda n, total: stage(f"embedding the vocabulary: {n}/{total} queries", 0.0),
+            )
         with bounded_gdal_cache(), open_raster(request.raster) as ds:
             grid.set_raster(ds, job_plan, request.features)
-            refiner = SamRefiner(self.proposer, grid, ds, job_plan, vocabulary, request.scoring, request.instance,
-                                 request.features.precision, sam_tile_key(job_plan)) if request.refine == "sam" else None
+            refiner = (
+                SamRefiner(
+                    self.proposer,
+                    grid,
+                    ds,
+                    job_plan,
+                    vocabulary,
+                    request.scoring,
+                    request.instance,
+                    request.features.precision,
+                    sam_tile_key(job_plan),
+                )
+                if request.refine == "sam"
+                else None
+            )
             for done, block in enumerate(blocks):
                 if cancelled is not None and cancelled():
                     raise CancelledError("The job was cancelled.")
@@ -241,18 +296,31 @@ class Engine:
                 report("", 0.0)
                 t, encoded = time.perf_counter(), grid.stats.encoded
                 result = grid.predict_block(
-                    vocabulary, request.scoring, block, cancelled,
+                    vocabulary,
+                    request.scoring,
+                    block,
+                    cancelled,
                     lambda n, total: report(f"encoding windows {n}/{total}", encoding * n / total),
-                    lambda n, total: report(f"scoring {len(vocabulary.classes)} classes: rows {n}/{total}",
-                                            encoding + (scoring - encoding) * n / total))
+                    lambda n, total: report(
+                        f"scoring {len(vocabulary.classes)} classes: rows {n}/{total}",
+                        encoding + (scoring - encoding) * n / total,
+                    ),
+                )
                 if grid.stats.encoded > encoded:  # keep the measured speed for estimates
                     self.windows_per_s = (grid.stats.encoded - encoded) / max(time.perf_counter() - t, 1e-6)
                 if refiner is not None:
-                    result = refiner.refine(result, cancelled, lambda n, total: report(
-                        f"refining with SAM, tile {n}/{total}", scoring + (1 - scoring) * n / total))
+                    result = refiner.refine(
+                        result,
+                        cancelled,
+                        lambda n, total: report(
+                            f"refining with SAM, tile {n}/{total}", scoring + (1 - scoring) * n / total
+                        ),
+                    )
                 yield result
 
-    def segment(self, request: SegmentRequest, stage: StageFn | None = None, cancelled: CancelFn | None = None) -> SegmentResult:
+    def segment(
+        self, request: SegmentRequest, stage: StageFn | None = None, cancelled: CancelFn | None = None
+    ) -> SegmentResult:
         """Run one request end to end, in memory; vocabulary errors surface before any pixel is read."""
         if request.mode == "instance":
             return self._segment_instances(request, stage, cancelled)
@@ -262,39 +330,74 @@ class Engine:
         job_plan = self.plan(request)
         height, width = job_plan.out.height, job_plan.out.width
         if height * width > IN_MEMORY_MAX_PX:
-            raise InputError(f"The extent is {width}x{height} px, too large to hold in memory: "
-                             "segment it with `rsov segment` or `rsov batch`, which stream it block by block.")
+            raise InputError(
+                f"The extent is {width}x{height} px, too large to hold in memory: "
+                "segment it with `rsov segment` or `rsov batch`, which stream it block by block."
+            )
         t = time.perf_counter()
         stats = WindowStats()
-        class_map, score_map, valid = self._in_memory(request, job_plan, lambda name, f: report(name, 0.9 * f),
-                                                      cancelled, stats)
+        class_map, score_map, valid = self._in_memory(
+            request, job_plan, lambda name, f: report(name, 0.9 * f), cancelled, stats
+        )
         if not valid.any():
             raise InputError("The requested extent contains only nodata pixels.")
         timings = {"segment_s": time.perf_counter() - t}
         prediction = Prediction(class_map, score_map, vocabulary.names)
         t = time.perf_counter()
         report("vectorizing", 0.95)
-        features = polygonize(class_map, score_map, valid, job_plan.transform, job_plan.crs, vocabulary.names,
-                              request.simplify_px, request.min_area_m2) if request.vectorize else []
+        features = (
+            polygonize(
+                class_map,
+                score_map,
+                valid,
+                job_plan.transform,
+                job_plan.crs,
+                vocabulary.names,
+                request.simplify_px,
+                request.min_area_m2,
+            )
+            if request.vectorize
+            else []
+        )
         timings["vectorize_s"] = time.perf_counter() - t
         report("done", 1.0)
-        return SegmentResult(vocabulary, prediction, features, job_plan.transform, job_plan.crs, job_plan.bounds,
-                             job_plan, timings, stats.encoded, stats.cached)
+        return SegmentResult(
+            vocabulary,
+            prediction,
+            features,
+            job_plan.transform,
+            job_plan.crs,
+            job_plan.bounds,
+            job_plan,
+            timings,
+            stats.encoded,
+            stats.cached,
+        )
 
-    def _in_memory(self, request: SegmentRequest, job_plan: Plan, stage: StageFn | None, cancelled: CancelFn | None,
-                   stats: WindowStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _in_memory(
+        self,
+        request: SegmentRequest,
+        job_plan: Plan,
+        stage: StageFn | None,
+        cancelled: CancelFn | None,
+        stats: WindowStats,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every block of the plan into whole (H, W) class, score and validity maps."""
         shape = (job_plan.out.height, job_plan.out.width)
         class_map, score_map = np.zeros(shape, dtype=np.int16), np.zeros(shape, dtype=np.float32)
         valid = np.zeros(shape, dtype=bool)
         for block in self.blocks(request, job_plan, stage=stage, cancelled=cancelled, stats=stats):
             r0, c0, r1, c1 = block.block
-            class_map[r0:r1, c0:c1], score_map[r0:r1, c0:c1], valid[r0:r1, c0:c1] = \
-                block.class_map, block.score_map, block.valid
+            class_map[r0:r1, c0:c1], score_map[r0:r1, c0:c1], valid[r0:r1, c0:c1] = (
+                block.class_map,
+                block.score_map,
+                block.valid,
+            )
         return class_map, score_map, valid
 
-    def _segment_instances(self, request: SegmentRequest, stage: StageFn | None = None,
-                           cancelled: CancelFn | None = None) -> SegmentResult:
+    def _segment_instances(
+        self, request: SegmentRequest, stage: StageFn | None = None, cancelled: CancelFn | None = None
+    ) -> SegmentResult:
         """Instance mode on the raster's grids: SAM tiles on one tile grid per raster, CLIP features
         and the semantic pass (prompts) on its window grid, so an object's answer does not depend on
         the extent. The chip in memory covers the whole tiles that touch the extent; objects that
@@ -318,8 +421,9 @@ class Engine:
         t = time.perf_counter()
         stats = WindowStats()
         semantic = self._semantic_share(request, work, len(tiles) if tiles is not None else 1)
-        class_map, score_map, _ = self._in_memory(request, work, lambda name, f: report(name, semantic * f), cancelled,
-                                                  stats)
+        class_map, score_map, _ = self._in_memory(
+            request, work, lambda name, f: report(name, semantic * f), cancelled, stats
+        )
         class_map[~chip.valid], score_map[~chip.valid] = 0, 0.0
         prediction = Prediction(class_map, score_map, vocabulary.names)
         predictor = self.predictor(request.templates)
@@ -329,31 +433,66 @@ class Engine:
             grid.set_raster(ds, work, request.features)
             predictor.set_features(grid.image_features(cancelled))  # from the cache: nothing is encoded again
         timings["semantic_s"] = time.perf_counter() - t
-        instances, summary = self._instances(request, chip, predictor, prediction, vocabulary, work, tiles, timings,
-                                             lambda name, f: report(name, semantic + (0.93 - semantic) * f), cancelled)
+        instances, summary = self._instances(
+            request,
+            chip,
+            predictor,
+            prediction,
+            vocabulary,
+            work,
+            tiles,
+            timings,
+            lambda name, f: report(name, semantic + (0.93 - semantic) * f),
+            cancelled,
+        )
         # back to the extent asked for: its pixels, and the objects that touch it
         oy, ox = asked.out.row0 - work.out.row0, asked.out.col0 - work.out.col0
         h, w = asked.out.height, asked.out.width
         if (oy, ox, h, w) != (0, 0, *class_map.shape):
-            chip = RasterChip(chip.image[oy:oy + h, ox:ox + w], chip.valid[oy:oy + h, ox:ox + w],
-                              chip.transform @ Affine.translation(ox, oy), chip.crs, asked.bounds, chip.pixel_size_m,
-                              chip.source)
-            prediction = Prediction(class_map[oy:oy + h, ox:ox + w], score_map[oy:oy + h, ox:ox + w], vocabulary.names)
-            instances = [replace(i, mask=replace(i.mask, y0=i.mask.y0 - oy, x0=i.mask.x0 - ox), shape=(h, w))
-                         for i in instances]
+            chip = RasterChip(
+                chip.image[oy : oy + h, ox : ox + w],
+                chip.valid[oy : oy + h, ox : ox + w],
+                chip.transform @ Affine.translation(ox, oy),
+                chip.crs,
+                asked.bounds,
+                chip.pixel_size_m,
+                chip.source,
+            )
+            prediction = Prediction(
+                class_map[oy : oy + h, ox : ox + w], score_map[oy : oy + h, ox : ox + w], vocabulary.names
+            )
+            instances = [
+                replace(i, mask=replace(i.mask, y0=i.mask.y0 - oy, x0=i.mask.x0 - ox), shape=(h, w)) for i in instances
+            ]
             inside = [i for i in instances if i.full_mask.any()]
             summary = replace(summary, outside_extent=len(instances) - len(inside))
             instances = inside
         t = time.perf_counter()
         report("vectorizing", 0.95)
-        features = instance_features(instances, chip, request.simplify_px, request.instance,
-                                     request.min_area_m2) if request.vectorize else []
+        features = (
+            instance_features(instances, chip, request.simplify_px, request.instance, request.min_area_m2)
+            if request.vectorize
+            else []
+        )
         timings["vectorize_s"] = time.perf_counter() - t
         if request.vectorize:
             summary = replace(summary, kept=len(features), too_small=summary.too_small + len(instances) - len(features))
         report(f"done: {summary.text}", 1.0)
-        return SegmentResult(vocabulary, prediction, features, chip.transform, chip.crs, chip.bounds, asked, timings,
-                             stats.encoded, stats.cached, chip=chip, instances=instances, summary=summary)
+        return SegmentResult(
+            vocabulary,
+            prediction,
+            features,
+            chip.transform,
+            chip.crs,
+            chip.bounds,
+            asked,
+            timings,
+            stats.encoded,
+            stats.cached,
+            chip=chip,
+            instances=instances,
+            summary=summary,
+        )
 
     def _semantic_share(self, request: SegmentRequest, work: Plan, tiles: int) -> float:
         """The fraction of an instance job's time the semantic pass is expected to take (windows to encode
@@ -362,8 +501,7 @@ class Engine:
         semantic_s = to_encode / self.windows_per_s
         return 0.9 * semantic_s / (semantic_s + tiles * self.sam_tile_s)
 
-    def _sam_tiles(self, request: SegmentRequest,
-                   asked: Plan) -> tuple[list[tuple[int, int, int, int]] | None, Plan]:
+    def _sam_tiles(self, request: SegmentRequest, asked: Plan) -> tuple[list[tuple[int, int, int, int]] | None, Plan]:
         """SAM's tiles (native raster pixels) that touch the extent, on one slide over the whole raster,
         and the plan of the area they cover; (None, ``asked``) when the output is decimated (tiles
         then slide over the chip)."""
@@ -372,29 +510,56 @@ class Engine:
         options = request.instance
         slide = tile_slide(asked.raster_size, options.tile, options.tile_overlap, asked.pixel_size_m)
         e = asked.extent
-        tiles = slide.windows_touching((int(e.row_off), int(e.row_off + e.height)),
-                                       (int(e.col_off), int(e.col_off + e.width)))
+        tiles = slide.windows_touching(
+            (int(e.row_off), int(e.row_off + e.height)), (int(e.col_off), int(e.col_off + e.width))
+        )
         y0, x0 = min(t[0] for t in tiles), min(t[1] for t in tiles)
         y1, x1 = max(t[2] for t in tiles), max(t[3] for t in tiles)
         bounds = window_bounds(Window(x0, y0, x1 - x0, y1 - y0), asked.raster_transform)
         work = plan(request.raster, bounds, None, request.bands, request.features, None, None, request.block_size)
         return tiles, work
 
-    def _instances(self, request: SegmentRequest, chip: RasterChip, predictor: Predictor, prediction: Prediction,
-                   vocabulary: Vocabulary, work: Plan, tiles: list | None, timings: dict, report: StageFn,
-                   cancelled: CancelFn | None) -> tuple[list[Instance], InstanceSummary]:
+    def _instances(
+        self,
+        request: SegmentRequest,
+        chip: RasterChip,
+        predictor: Predictor,
+        prediction: Prediction,
+        vocabulary: Vocabulary,
+        work: Plan,
+        tiles: list | None,
+        timings: dict,
+        report: StageFn,
+        cancelled: CancelFn | None,
+    ) -> tuple[list[Instance], InstanceSummary]:
         """Instance mode after the semantic pass: proposals, examples, classification; ``report`` from 0 to 1."""
         options = request.instance
         report("proposing objects", 0.0)
         t = time.perf_counter()
-        points = prompt_points(prediction.class_map, prediction.score_map, options) if options.class_prompts \
+        points = (
+            prompt_points(prediction.class_map, prediction.score_map, options)
+            if options.class_prompts
             else np.zeros((0, 3))
+        )
         origin = (work.out.row0, work.out.col0)
-        local = None if tiles is None else [(y0 - origin[0], x0 - origin[1], y1 - origin[0], x1 - origin[1])
-                                            for y0, x0, y1, x1 in tiles]
+        local = (
+            None
+            if tiles is None
+            else [(y0 - origin[0], x0 - origin[1], y1 - origin[0], x1 - origin[1]) for y0, x0, y1, x1 in tiles]
+        )
         key = sam_tile_key(work) if tiles is not None else repr((sam_tile_key(work), work.out))
-        proposals = propose(self.proposer, chip.image, key, points, options, cancelled, local, origin,
-                            request.features.precision, lambda f, text: report(f"proposing objects: {text}", 0.95 * f))
+        proposals = propose(
+            self.proposer,
+            chip.image,
+            key,
+            points,
+            options,
+            cancelled,
+            local,
+            origin,
+            request.features.precision,
+            lambda f, text: report(f"proposing objects: {text}", 0.95 * f),
+        )
         masks = []
         for mask in proposals:
             y0, x0, y1, x1 = mask.box
@@ -408,8 +573,15 @@ class Engine:
         bank = None
         if request.examples:
             helper = Predictor(self.encoder, predictor.text, self.upsampler, self.device)  # keeps ours intact
-            bank = build_example_bank(helper, request.raster, request.examples, vocabulary, request.bands,
-                                      request.features, work.grid.resolution_m)
+            bank = build_example_bank(
+                helper,
+                request.raster,
+                request.examples,
+                vocabulary,
+                request.bands,
+                request.features,
+                work.grid.resolution_m,
+            )
         instances, summary = classify(predictor, chip.image, masks, vocabulary, request.scoring, options, bank)
         timings["classify_s"] = time.perf_counter() - t
         return instances, replace(summary, proposals=len(proposals), too_small=len(proposals) - len(masks))
@@ -420,7 +592,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for, but torch sees no CUDA GPU (is a CUDA build of torch installed?).")
+        raise InputError(
+            "--device cuda was asked for, but torch sees no CUDA GPU (is a CUDA build of torch installed?)."
+        )
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise InputError(f"Unknown device '{device}': use auto, cpu or cuda.")
     return torch.device(device)
@@ -462,9 +636,15 @@ class EngineSlot:
             return self._engine
 
 
-def load_engine(model: str = DEFAULT_MODEL, device: str = "auto", upsampler: str = "bilinear",
-                upsampler_checkpoint: str | None = None, cache: FeatureCache | None = None,
-                sam: str | None = None, download: bool = True) -> Engine:
+def load_engine(
+    model: str = DEFAULT_MODEL,
+    device: str = "auto",
+    upsampler: str = "bilinear",
+    upsampler_checkpoint: str | None = None,
+    cache: FeatureCache | None = None,
+    sam: str | None = None,
+    download: bool = True,
+) -> Engine:
     """Build the real engine: CLIP by name (see ``models``), SegEarth-OV encoder, upsampler, text embedders.
 
     ``sam`` names the Segment Anything model for instance mode (loaded on first use; default: the tiny
@@ -479,5 +659,12 @@ def load_engine(model: str = DEFAULT_MODEL, device: str = "auto", upsampler: str
     name = f"{loaded.weights_id}|{upsampler}|{upsampler_checkpoint}"
     sam = sam or (TINY_MODEL if model == TINY_MODEL else DEFAULT_SAM)
     resolve_sam_spec(sam)  # a wrong name fails now, not at the first instance job
-    return Engine(encoder, lambda templates: ClipTextEmbedder(loaded, templates), up, dev, name, cache,
-                  proposer_factory=lambda: SamProposer(*load_sam(sam, dev), calibration_dir=cache_dir()))
+    return Engine(
+        encoder,
+        lambda templates: ClipTextEmbedder(loaded, templates),
+        up,
+        dev,
+        name,
+        cache,
+        proposer_factory=lambda: SamProposer(*load_sam(sam, dev), calibration_dir=cache_dir()),
+    )

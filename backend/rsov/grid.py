@@ -102,18 +102,22 @@ class OutputGrid:
     def transform(self, raster_transform: Affine) -> Affine:
         return raster_transform @ Affine.translation(self.col0, self.row0) @ Affine.scale(self.step_x, self.step_y)
 
-    def native_window(self, rows: tuple[int, int] = None, cols: tuple[int, int] = None) -> Window:
+    def native_window(self, rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None) -> Window:
         """The native window of output rows [r0, r1) x cols [c0, c1) (default: all)."""
         r0, r1 = rows or (0, self.height)
         c0, c1 = cols or (0, self.width)
-        return Window(self.col0 + c0 * self.step_x, self.row0 + r0 * self.step_y,
-                      (c1 - c0) * self.step_x, (r1 - r0) * self.step_y)
+        return Window(
+            self.col0 + c0 * self.step_x, self.row0 + r0 * self.step_y, (c1 - c0) * self.step_x, (r1 - r0) * self.step_y
+        )
 
     @property
     def blocks(self) -> list[tuple[int, int, int, int]]:
         """Blocks (r0, c0, r1, c1) in output pixels, row-major."""
-        return [(r, c, min(r + self.block, self.height), min(c + self.block, self.width))
-                for r in range(0, self.height, self.block) for c in range(0, self.width, self.block)]
+        return [
+            (r, c, min(r + self.block, self.height), min(c + self.block, self.width))
+            for r in range(0, self.height, self.block)
+            for c in range(0, self.width, self.block)
+        ]
 
 
 def tile_slide(raster_size: tuple[int, int], tile: int, overlap: int, pixel_size_m: float | None) -> WorkingGrid:
@@ -136,8 +140,15 @@ def owning_starts(grid: WorkingGrid, axis: int, lo: int, hi: int) -> np.ndarray:
     return starts[distance.argmin(1)]
 
 
-def working_grid(raster_size: tuple[int, int], extent: Window, pixel_size_m: float | None,
-                 resolution_m: float | None, long_side: int | None, window: int, stride: int) -> WorkingGrid:
+def working_grid(
+    raster_size: tuple[int, int],
+    extent: Window,
+    pixel_size_m: float | None,
+    resolution_m: float | None,
+    long_side: int | None,
+    window: int,
+    stride: int,
+) -> WorkingGrid:
     """The working grid for a raster of (H, W) native pixels and a requested extent (native window).
 
     ``long_side`` selects the per-extent rule (the extent is the domain, resized to that long
@@ -145,17 +156,18 @@ def working_grid(raster_size: tuple[int, int], extent: Window, pixel_size_m: flo
     own resolution times ``AUTO_FACTOR``). Rasters without a georeference use the per-extent rule
     with 448 px, as the paper does.
     """
-    if long_side is None and pixel_size_m is None:
-        if resolution_m is not None:
-            raise InputError("A ground resolution needs a georeferenced raster (its pixel size is unknown).")
-        long_side = 448
-    if long_side is not None:
+    if long_side is not None or pixel_size_m is None:
+        if long_side is None:
+            if resolution_m is not None:
+                raise InputError("A ground resolution needs a georeferenced raster (its pixel size is unknown).")
+            long_side = 448
         h, w = int(extent.height), int(extent.width)
         scale = long_side / max(h, w)
         hw, ww = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))  # rounded like mmcv
         size_m = (pixel_size_m or 1.0) / scale
-        return WorkingGrid(float(extent.col_off), float(extent.row_off), ww / w, hw / h, ww, hw, window, stride,
-                           size_m, "long_side")
+        return WorkingGrid(
+            float(extent.col_off), float(extent.row_off), ww / w, hw / h, ww, hw, window, stride, size_m, "long_side"
+        )
     rule = "fixed" if resolution_m is not None else "auto"
     resolution = resolution_m if resolution_m is not None else pixel_size_m * AUTO_FACTOR
     check_resolution(resolution, pixel_size_m, raster_size)
@@ -172,12 +184,14 @@ def check_resolution(resolution_m: float, pixel_size_m: float, raster_size: tupl
     if resolution_m < pixel_size_m / MAX_UPSAMPLE:
         raise InputError(
             f"A resolution of {resolution_m:g} m per pixel is over {MAX_UPSAMPLE:g}x finer than the raster's own "
-            f"{pixel_size_m:.3g} m: choose at least {pixel_size_m / MAX_UPSAMPLE:.3g} m.")
+            f"{pixel_size_m:.3g} m: choose at least {pixel_size_m / MAX_UPSAMPLE:.3g} m."
+        )
     ground = max(raster_size) * pixel_size_m
     if resolution_m * 2 > ground:
         raise InputError(
             f"A resolution of {resolution_m:g} m per pixel is coarser than the raster itself ({ground:.4g} m on its "
-            f"long side): choose at most {ground / 2:.4g} m, or leave the resolution on auto.")
+            f"long side): choose at most {ground / 2:.4g} m, or leave the resolution on auto."
+        )
 
 
 def output_grid(extent: Window, max_side: int | None, block: int = BLOCK_SIDE) -> OutputGrid:

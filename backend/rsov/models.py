@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import logging
 import os
+
 # only for pickle.UnpicklingError: checkpoints are read by torch.load(weights_only=True), never unpickled here
 import pickle  # nosec B403
 import socket
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -93,15 +95,33 @@ _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 SAM_MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("sam-vit-b", "vit_b", "Segment Anything ViT-B", checkpoint="sam_vit_b_01ec64.pth",
-                  source_url=_SAM_URL + "sam_vit_b_01ec64.pth", size_bytes=375_042_383,
-                  sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
-        ModelSpec("sam-vit-l", "vit_l", "Segment Anything ViT-L", checkpoint="sam_vit_l_0b3195.pth",
-                  source_url=_SAM_URL + "sam_vit_l_0b3195.pth", size_bytes=1_249_524_607,
-                  sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
-        ModelSpec("sam-vit-h", "vit_h", "Segment Anything ViT-H", checkpoint="sam_vit_h_4b8939.pth",
-                  source_url=_SAM_URL + "sam_vit_h_4b8939.pth", size_bytes=2_564_550_879,
-                  sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
+        ModelSpec(
+            "sam-vit-b",
+            "vit_b",
+            "Segment Anything ViT-B",
+            checkpoint="sam_vit_b_01ec64.pth",
+            source_url=_SAM_URL + "sam_vit_b_01ec64.pth",
+            size_bytes=375_042_383,
+            sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        ),
+        ModelSpec(
+            "sam-vit-l",
+            "vit_l",
+            "Segment Anything ViT-L",
+            checkpoint="sam_vit_l_0b3195.pth",
+            source_url=_SAM_URL + "sam_vit_l_0b3195.pth",
+            size_bytes=1_249_524_607,
+            sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        ),
+        ModelSpec(
+            "sam-vit-h",
+            "vit_h",
+            "Segment Anything ViT-H",
+            checkpoint="sam_vit_h_4b8939.pth",
+            source_url=_SAM_URL + "sam_vit_h_4b8939.pth",
+            size_bytes=2_564_550_879,
+            sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        ),
         ModelSpec(TINY_MODEL, "tiny", "2-layer random SAM for tests; its masks are MEANINGLESS", random=True),
     )
 }
@@ -114,7 +134,7 @@ class LoadedModel:
 
     spec: ModelSpec
     model: torch.nn.Module  # open_clip.CLIP in eval mode
-    tokenizer: object
+    tokenizer: Callable[[list[str]], torch.Tensor]  # texts -> (N, context length) token ids
     mean: tuple[float, float, float]  # per-channel normalisation of 0..1 RGB
     std: tuple[float, float, float]
     weights_id: str  # identifies the weights, for caches keyed by model
@@ -134,8 +154,8 @@ def _resolve(name: str, registry: dict[str, ModelSpec], archs, kind: str) -> Mod
         arch, path = name.split("@", 1)
         if arch not in archs:
             raise InputError(f"Unknown {kind} architecture '{arch}' in '{name}'.")
-        path = Path(path).expanduser().resolve()  # relative to the current folder, like any command-line path
-        return ModelSpec(name, arch, f"{kind} {arch} from local checkpoint {path}", checkpoint=str(path))
+        checkpoint = Path(path).expanduser().resolve()  # relative to the current folder, like any command-line path
+        return ModelSpec(name, arch, f"{kind} {arch} from local checkpoint {checkpoint}", checkpoint=str(checkpoint))
     try:
         return registry[name]
     except KeyError:
@@ -239,8 +259,10 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
 def _missing(spec: ModelSpec) -> WeightsMissingError:
     url = weights_url(spec)
     places = [f"{weights_target(spec)} (from {url})"] if url else []
-    places += [f"{r}/{f} in the Hugging Face hub cache {cache_dir() / 'open_clip'}" for r, f in
-               (_hub_files(spec) if spec.pretrained else [])]
+    places += [
+        f"{r}/{f} in the Hugging Face hub cache {cache_dir() / 'open_clip'}"
+        for r, f in (_hub_files(spec) if spec.pretrained else [])
+    ]
     if not places:
         return WeightsMissingError(f"Checkpoint file for model '{spec.name}' not found: {weights_target(spec)}.")
     return WeightsMissingError(
@@ -248,7 +270,8 @@ def _missing(spec: ModelSpec) -> WeightsMissingError:
         f"{' or '.join(places)}. Run `rsov models --download {spec.name}` on a machine with internet and "
         f"copy {cache_dir()} here, or download the file and run `rsov models --import FILE`. "
         f"Set RSOV_CACHE_DIR to use another cache directory, or run with --model {TINY_MODEL} "
-        "for a meaningless smoke test.")
+        "for a meaningless smoke test."
+    )
 
 
 def download_weights(spec: ModelSpec, progress: weights.Progress | None = None) -> Path:
@@ -279,8 +302,9 @@ def resolve_any(name: str) -> ModelSpec:
     return SAM_MODELS[name] if name in SAM_MODELS and name != TINY_MODEL else resolve_spec(name)
 
 
-def import_weights(source: str | os.PathLike, name: str | None = None,
-                   progress: weights.Progress | None = None) -> tuple[ModelSpec, Path]:
+def import_weights(
+    source: str | os.PathLike, name: str | None = None, progress: weights.Progress | None = None
+) -> tuple[ModelSpec, Path]:
     """Copy a weights file downloaded elsewhere into the cache, verified against the known digest.
 
     Without ``name`` the file is identified by its digest; a digest that does not match
@@ -289,8 +313,10 @@ def import_weights(source: str | os.PathLike, name: str | None = None,
     digest = weights.sha256_file(source, progress)
     spec = resolve_any(name) if name else _spec_of_digest(digest)
     if spec is None:
-        raise InputError(f"{source} (sha256 {digest}) is not a weights file rsov knows: "
-                         "name its model with --name NAME (see `rsov models`).")
+        raise InputError(
+            f"{source} (sha256 {digest}) is not a weights file rsov knows: "
+            "name its model with --name NAME (see `rsov models`)."
+        )
     if spec.random or "@" in spec.name:
         raise InputError(f"Model '{spec.name}' takes no weights file in the cache.")
     expected = expected_sha256(spec)
@@ -308,7 +334,9 @@ def _check_loads(spec: ModelSpec, path: Path) -> None:
         try:
             _sam_builder(spec.arch)(checkpoint=str(path))
         except (RuntimeError, KeyError, OSError, ValueError, EOFError) as exc:
-            raise InputError(f"{path} does not load into {spec.arch} for '{spec.name}': {str(exc).splitlines()[0]}") from None
+            raise InputError(
+                f"{path} does not load into {spec.arch} for '{spec.name}': {str(exc).splitlines()[0]}"
+            ) from None
     else:
         build_clip(spec, path, torch.device("cpu"))
 
@@ -369,7 +397,9 @@ def build_clip(spec: ModelSpec, path: Path, device: torch.device) -> tuple[torch
     try:
         state, openai_format = read_checkpoint(path)
     except (RuntimeError, OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
-        raise InputError(f"Could not load weights {path} for model '{spec.name}': not a checkpoint ({str(exc).splitlines()[0]}).") from None
+        raise InputError(
+            f"Could not load weights {path} for model '{spec.name}': not a checkpoint ({str(exc).splitlines()[0]})."
+        ) from None
     quick_gelu, activation = _activation(spec, path, openai_format)
     notice = _RandomInitNotice()
     logging.getLogger().addFilter(notice)  # open_clip logs through the root logger
@@ -382,8 +412,10 @@ def build_clip(spec: ModelSpec, path: Path, device: torch.device) -> tuple[torch
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise InputError(f"Could not load weights {path} into {spec.arch} for model '{spec.name}': "
-                         f"{str(exc).splitlines()[0]} {_key_summary(model, state)}") from None
+        raise InputError(
+            f"Could not load weights {path} into {spec.arch} for model '{spec.name}': "
+            f"{str(exc).splitlines()[0]} {_key_summary(model, state)}"
+        ) from None
     return model.to(device), activation
 
 
@@ -458,10 +490,17 @@ def list_models() -> list[dict]:
             if name != spec.name:
                 continue  # aliases
             path = None if spec.random else find_weights(spec)
-            rows.append({"name": name, "kind": kind, "arch": spec.arch, "description": spec.description,
-                         "weights_present": spec.random or path is not None,
-                         "path": str(path) if path else None,
-                         "size_bytes": path.stat().st_size if path else spec.size_bytes,
-                         "sha256": None if spec.random else expected_sha256(spec),
-                         "downloadable": weights_url(spec) is not None or bool(spec.pretrained)})
+            rows.append(
+                {
+                    "name": name,
+                    "kind": kind,
+                    "arch": spec.arch,
+                    "description": spec.description,
+                    "weights_present": spec.random or path is not None,
+                    "path": str(path) if path else None,
+                    "size_bytes": path.stat().st_size if path else spec.size_bytes,
+                    "sha256": None if spec.random else expected_sha256(spec),
+                    "downloadable": weights_url(spec) is not None or bool(spec.pretrained),
+                }
+            )
     return rows

@@ -13,9 +13,26 @@ so class 21 never looks like class 1.
 from __future__ import annotations
 
 COLOURS = (
-    "#e69f00", "#56b4e9", "#009e73", "#f0e442", "#0072b2", "#d55e00", "#cc79a7",
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-    "#bcbd22", "#17becf", "#7f7f7f", "#a6cee3", "#b2df8a", "#fb9a99",
+    "#e69f00",
+    "#56b4e9",
+    "#009e73",
+    "#f0e442",
+    "#0072b2",
+    "#d55e00",
+    "#cc79a7",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#bcbd22",
+    "#17becf",
+    "#7f7f7f",
+    "#a6cee3",
+    "#b2df8a",
+    "#fb9a99",
 )
 SHADE_PER_CYCLE = 0.6  # each further cycle multiplies the channels by this
 
@@ -31,7 +48,7 @@ def class_colour(class_id: int) -> str:
         return "#000000"
     base = COLOURS[(class_id - 1) % len(COLOURS)]
     shade = SHADE_PER_CYCLE ** cycle(class_id)
-    return "#" + "".join(f"{round(int(base[i:i + 2], 16) * shade):02x}" for i in (1, 3, 5))
+    return "#" + "".join(f"{round(int(base[i : i + 2], 16) * shade):02x}" for i in (1, 3, 5))
 
 
 def class_rgb(class_id: int) -> tuple[int, int, int]:

@@ -41,8 +41,11 @@ class CpuCapability:
 
 def cpu_capability() -> CpuCapability:
     """This CPU's capability (torch's own query)."""
-    return CpuCapability(torch.backends.cpu.get_cpu_capability(), bool(torch.cpu._is_avx512_bf16_supported()),
-                         bool(torch.cpu._is_amx_tile_supported()))
+    return CpuCapability(
+        torch.backends.cpu.get_cpu_capability(),
+        bool(torch.cpu._is_avx512_bf16_supported()),
+        bool(torch.cpu._is_amx_tile_supported()),
+    )
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,9 @@ def save_calibration(cache: Path, calibration: Calibration) -> None:
         partial.write_text(json.dumps(asdict(calibration), indent=1))
 
 
-def choose_fast(device: torch.device, capability: CpuCapability | None = None,
-                calibration: Calibration | None = None) -> PrecisionChoice:
+def choose_fast(
+    device: torch.device, capability: CpuCapability | None = None, calibration: Calibration | None = None
+) -> PrecisionChoice:
     """The precision ``fast`` means on ``device`` (see the module doc)."""
     if device.type == "cuda":
         return PrecisionChoice("fp16", "CUDA runs fp16 natively")
@@ -102,8 +106,10 @@ def choose_fast(device: torch.device, capability: CpuCapability | None = None,
     why = f"this CPU has no native bf16 ({capability.describe()}), where bf16 is emulated and slower than fp32"
     if calibration is None:
         return PrecisionChoice("fp32", f"{why}; int8 is not calibrated here (`make bench` measures it)")
-    measured = (f"int8 measured {calibration.fp32_s / calibration.int8_s:.2f}x the speed of fp32 "
-                f"at {calibration.agreement:.2%} label agreement")
+    measured = (
+        f"int8 measured {calibration.fp32_s / calibration.int8_s:.2f}x the speed of fp32 "
+        f"at {calibration.agreement:.2%} label agreement"
+    )
     if calibration.int8_qualifies():
         return PrecisionChoice("int8", f"{why}; {measured}")
     return PrecisionChoice("fp32", f"{why}; {measured} (int8 needs to be faster, at >= {MIN_AGREEMENT:.1%})")

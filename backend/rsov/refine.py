@@ -13,7 +13,7 @@ that tile, also where it reaches outside the block or the extent.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -23,14 +23,12 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from .errors import CancelledError
+from .geo.raster_io import read_rgb
 from .grid import owning_starts, tile_slide
-from .instances import InstanceOptions, Mask, Proposer
-from .predictor import ScoreOptions, best_class
-from .raster_io import read_rgb
+from .instance.types import InstanceOptions, Mask, Proposer
+from .semantic.predictor import ScoreOptions, best_class
+from .semantic.vocabulary import Vocabulary
 from .tiled import BlockResult, GridPredictor, Plan, rasterize_area
-from .vocabulary import Vocabulary
-
-REFINE_MODES = ("none", "sam")  # the values of --refine / the API's ``refine``
 
 
 def region_labels(masks: list[Mask], shape: tuple[int, int]) -> np.ndarray:
@@ -46,29 +44,46 @@ def region_labels(masks: list[Mask], shape: tuple[int, int]) -> np.ndarray:
 def region_means(labels: np.ndarray, chunks: Iterable[tuple[int, torch.Tensor]], regions: int) -> torch.Tensor:
     """(regions + 1, N + 1) mean class probabilities of each region (row 0: the pixels of no region), from
     (first row, (N + 1, rows, w) probabilities) chunks covering ``labels`` (h, w)."""
-    sums = counts = None
+    sums: torch.Tensor | None = None
+    counts: torch.Tensor | None = None
     for start, probs in chunks:
-        index = torch.from_numpy(labels[start:start + probs.shape[1]]).flatten().long().to(probs.device)
-        if sums is None:
+        index = torch.from_numpy(labels[start : start + probs.shape[1]]).flatten().long().to(probs.device)
+        if sums is None or counts is None:
             sums = torch.zeros(regions + 1, probs.shape[0], device=probs.device)
             counts = torch.zeros(regions + 1, device=probs.device)
         sums.index_add_(0, index, probs.flatten(1).T)
         counts.index_add_(0, index, torch.ones(len(index), device=probs.device))
+    if sums is None or counts is None:
+        raise ValueError("region_means needs at least one chunk of probabilities")
     return sums / counts.clamp_min(1)[:, None]
 
 
 class SamRefiner:
     """Refines the blocks of one planned request with SAM's regions (see the module doc)."""
 
-    def __init__(self, proposer: Proposer, grid: GridPredictor, ds: DatasetReader, plan: Plan, vocabulary: Vocabulary,
-                 scoring: ScoreOptions, options: InstanceOptions, precision: str, key: str) -> None:
+    def __init__(
+        self,
+        proposer: Proposer,
+        grid: GridPredictor,
+        ds: DatasetReader,
+        plan: Plan,
+        vocabulary: Vocabulary,
+        scoring: ScoreOptions,
+        options: InstanceOptions,
+        precision: str,
+        key: str,
+    ) -> None:
         self.proposer, self.grid, self.ds, self.plan = proposer, grid, ds, plan
         self.vocabulary, self.scoring, self.options, self.precision = vocabulary, scoring, options, precision
         self.key = key  # names the raster's pixels for the tile caches, as instance mode does
         self.slide = tile_slide(plan.raster_size, options.tile, options.tile_overlap, plan.pixel_size_m)
 
-    def refine(self, block: BlockResult, cancelled: Callable[[], bool] | None = None,
-               progress: Callable[[int, int], None] | None = None) -> BlockResult:
+    def refine(
+        self,
+        block: BlockResult,
+        cancelled: Callable[[], bool] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> BlockResult:
         """The block with every pixel inside a SAM region given the region's mean class
         (``progress(tiles done, tiles)``)."""
         r0, c0, r1, c1 = block.block
@@ -84,7 +99,7 @@ class SamRefiner:
             ys, xs = np.flatnonzero(rows == y), np.flatnonzero(cols == x)  # contiguous: owners grow along an axis
             by, bx = slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
             ty, tx = out.row0 + r0 + ys[0] - y, out.col0 + c0 + xs[0] - x  # where the owned part lies in the tile
-            owned = labels[ty:ty + len(ys), tx:tx + len(xs)]
+            owned = labels[ty : ty + len(ys), tx : tx + len(xs)]
             hit = (owned > 0) & block.valid[by, bx]
             label, best = best_class(means[torch.from_numpy(owned[hit]).long().to(means.device)].T, self.scoring)
             class_map[by, bx][hit] = label.cpu().numpy()
@@ -100,11 +115,13 @@ class SamRefiner:
         if self.plan.area is not None:  # the pixels instance mode gives SAM: outside the area is black
             valid &= rasterize_area(self.plan.area, self.plan.raster_transform @ Affine.translation(x, y), (h, w))
             image[~valid] = 0
-        masks = self.proposer.propose(image, f"{self.key}|{y},{x},{y + h},{x + w}", np.zeros((0, 3)), self.options,
-                                      self.precision)
+        masks = self.proposer.propose(
+            image, f"{self.key}|{y},{x},{y + h},{x + w}", np.zeros((0, 3)), self.options, self.precision
+        )
         labels = region_labels(masks, (h, w))
         labels[~valid] = 0  # nodata and pixels outside the area do not vote
         out = self.plan.out
         box = (y - out.row0, x - out.col0, y - out.row0 + h, x - out.col0 + w)  # the tile in output pixels
-        return labels, region_means(labels, self.grid.class_probabilities(self.vocabulary, self.scoring, box),
-                                    len(masks))
+        return labels, region_means(
+            labels, self.grid.class_probabilities(self.vocabulary, self.scoring, box), len(masks)
+        )

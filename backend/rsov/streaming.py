@@ -8,23 +8,23 @@ the seam-aware polygonizer, then dropped. Outputs appear only when every block i
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
+import shutil
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from .atomic import atomic_output
 from .engine import CancelFn, Engine, SegmentRequest, StageFn
 from .errors import InputError
-from .raster_io import bounded_gdal_cache
+from .geo.raster_io import bounded_gdal_cache
+from .geo.vectorize import ClassRasterWriter, SeamPolygonizer, VectorWriter
+from .semantic.vocabulary import build_vocabulary
 from .tiled import BlockResult, Plan, WindowStats
-from .vectorize import ClassRasterWriter, SeamPolygonizer, VectorWriter
-from .vocabulary import build_vocabulary
 
 # (request, plan, blocks, cancelled) -> block results, in any order
 BlockRunner = Callable[[SegmentRequest, Plan, list, CancelFn | None], Iterator[BlockResult]]
@@ -65,9 +65,22 @@ class BlockStore:
     @staticmethod
     def for_job(root: Path, engine_name: str, request: SegmentRequest, job_plan: Plan) -> BlockStore:
         """The store of this exact job (raster version, options, model) under ``root``."""
-        key = hashlib.sha256(repr((engine_name, job_plan.raster_id, request.classes, request.background,
-                                   request.templates, request.features, request.scoring, request.area,
-                                   job_plan.grid.key(), job_plan.out)).encode()).hexdigest()[:16]
+        key = hashlib.sha256(
+            repr(
+                (
+                    engine_name,
+                    job_plan.raster_id,
+                    request.classes,
+                    request.background,
+                    request.templates,
+                    request.features,
+                    request.scoring,
+                    request.area,
+                    job_plan.grid.key(),
+                    job_plan.out,
+                )
+            ).encode()
+        ).hexdigest()[:16]
         return BlockStore(root / f"{Path(request.raster).stem}-{key}")
 
     def _path(self, block: tuple[int, int, int, int]) -> Path:
@@ -84,27 +97,32 @@ class BlockStore:
             return None
 
     def save(self, result: BlockResult) -> None:
-        with tempfile.NamedTemporaryFile(dir=self.folder, suffix=".tmp", delete=False) as tmp:
-            np.savez_compressed(tmp, class_map=result.class_map, score_map=result.score_map, valid=result.valid)
-        os.replace(tmp.name, self._path(result.block))
+        with atomic_output(self._path(result.block)) as partial:
+            np.savez_compressed(partial, class_map=result.class_map, score_map=result.score_map, valid=result.valid)
 
     def remove(self) -> None:
-        for path in self.folder.glob("*"):
-            path.unlink(missing_ok=True)
-        self.folder.rmdir()
+        shutil.rmtree(self.folder)  # the blocks, and any private folder a killed save left behind
 
 
 def in_process(engine: Engine, stats: WindowStats, stage: StageFn | None = None) -> BlockRunner:
     """Blocks computed by ``engine`` here, in order."""
+
     def run(request: SegmentRequest, job_plan: Plan, blocks: list, cancelled: CancelFn | None) -> Iterator[BlockResult]:
         return engine.blocks(request, job_plan, blocks, stage, cancelled, stats)
 
     return run
 
 
-def segment_streamed(request: SegmentRequest, job_plan: Plan, outputs: Outputs, runner: BlockRunner,
-                     store: BlockStore | None = None, stage: StageFn | None = None, cancelled: CancelFn | None = None,
-                     stats: WindowStats | None = None) -> StreamSummary:
+def segment_streamed(
+    request: SegmentRequest,
+    job_plan: Plan,
+    outputs: Outputs,
+    runner: BlockRunner,
+    store: BlockStore | None = None,
+    stage: StageFn | None = None,
+    cancelled: CancelFn | None = None,
+    stats: WindowStats | None = None,
+) -> StreamSummary:
     """Segment every block of ``job_plan`` and write the outputs; nothing is written unless all succeed."""
     started = time.perf_counter()
     report = stage or (lambda name, fraction: None)
@@ -118,7 +136,7 @@ def segment_streamed(request: SegmentRequest, job_plan: Plan, outputs: Outputs, 
         done = set(stored)
         missing = [b for b in blocks if b not in done]
         for block in stored:  # one at a time: memory stays bounded when resuming too
-            result = store.load(block)
+            result = store.load(block) if store is not None else None  # stored is empty without a store
             if result is None:  # unreadable after all: compute it again
                 missing.append(block)
             else:
@@ -132,22 +150,30 @@ def segment_streamed(request: SegmentRequest, job_plan: Plan, outputs: Outputs, 
     names = vocabulary.names
     with ExitStack() as stack:
         stack.enter_context(bounded_gdal_cache())
-        raster = stack.enter_context(ClassRasterWriter(outputs.class_raster, size, job_plan.transform, job_plan.crs,
-                                                       names)) if outputs.class_raster else None
+        raster = (
+            stack.enter_context(ClassRasterWriter(outputs.class_raster, size, job_plan.transform, job_plan.crs, names))
+            if outputs.class_raster
+            else None
+        )
         vector = None
         if outputs.vector:
             layers = names if outputs.layer_per_class and names else ["rsov"]
             vector = stack.enter_context(VectorWriter(outputs.vector, job_plan.crs, layers, class_names=names))
-        polygons = SeamPolygonizer(job_plan.transform, job_plan.crs, names, size, request.simplify_px,
-                                   request.min_area_m2)
+        polygons = SeamPolygonizer(
+            job_plan.transform, job_plan.crs, names, size, request.simplify_px, request.min_area_m2
+        )
         any_valid = False
         for done, result in enumerate(results(), start=1):
             any_valid |= bool(result.valid.any())
             if raster is not None:
                 raster.write(result.block[0], result.block[1], result.class_map)
             if vector is not None:
-                _add(vector, polygons.add(result.block, result.class_map, result.score_map, result.valid),
-                     outputs.layer_per_class, summary)
+                _add(
+                    vector,
+                    polygons.add(result.block, result.class_map, result.score_map, result.valid),
+                    outputs.layer_per_class,
+                    summary,
+                )
             report(f"segmented block {done}/{len(blocks)}", done / len(blocks))
         if not any_valid:
             raise InputError("The requested extent contains only nodata pixels.")

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import rasterio.features
@@ -24,12 +25,30 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from .errors import CancelledError, InputError
+from .geo.raster_io import (
+    area_in_raster_crs,
+    check_real,
+    extent_window,
+    open_raster,
+    raster_pixel_size_m,
+    read_area,
+    read_rgb,
+    read_valid,
+    select_bands,
+    window_bounds,
+)
 from .grid import BLOCK_SIDE, OutputGrid, WorkingGrid, interpolation, output_grid, working_grid, working_positions
-from .predictor import (FeatureOptions, ImageFeatures, Predictor, ScoreOptions, best_class, class_probabilities,
-                        scoring_vectors, window_logits)
-from .raster_io import (area_in_raster_crs, check_real, extent_window, open_raster, raster_pixel_size_m, read_area, read_rgb,
-                        read_valid, select_bands, window_bounds)
-from .vocabulary import Vocabulary
+from .semantic.predictor import (
+    FeatureOptions,
+    ImageFeatures,
+    Predictor,
+    ScoreOptions,
+    best_class,
+    class_probabilities,
+    scoring_vectors,
+    window_logits,
+)
+from .semantic.vocabulary import Vocabulary
 
 CancelFn = Callable[[], bool]
 # Rough encoder speeds (windows per second, ViT-B/16 fp32) for estimates before anything ran.
@@ -71,22 +90,35 @@ class Plan:
         """The grid windows a block (r0, c0, r1, c1) needs (default: the whole extent)."""
         r0, c0, r1, c1 = block or (0, 0, self.out.height, self.out.width)
         # positions grow with the index: the first and last output pixels bound the span
-        ends = [interpolation(working_positions(self.grid, self.out, axis, i, i + 1), n)[1:]
-                for axis, n, (lo, hi) in ((0, self.grid.height, (r0, r1)), (1, self.grid.width, (c0, c1)))
-                for i in (lo, hi - 1)]
+        ends = [
+            interpolation(working_positions(self.grid, self.out, axis, i, i + 1), n)[1:]
+            for axis, n, (lo, hi) in ((0, self.grid.height, (r0, r1)), (1, self.grid.width, (c0, c1)))
+            for i in (lo, hi - 1)
+        ]
         return self.grid.windows_touching((ends[0][0], ends[1][1]), (ends[2][0], ends[3][1]))
 
     def summary(self) -> str:
-        rule = {"auto": "auto (the raster's own resolution x 1024/448)", "fixed": "fixed",
-                "long_side": "resized to the long side (per-extent rule)"}[self.grid.rule]
+        rule = {
+            "auto": "auto (the raster's own resolution x 1024/448)",
+            "fixed": "fixed",
+            "long_side": "resized to the long side (per-extent rule)",
+        }[self.grid.rule]
         text = f"working resolution {self.grid.resolution_m:.3g} m/px, {rule}"
         if self.out.step_x != 1.0 or self.out.step_y != 1.0:
             text += f"; output decimated to {self.out.width}x{self.out.height} px by --max-side"
         return text
 
 
-def plan(raster: str, bbox, bbox_crs: str | None, bands, features: FeatureOptions, max_side: int | None,
-         area: dict | str | None = None, block: int = BLOCK_SIDE) -> Plan:
+def plan(
+    raster: str,
+    bbox,
+    bbox_crs: str | None,
+    bands,
+    features: FeatureOptions,
+    max_side: int | None,
+    area: dict | str | None = None,
+    block: int = BLOCK_SIDE,
+) -> Plan:
     """Plan a request from the raster header (no pixel is read). Bad input raises InputError."""
     with open_raster(raster) as ds:
         check_real(ds)
@@ -98,14 +130,32 @@ def plan(raster: str, bbox, bbox_crs: str | None, bands, features: FeatureOption
             shapes = tuple(area_in_raster_crs(ds, geometries, area_crs))
             extent = _intersect(extent, _shapes_window(ds, shapes), ds.name)
         pixel = raster_pixel_size_m(ds)
-        grid = working_grid((ds.height, ds.width), extent, pixel, features.resolution_m, features.long_side,
-                            features.window, features.stride)
+        grid = working_grid(
+            (ds.height, ds.width),
+            extent,
+            pixel,
+            features.resolution_m,
+            features.long_side,
+            features.window,
+            features.stride,
+        )
         if block < 64:
             raise InputError(f"A block must be at least 64 px on a side, got {block}.")
         out = output_grid(extent, max_side, block)
         stat = os.stat(raster)
-        return Plan(raster, (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns), ds.crs, ds.transform,
-                    (ds.height, ds.width), indexes, extent, grid, out, shapes, pixel)
+        return Plan(
+            raster,
+            (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns),
+            ds.crs,
+            ds.transform,
+            (ds.height, ds.width),
+            indexes,
+            extent,
+            grid,
+            out,
+            shapes,
+            pixel,
+        )
 
 
 def _shapes_window(ds: DatasetReader, shapes: tuple[dict, ...]) -> Window:
@@ -169,16 +219,27 @@ class GridPredictor:
         self._plan: Plan | None = None
         self._options = FeatureOptions()
 
-    def set_raster(self, ds: DatasetReader, plan: Plan, options: FeatureOptions) -> None:
+    def set_raster(self, ds: DatasetReader | None, plan: Plan, options: FeatureOptions) -> None:
+        """The raster and plan to work on; without ``ds``, only cache keys can be asked for."""
         self._ds, self._plan, self._options = ds, plan, options
 
+    def _require_plan(self) -> Plan:
+        if self._plan is None:
+            raise RuntimeError("Call set_raster before reading or scoring windows.")
+        return self._plan
+
     def key(self, box: tuple[int, int, int, int]) -> str:
+        plan = self._require_plan()
         options = asdict(replace(self._options, batch_size=0))
-        return repr((self._plan.raster_id, self._plan.indexes, self._plan.grid.key(), box, options, self.model_id))
+        return repr((plan.raster_id, plan.indexes, plan.grid.key(), box, options, self.model_id))
 
     @torch.inference_mode()
-    def features(self, boxes: list[tuple[int, int, int, int]], cancelled: CancelFn | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> list[WindowFeatures]:
+    def features(
+        self,
+        boxes: list[tuple[int, int, int, int]],
+        cancelled: CancelFn | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[WindowFeatures]:
         """Features of grid windows, from the cache or encoded in batches of one shape
         (``progress(encoded, to encode)`` after each batch)."""
         found = {box: self.cache.get(self.key(box)) for box in boxes}
@@ -191,14 +252,16 @@ class GridPredictor:
         for start in range(0, len(missing), size):
             if cancelled is not None and cancelled():
                 raise CancelledError("The job was cancelled.")
-            batch = missing[start:start + size]
+            batch = missing[start : start + size]
+            plan = self._require_plan()
             crops = []
             for box in batch:
-                image, _ = read_rgb(self._ds, self._plan.indexes, self._plan.grid.native_window(box),
-                                    (box[2] - box[0], box[3] - box[1]))
+                image, _ = read_rgb(
+                    self._ds, plan.indexes, plan.grid.native_window(box), (box[2] - box[0], box[3] - box[1])
+                )
                 crops.append(torch.from_numpy(image).to(device, torch.float32).permute(2, 0, 1))
             feats, tokens = self.predictor.encode((torch.stack(crops) - mean) / std, self._options)
-            for box, f, t in zip(batch, feats, tokens):
+            for box, f, t in zip(batch, feats, tokens, strict=True):
                 found[box] = WindowFeatures(f, t)
                 self.cache.put(self.key(box), found[box])
             self.stats.encoded += len(batch)
@@ -207,9 +270,15 @@ class GridPredictor:
         return [found[box] for box in boxes]
 
     @torch.inference_mode()
-    def predict_block(self, vocabulary: Vocabulary, options: ScoreOptions, block: tuple[int, int, int, int],
-                      cancelled: CancelFn | None = None, progress: Callable[[int, int], None] | None = None,
-                      scored: Callable[[int, int], None] | None = None) -> BlockResult:
+    def predict_block(
+        self,
+        vocabulary: Vocabulary,
+        options: ScoreOptions,
+        block: tuple[int, int, int, int],
+        cancelled: CancelFn | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        scored: Callable[[int, int], None] | None = None,
+    ) -> BlockResult:
         """Class and score maps of output block (r0, c0, r1, c1); ``progress(windows encoded, to encode)``,
         then ``scored(rows done, rows)``.
 
@@ -222,8 +291,8 @@ class GridPredictor:
         score_map = np.zeros((r1 - r0, c1 - c0), dtype=np.float32)
         for start, probs in self.class_probabilities(vocabulary, options, block, cancelled, progress):
             label, best = best_class(probs, options)
-            class_map[start:start + probs.shape[1]] = label.cpu().numpy()
-            score_map[start:start + probs.shape[1]] = best.cpu().numpy()
+            class_map[start : start + probs.shape[1]] = label.cpu().numpy()
+            score_map[start : start + probs.shape[1]] = best.cpu().numpy()
             if scored is not None:
                 scored(start + probs.shape[1], r1 - r0)
         valid = self.valid(block)
@@ -232,49 +301,64 @@ class GridPredictor:
         return BlockResult(block, class_map, score_map, valid)
 
     @torch.inference_mode()
-    def class_probabilities(self, vocabulary: Vocabulary, options: ScoreOptions, block: tuple[int, int, int, int],
-                            cancelled: CancelFn | None = None, progress: Callable[[int, int], None] | None = None,
-                            rows_per_chunk: int = 256) -> Iterator[tuple[int, torch.Tensor]]:
+    def class_probabilities(
+        self,
+        vocabulary: Vocabulary,
+        options: ScoreOptions,
+        block: tuple[int, int, int, int],
+        cancelled: CancelFn | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        rows_per_chunk: int = 256,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
         """(first row, (N + 1, rows, c1 - c0) class probabilities) of output pixels (r0, c0, r1, c1), a chunk of
         rows at a time (memory stays bounded at any vocabulary size). The box may reach outside the
         planned extent, as long as it stays on the raster."""
         device = self.predictor.device
         r0, c0, r1, c1 = block
-        (ry, y0, y1), (rx, x0, x1) = self._plan.working_span((r0, r1), (c0, c1))
+        (ry, y0, y1), (rx, x0, x1) = self._require_plan().working_span((r0, r1), (c0, c1))
         queries, owners = vocabulary.queries()
         logits = self.working_logits(queries, options, (y0, y1), (x0, x1), cancelled, progress)
         owner = torch.tensor(owners, device=device)
         cols = torch.einsum("qhw,xw->qhx", logits, rx.to(device))
         ry = ry.to(device)
         for start in range(0, r1 - r0, rows_per_chunk):
-            rows = torch.einsum("yh,qhx->qyx", ry[start:start + rows_per_chunk], cols)
+            rows = torch.einsum("yh,qhx->qyx", ry[start : start + rows_per_chunk], cols)
             yield start, class_probabilities(rows, owner, len(vocabulary.classes) + 1, options)
 
     @torch.inference_mode()
-    def working_logits(self, queries: list[str], options: ScoreOptions, rows: tuple[int, int], cols: tuple[int, int],
-                       cancelled: CancelFn | None = None,
-                       progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    def working_logits(
+        self,
+        queries: list[str],
+        options: ScoreOptions,
+        rows: tuple[int, int],
+        cols: tuple[int, int],
+        cancelled: CancelFn | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
         """(Q, r1 - r0, c1 - c0) logits of working rows/cols, each pixel the mean over all grid windows on it."""
         device = self.predictor.device
         (y0, y1), (x0, x1) = rows, cols
-        boxes = self._plan.grid.windows_touching(rows, cols)
+        boxes = self._require_plan().grid.windows_touching(rows, cols)
         feats = self.features(boxes, cancelled, progress)
         text = self.predictor.text.embed(queries).to(device)
         text, cls, keep = scoring_vectors(text, torch.stack([f.cls for f in feats]).to(device), options)
         bias = options.cls_lambda * (cls @ text.T)  # (N, Q)
         total = torch.zeros(len(queries), y1 - y0, x1 - x0, device=device)
         count = torch.zeros(1, y1 - y0, x1 - x0, device=device)
-        for (wy0, wx0, wy1, wx1), f, b in zip(boxes, feats, bias):
-            logits = window_logits(f.patches.to(device), text, b, (wy1 - wy0, wx1 - wx0),
-                                   self.predictor.encoder.patch_size, keep)
+        for (wy0, wx0, wy1, wx1), f, b in zip(boxes, feats, bias, strict=True):
+            logits = window_logits(
+                f.patches.to(device), text, b, (wy1 - wy0, wx1 - wx0), self.predictor.encoder.patch_size, keep
+            )
             ty0, tx0, ty1, tx1 = max(wy0, y0), max(wx0, x0), min(wy1, y1), min(wx1, x1)
-            total[:, ty0 - y0:ty1 - y0, tx0 - x0:tx1 - x0] += logits[:, ty0 - wy0:ty1 - wy0, tx0 - wx0:tx1 - wx0]
-            count[:, ty0 - y0:ty1 - y0, tx0 - x0:tx1 - x0] += 1
+            total[:, ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] += logits[
+                :, ty0 - wy0 : ty1 - wy0, tx0 - wx0 : tx1 - wx0
+            ]
+            count[:, ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] += 1
         return total / count
 
     def valid(self, block: tuple[int, int, int, int]) -> np.ndarray:
         """(h, w) bool: the block's pixels that hold data and lie in the processing area."""
-        plan = self._plan
+        plan = self._require_plan()
         r0, c0, r1, c1 = block
         shape = (r1 - r0, c1 - c0)
         valid = read_valid(self._ds, plan.indexes, plan.out.native_window((r0, r1), (c0, c1)), shape)
@@ -285,34 +369,50 @@ class GridPredictor:
     def image_features(self, cancelled: CancelFn | None = None) -> ImageFeatures:
         """The grid windows over the planned extent as ``ImageFeatures`` of its output image, for mask
         pooling (instance mode): the windows' box on the working grid, and where the image lies in it."""
-        plan = self._plan
+        plan = self._require_plan()
         boxes = plan.windows()
         feats = self.features(boxes, cancelled)
         y0, x0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
         y1, x1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
         top = (plan.out.row0 - plan.grid.row0) * plan.grid.sy - y0  # the image's edges, in working pixels
         left = (plan.out.col0 - plan.grid.col0) * plan.grid.sx - x0
-        box = (top, left, top + plan.out.height * plan.out.step_y * plan.grid.sy,
-               left + plan.out.width * plan.out.step_x * plan.grid.sx)
-        return ImageFeatures(input_size=(plan.out.height, plan.out.width), working_size=(y1 - y0, x1 - x0),
-                             windows=[(b[0] - y0, b[1] - x0, b[2] - y0, b[3] - x0) for b in boxes],
-                             patches=[f.patches for f in feats], cls=torch.stack([f.cls for f in feats]),
-                             patch_size=self.predictor.encoder.patch_size, options=self._options, input_box=box)
+        box = (
+            top,
+            left,
+            top + plan.out.height * plan.out.step_y * plan.grid.sy,
+            left + plan.out.width * plan.out.step_x * plan.grid.sx,
+        )
+        return ImageFeatures(
+            input_size=(plan.out.height, plan.out.width),
+            working_size=(y1 - y0, x1 - x0),
+            windows=[(b[0] - y0, b[1] - x0, b[2] - y0, b[3] - x0) for b in boxes],
+            patches=[f.patches for f in feats],
+            cls=torch.stack([f.cls for f in feats]),
+            patch_size=self.predictor.encoder.patch_size,
+            options=self._options,
+            input_box=box,
+        )
 
 
 def rasterize_area(shapes: tuple[dict, ...], transform: Affine, shape: tuple[int, int]) -> np.ndarray:
     """(H, W) bool: the pixels of a grid (``transform``, ``shape``) inside the area polygons."""
-    return rasterio.features.rasterize([(g, 1) for g in shapes], out_shape=shape, transform=transform,
-                                       dtype="uint8").astype(bool)
+    return rasterio.features.rasterize(
+        [(g, 1) for g in shapes], out_shape=shape, transform=transform, dtype="uint8"
+    ).astype(bool)
 
 
 def estimate(plan: Plan, cached: int, windows_per_s: float) -> dict:
     """What a planned job will cost: the JSON of ``POST /v1/estimate`` and the CLI's check."""
     windows = len(plan.windows())
     return {
-        "resolution_m": plan.grid.resolution_m, "rule": plan.grid.rule,
-        "working_size": [plan.grid.height, plan.grid.width] if plan.grid.rule == "long_side"
+        "resolution_m": plan.grid.resolution_m,
+        "rule": plan.grid.rule,
+        "working_size": [plan.grid.height, plan.grid.width]
+        if plan.grid.rule == "long_side"
         else [math.ceil(plan.extent.height * plan.grid.sy), math.ceil(plan.extent.width * plan.grid.sx)],
-        "output_size": [plan.out.height, plan.out.width], "windows": windows, "windows_cached": min(cached, windows),
-        "blocks": len(plan.out.blocks), "estimated_s": round((windows - min(cached, windows)) / windows_per_s, 1),
+        "output_size": [plan.out.height, plan.out.width],
+        "windows": windows,
+        "windows_cached": min(cached, windows),
+        "blocks": len(plan.out.blocks),
+        "estimated_s": round((windows - min(cached, windows)) / windows_per_s, 1),
     }

@@ -13,8 +13,8 @@ import os
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .atomic import atomic_output
 from .errors import RsovError, WeightsMissingError
@@ -47,7 +47,8 @@ def check_digest(actual: str, expected: str | None, what: str) -> None:
     if expected and actual.lower() != expected.lower():
         raise DigestMismatchError(
             f"{what} has sha256 {actual}, not the {expected} of the real file: it is damaged, "
-            "truncated or another file, and was not used.")
+            "truncated or another file, and was not used."
+        )
 
 
 def install_copy(source: str | os.PathLike, target: Path) -> None:
@@ -69,8 +70,10 @@ def download(url: str, target: Path, sha256: str | None = None, progress: Progre
     try:  # the URL comes from the model registry, never from a request
         response = urllib.request.urlopen(url, timeout=TIMEOUT_S)  # nosec B310
     except (urllib.error.URLError, OSError) as exc:
-        raise WeightsMissingError(f"Downloading {url} failed ({getattr(exc, 'reason', exc)}); "
-                                  f"download it elsewhere and import it with `rsov models --import FILE`.") from None
+        raise WeightsMissingError(
+            f"Downloading {url} failed ({getattr(exc, 'reason', exc)}); "
+            f"download it elsewhere and import it with `rsov models --import FILE`."
+        ) from None
     expected = sha256 or _hub_digest(response)
     total = int(response.headers.get("Content-Length") or 0) or None
     digest, done = hashlib.sha256(), 0

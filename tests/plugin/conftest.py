@@ -14,13 +14,17 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
 OEM_RASTER = SHARED_DATA / "openearthmap" / "oem_koeln_50.tif"
 
-if importlib.util.find_spec("qgis") is None:
-    collect_ignore_glob = ["*.py"]
+if importlib.util.find_spec("qgis") is None:  # never a silent "collected 0 items"
+    import pytest
+
+    raise pytest.UsageError(
+        "tests/plugin runs in QGIS's Python (python3-qgis), not this one: `make test-plugin`, "
+        "or .qgis-venv/bin/python -m pytest tests/plugin"
+    )
 else:
     import pytest
-    from qgis.core import QgsProject, QgsRasterLayer, QgsSettings
-
     from fake_backend import FakeBackend
+    from qgis.core import QgsProject, QgsRasterLayer, QgsSettings
 
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
@@ -106,8 +110,12 @@ else:
         port = free_port()
         token_file = folder / "token"
         with open(folder / "serve.log", "w") as log:
-            process = subprocess.Popen([str(RSOV), "serve", *args, "--port", str(port), "--token-file", str(token_file)],
-                                       stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+            process = subprocess.Popen(
+                [str(RSOV), "serve", *args, "--port", str(port), "--token-file", str(token_file)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+            )
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 180
             while True:

@@ -39,6 +39,7 @@ def guarded(step):
         except Exception:  # report whatever went wrong, then quit instead of hanging
             report["errors"].append(traceback.format_exc())
             finish()
+
     return run
 
 
@@ -48,12 +49,14 @@ def later(step, ms=500):
 
 def when_done(step, ticks=400):
     """Run ``step`` once the panel's task has ended (polling every 0.5 s, at most ``ticks`` times)."""
+
     def poll():
         if dock().task is not None and poll.ticks < ticks:
             poll.ticks += 1
             later(poll)
         else:
             step()
+
     poll.ticks = 0
     later(poll)
 
@@ -71,8 +74,10 @@ def start():
     report["dock_visible"] = panel is not None and panel.isVisible()
     ours = {a.shortcut().toString() for a in panel.review_panel.shortcut_actions}
     report["shortcut_clashes"] = sorted(
-        f"{a.text()} ({a.shortcut().toString()})" for a in iface.mainWindow().findChildren(QAction)
-        if a.shortcut().toString() in ours and a not in panel.review_panel.shortcut_actions)
+        f"{a.text()} ({a.shortcut().toString()})"
+        for a in iface.mainWindow().findChildren(QAction)
+        if a.shortcut().toString() in ours and a not in panel.review_panel.shortcut_actions
+    )
     layer = iface.addRasterLayer(RASTER, "oem_koeln_50")
     QgsProject.instance().setCrs(layer.crs())
     iface.mapCanvas().setDestinationCrs(layer.crs())

@@ -16,16 +16,22 @@ from rsov_qgis.vocabulary import VocabularyClass, parse_classes_string
 PERMISSIVE = {"points_per_side": 3, "pred_iou": -1.0, "stability": -1.0, "object_threshold": 0.0}
 
 
-def result_gpkg_bytes(path: Path, classes: list[str], epsg: int = 25832, origin=(346000.0, 5647500.0),
-                      instance: bool = False) -> bytes:
+def result_gpkg_bytes(
+    path: Path, classes: list[str], epsg: int = 25832, origin=(346000.0, 5647500.0), instance: bool = False
+) -> bytes:
     """A backend-like result GeoPackage: two squares per class (scores 0.2 and 0.8), numbered
     objects with ``instance``."""
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(epsg)
     ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
     layer = ds.CreateLayer("rsov", srs, ogr.wkbMultiPolygon)
-    for name, kind in (("class", ogr.OFTString), ("class_id", ogr.OFTInteger), ("score", ogr.OFTReal),
-                       ("area_m2", ogr.OFTReal), *([("instance_id", ogr.OFTInteger)] if instance else [])):
+    for name, kind in (
+        ("class", ogr.OFTString),
+        ("class_id", ogr.OFTInteger),
+        ("score", ogr.OFTReal),
+        ("area_m2", ogr.OFTReal),
+        *([("instance_id", ogr.OFTInteger)] if instance else []),
+    ):
         layer.CreateField(ogr.FieldDefn(name, kind))
     x0, y0 = origin
     for i, name in enumerate(classes):
@@ -38,8 +44,11 @@ def result_gpkg_bytes(path: Path, classes: list[str], epsg: int = 25832, origin=
             feature.SetField("area_m2", 100.0)
             if instance:
                 feature.SetField("instance_id", 2 * i + j + 1)
-            feature.SetGeometry(ogr.CreateGeometryFromWkt(
-                f"MULTIPOLYGON((({x} {y},{x + 10} {y},{x + 10} {y + 10},{x} {y + 10},{x} {y})))"))
+            feature.SetGeometry(
+                ogr.CreateGeometryFromWkt(
+                    f"MULTIPOLYGON((({x} {y},{x + 10} {y},{x + 10} {y + 10},{x} {y + 10},{x} {y})))"
+                )
+            )
             layer.CreateFeature(feature)
     ds = None  # noqa: F841 (closes the file)
     return path.read_bytes()
@@ -69,8 +78,12 @@ def xyz_layer(folder: Path, colour) -> QgsRasterLayer:
     return layer
 
 
-def polygon_layer(wkts: list[str], crs: str = "EPSG:25832", name: str = "drawn", classes: list[str] | None = None,
-                  ) -> QgsVectorLayer:
+def polygon_layer(
+    wkts: list[str],
+    crs: str = "EPSG:25832",
+    name: str = "drawn",
+    classes: list[str] | None = None,
+) -> QgsVectorLayer:
     """A memory layer of polygons with a ``class`` field (``classes``, else empty), all selected."""
     layer = QgsVectorLayer(f"Polygon?crs={crs}&field=class:string", name, "memory")
     features = []

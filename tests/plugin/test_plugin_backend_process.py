@@ -10,9 +10,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 from qgis.core import Qgis
 
-from helpers import free_port
 from rsov_qgis.backend_client import BackendClient, BackendError, JobCancelled
 from rsov_qgis.backend_process import BackendProcess, serve_command, serve_shell_command, start_and_wait
 
@@ -45,7 +45,9 @@ def process(qtbot):
 
 def test_serve_command():
     assert serve_command("/env/bin/rsov", "http://127.0.0.1:9000", "/t", "tiny-random") == (
-        "/env/bin/rsov", ["serve", "--host", "127.0.0.1", "--port", "9000", "--token-file", "/t", "--model", "tiny-random"])
+        "/env/bin/rsov",
+        ["serve", "--host", "127.0.0.1", "--port", "9000", "--token-file", "/t", "--model", "tiny-random"],
+    )
     program, args = serve_command("/env/bin/python3.11", "http://localhost", "/t")
     assert args[:3] == ["-m", "rsov.cli", "serve"] and args[-4:] == ["--port", "8765", "--token-file", "/t"]
 
@@ -86,8 +88,15 @@ def test_start_and_wait_in_the_main_thread_reports_the_wait(process, tmp_path):
     """qgis_process runs Processing in the main thread: the wait runs the backend's events itself."""
     slow = fake_rsov_script(tmp_path / "rsov", 'echo "rsov: loading the model ViT-B-16-openai"\nsleep 6')
     waits, url = [], f"http://127.0.0.1:{free_port()}"
-    health = start_and_wait(process, str(slow), url, str(tmp_path / "token"), "", lambda: False,
-                            lambda elapsed, log: waits.append((round(elapsed), log)))
+    health = start_and_wait(
+        process,
+        str(slow),
+        url,
+        str(tmp_path / "token"),
+        "",
+        lambda: False,
+        lambda elapsed, log: waits.append((round(elapsed), log)),
+    )
     assert health.model == "fake-model" and process.is_running()
     assert waits and waits[0][0] == 5 and waits[0][1].endswith("rsov: loading the model ViT-B-16-openai")
     # running already (the Backend tab started it, say): it answers at once
@@ -99,9 +108,19 @@ def test_start_and_wait_from_a_worker_thread(process, fake_rsov, tmp_path, qtbot
     """Processing's dialog runs the algorithm in a worker thread: the process still starts (and
     lives) in the main thread, whose event loop runs meanwhile."""
     answers = []
-    worker = threading.Thread(target=lambda: answers.append(start_and_wait(
-        process, str(fake_rsov), f"http://127.0.0.1:{free_port()}", str(tmp_path / "token"), "", lambda: False,
-        lambda *_: None)))
+    worker = threading.Thread(
+        target=lambda: answers.append(
+            start_and_wait(
+                process,
+                str(fake_rsov),
+                f"http://127.0.0.1:{free_port()}",
+                str(tmp_path / "token"),
+                "",
+                lambda: False,
+                lambda *_: None,
+            )
+        )
+    )
     worker.start()
     qtbot.waitUntil(lambda: not worker.is_alive(), timeout=30000)
     assert answers[0].model == "fake-model" and process.is_running()
@@ -121,7 +140,8 @@ def test_start_and_wait_says_why_it_failed_or_stops_when_cancelled(process, tmp_
 
 def test_serve_shell_command_quotes_the_token_file():
     assert serve_shell_command("http://127.0.0.1:9000", "/my tokens/t", "tiny-random") == (
-        "rsov serve --host 127.0.0.1 --port 9000 --token-file '/my tokens/t' --model tiny-random")
+        "rsov serve --host 127.0.0.1 --port 9000 --token-file '/my tokens/t' --model tiny-random"
+    )
 
 
 def _dock(iface, qtbot, tmp_path, monkeypatch, rsov: Path):
@@ -137,9 +157,12 @@ def _dock(iface, qtbot, tmp_path, monkeypatch, rsov: Path):
 
 
 def test_a_backend_that_dies_once_ready_leaves_its_last_lines(process, qtbot, tmp_path):
-    dying = shell_script(tmp_path / "rsov", f'{sys.executable} {FAKE} "$5" "$7" &\n'
-                                        'while [ ! -s "$7" ]; do sleep 0.1; done\nsleep 3\n'
-                                        'echo "MemoryError: cannot allocate 3.2 GiB"\nkill -9 $!\nexit 1')
+    dying = shell_script(
+        tmp_path / "rsov",
+        f'{sys.executable} {FAKE} "$5" "$7" &\n'
+        'while [ ! -s "$7" ]; do sleep 0.1; done\nsleep 3\n'
+        'echo "MemoryError: cannot allocate 3.2 GiB"\nkill -9 $!\nexit 1',
+    )
     with qtbot.waitSignal(process.ready, timeout=30000):
         process.start(str(dying), f"http://127.0.0.1:{free_port()}", str(tmp_path / "token"))
     with qtbot.waitSignal(process.stopped, timeout=30000) as stopped:
@@ -161,14 +184,19 @@ def test_dock_starts_and_stops_the_backend(qgis_iface, qtbot, qgis_new_project, 
         BackendClient(url).health()
 
 
-def test_dock_shows_the_time_and_the_log_while_the_backend_starts(qgis_iface, qtbot, qgis_new_project, tmp_path,
-                                                                 monkeypatch):
+def test_dock_shows_the_time_and_the_log_while_the_backend_starts(
+    qgis_iface, qtbot, qgis_new_project, tmp_path, monkeypatch
+):
     slow = fake_rsov_script(tmp_path / "rsov", 'echo "rsov: loading the model ViT-B-16-openai"\nsleep 3')
     dock = _dock(qgis_iface, qtbot, tmp_path, monkeypatch, slow)
     try:
         dock.start_backend()
-        qtbot.waitUntil(lambda: re.search(r"Starting the backend \(loading the model\): [1-9] s…",
-                                          dock.status_label.text()) is not None, timeout=10000)
+        qtbot.waitUntil(
+            lambda: (
+                re.search(r"Starting the backend \(loading the model\): [1-9] s…", dock.status_label.text()) is not None
+            ),
+            timeout=10000,
+        )
         assert "rsov: loading the model ViT-B-16-openai" in dock.status_label.text()  # its latest output
         qtbot.waitUntil(lambda: "Connected" in dock.status_label.text(), timeout=30000)
         assert "loading the model" not in dock.status_label.text()
@@ -176,8 +204,9 @@ def test_dock_shows_the_time_and_the_log_while_the_backend_starts(qgis_iface, qt
         dock.shutdown()
 
 
-def test_a_backend_that_dies_while_idle_can_be_restarted(qgis_iface, qtbot, qgis_new_project, fake_rsov, tmp_path,
-                                                         monkeypatch):
+def test_a_backend_that_dies_while_idle_can_be_restarted(
+    qgis_iface, qtbot, qgis_new_project, fake_rsov, tmp_path, monkeypatch
+):
     from rsov_qgis.dock import CRASHED
 
     dock = _dock(qgis_iface, qtbot, tmp_path, monkeypatch, fake_rsov)

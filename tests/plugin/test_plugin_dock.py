@@ -5,13 +5,21 @@ import re
 from pathlib import Path
 
 import pytest
-from qgis.core import Qgis, QgsApplication, QgsCategorizedSymbolRenderer, QgsProject, QgsRasterLayer, QgsRectangle, QgsVectorLayer
+from conftest import REPO
+from helpers import free_port, polygon_layer, xyz_layer
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsCategorizedSymbolRenderer,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor
 from qgis.PyQt.QtWidgets import QApplication, QLineEdit
 
-from conftest import REPO
-from helpers import free_port, polygon_layer, xyz_layer
 from rsov_qgis import classFactory, schema
 from rsov_qgis.dock import NO_BACKEND, RsovDock
 from rsov_qgis.palette import class_colour
@@ -160,8 +168,11 @@ def test_row_colours_are_the_palette_of_processing_unless_chosen(dock):
     editor.table.cellWidget(1, 0).setColor(QColor("#123456"))  # chosen by the analyst
     editor.table.setCurrentCell(1, 1)
     editor.move_class(-1)
-    assert [(c.name, c.color) for c in dock.vocabulary()] == [("b", "#123456"), ("a", class_colour(2)),
-                                                               ("c", class_colour(3))]
+    assert [(c.name, c.color) for c in dock.vocabulary()] == [
+        ("b", "#123456"),
+        ("a", class_colour(2)),
+        ("c", class_colour(3)),
+    ]
     assert parse_vocabulary(Settings.load().vocabulary)[0].color == "#123456"  # remembered as chosen
     editor.table.cellWidget(0, 0).setToDefaultColor()  # the button's "default colour": the palette's again
     assert dock.vocabulary()[0].color == class_colour(1)
@@ -213,8 +224,9 @@ def test_backend_status_line(fake_backend, dock, tmp_path, monkeypatch):
     assert "No rsov backend answers" in dock.status_label.text()
 
 
-def test_a_backend_of_another_api_version_is_refused(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot,
-                                                     tmp_path):
+def test_a_backend_of_another_api_version_is_refused(
+    fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot, tmp_path
+):
     sentence = "This backend speaks API v0, the plugin needs v1: reinstall the backend"
     fake_backend.api_version = 0
     assert not dock.check_backend()
@@ -264,7 +276,8 @@ def test_segment_visible_extent(fake_backend, dock, oem_layer, qgis_canvas, qgis
     renderer = layer.renderer()
     assert isinstance(renderer, QgsCategorizedSymbolRenderer)
     assert [(c.value(), c.symbol().color().name()) for c in renderer.categories()] == [
-        (c.name, c.color) for c in dock.vocabulary()]
+        (c.name, c.color) for c in dock.vocabulary()
+    ]
     for feature in layer.getFeatures():
         assert visible.buffered(1.0).contains(feature.geometry().boundingBox())
     assert layer.source().startswith(str(tmp_path / "results"))
@@ -293,7 +306,9 @@ def _assert_nothing_written(tmp_path):
     assert not results.exists() or list(results.iterdir()) == []
 
 
-def test_backend_down_shows_a_message_and_writes_nothing(dock, oem_layer, qgis_canvas, qgis_iface, qtbot, tmp_path, monkeypatch):
+def test_backend_down_shows_a_message_and_writes_nothing(
+    dock, oem_layer, qgis_canvas, qgis_iface, qtbot, tmp_path, monkeypatch
+):
     monkeypatch.setenv("RSOV_BACKEND_URL", f"http://127.0.0.1:{free_port()}")
     dock.settings = Settings.load()
     _show_central_half(qgis_canvas, oem_layer)
@@ -305,7 +320,9 @@ def test_backend_down_shows_a_message_and_writes_nothing(dock, oem_layer, qgis_c
     assert dock.stage_label.text() == "Failed"
 
 
-def test_wrong_token_shows_a_message_and_writes_nothing(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot, tmp_path):
+def test_wrong_token_shows_a_message_and_writes_nothing(
+    fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot, tmp_path
+):
     fake_backend.token_file.write_text("not-the-token")
     _show_central_half(qgis_canvas, oem_layer)
     _run(dock, qtbot)
@@ -330,8 +347,10 @@ def test_cancel_mid_job(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, 
     qtbot.waitUntil(lambda: any(job.polls >= 2 for job in fake_backend.jobs.values()), timeout=TIMEOUT_MS)
     # the backend's stage as it reads, with the time left (the poll's answer reaches the label a
     # moment after the fake counts it)
-    qtbot.waitUntil(lambda: re.fullmatch(r"segmenting block [23]/3 — about 40 s left", dock.stage_label.text())
-                    is not None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(
+        lambda: re.fullmatch(r"segmenting block [23]/3 — about 40 s left", dock.stage_label.text()) is not None,
+        timeout=TIMEOUT_MS,
+    )
     assert dock.progress.value() > 0
     dock.cancel()
     qtbot.waitUntil(lambda: dock.task is None, timeout=TIMEOUT_MS)
@@ -340,8 +359,9 @@ def test_cancel_mid_job(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, 
     _assert_nothing_written(tmp_path)
 
 
-def test_backend_crash_mid_job_shows_a_message_and_writes_nothing(fake_backend, dock, oem_layer, qgis_canvas,
-                                                                  qgis_iface, qtbot, tmp_path):
+def test_backend_crash_mid_job_shows_a_message_and_writes_nothing(
+    fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot, tmp_path
+):
     fake_backend.hold = True
     _show_central_half(qgis_canvas, oem_layer)
     dock.segment()
@@ -374,14 +394,22 @@ def test_review_tools(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qt
     _show_central_half(qgis_canvas, oem_layer)
     _run(dock, qtbot)
     [layer] = _result_layers()
-    assert [panel.relabel_combo.itemText(i) for i in range(panel.relabel_combo.count())] == ["building", "tree", "water"]
+    assert [panel.relabel_combo.itemText(i) for i in range(panel.relabel_combo.count())] == [
+        "building",
+        "tree",
+        "water",
+    ]
     ids = sorted(f.id() for f in layer.getFeatures())
     panel.next_action.trigger()
     assert layer.selectedFeatureIds() == [ids[0]]
     panel.accept_action.trigger()  # accepts and moves on
     assert layer.selectedFeatureIds() == [ids[1]]
     panel.reject_action.trigger()
-    assert {f.id(): f[schema.STATUS] for f in layer.getFeatures()} == {ids[0]: "accepted", ids[1]: "rejected", ids[2]: "new"}
+    assert {f.id(): f[schema.STATUS] for f in layer.getFeatures()} == {
+        ids[0]: "accepted",
+        ids[1]: "rejected",
+        ids[2]: "new",
+    }
     qtbot.waitUntil(lambda: panel.review_summary.text() == "1 new, 1 accepted, 1 rejected (all shown; not saved yet)")
     assert panel.save_button.isEnabled() and panel.undo_button.isEnabled() and not panel.redo_button.isEnabled()
     panel.undo()  # the reject
@@ -408,7 +436,8 @@ def test_review_tools(fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qt
     assert [f["class"] for f in target.getFeatures()] == ["building"]
     assert [m for m in _messages(qgis_iface, "Success") + _messages(qgis_iface, "Info") if "merged" in m] == [
         f"Accepted features of {layer.name()}: 1 added to reviewed, 0 already merged.",
-        f"Accepted features of {layer.name()}: 0 added to reviewed, 1 already merged."]
+        f"Accepted features of {layer.name()}: 0 added to reviewed, 1 already merged.",
+    ]
     assert [a.shortcut().toString() for a in panel.shortcut_actions] == ["Alt+Shift+A", "Alt+Shift+R", "Alt+Shift+N"]
     assert set(panel.shortcut_actions) <= set(dock.actions())  # on the dock: they work whichever tab shows
 
@@ -435,15 +464,20 @@ def test_plugin_load_and_unload(qgis_iface, qgis_app):
 
 # --- instance mode --------------------------------------------------------------------------------
 def test_instance_mode_sends_its_options_and_the_examples_of_its_classes(
-        fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot):
+    fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot
+):
     assert not dock.instance_panel.isVisibleTo(dock)  # semantic by default
     dock.mode_combo.setCurrentIndex(dock.mode_combo.findData("instance"))
     assert dock.instance_panel.isVisibleTo(dock)
     dock.instance_panel.spins["points_per_side"].setValue(8)
     dock.instance_panel.prompts_check.setChecked(False)
-    drawn = polygon_layer(["POLYGON((7.0 50.95, 7.0001 50.95, 7.0001 50.9501, 7.0 50.95))",  # off the raster
-                           "POLYGON((346100 5647600, 346120 5647600, 346120 5647620, 346100 5647600))"],
-                          crs="EPSG:25832")
+    drawn = polygon_layer(
+        [
+            "POLYGON((7.0 50.95, 7.0001 50.95, 7.0001 50.9501, 7.0 50.95))",  # off the raster
+            "POLYGON((346100 5647600, 346120 5647600, 346120 5647620, 346100 5647600))",
+        ],
+        crs="EPSG:25832",
+    )
     QgsProject.instance().addMapLayer(drawn)
     qgis_iface.setActiveLayer(drawn)
     for name in ("building", "water"):
@@ -455,18 +489,29 @@ def test_instance_mode_sends_its_options_and_the_examples_of_its_classes(
     assert _messages(qgis_iface, "Critical") == []
     sent = fake_backend.requests[0]["json"]
     assert sent["mode"] == "instance" and sent["classes"] == ["building,roof,house", "tree,forest"]
-    assert sent["options"] == {"threshold": 0.3, "object_threshold": 0.3, "points_per_side": 8, "pred_iou": 0.8,
-                               "stability": 0.9, "class_prompts": False, "points_per_batch": 64}
+    assert sent["options"] == {
+        "threshold": 0.3,
+        "object_threshold": 0.3,
+        "points_per_side": 8,
+        "pred_iou": 0.8,
+        "stability": 0.9,
+        "class_prompts": False,
+        "points_per_batch": 64,
+    }
     assert sent["examples"]["crs"] == {"type": "name", "properties": {"name": "EPSG:25832"}}
     assert [f["properties"]["class"] for f in sent["examples"]["features"]] == ["building"]
     assert sent["examples"]["features"][0]["geometry"]["coordinates"][0][0] == pytest.approx([346100, 5647600])
     [layer] = _result_layers()
     assert layer.name().startswith("oem_koeln_50 objects ") and "_objects_" in layer.source()
     assert schema.INSTANCE_ID in layer.fields().names() and layer.featureCount() == 2
-    assert dock.stage_label.text() == (f"Done: 2 objects in {layer.name()} "  # with the backend's summary
-                                       "(3 proposals, 2 kept, 0 below the object threshold 0.30, 1 background)")
-    looks = [(c.value(), c.symbol().color().alpha(), c.symbol().symbolLayer(0).strokeColor().name())
-             for c in layer.renderer().categories()]
+    assert dock.stage_label.text() == (
+        f"Done: 2 objects in {layer.name()} "  # with the backend's summary
+        "(3 proposals, 2 kept, 0 below the object threshold 0.30, 1 background)"
+    )
+    looks = [
+        (c.value(), c.symbol().color().alpha(), c.symbol().symbolLayer(0).strokeColor().name())
+        for c in layer.renderer().categories()
+    ]
     assert looks == [("building", 40, class_colour(1)), ("tree", 40, class_colour(2))]  # outlines in the class colours
     assert layer.labeling() is not None and not layer.labelsEnabled()
     # the review tools work on objects too
@@ -492,13 +537,15 @@ def test_an_instance_job_without_objects_says_why(fake_backend, dock, oem_layer,
     summary = "4 proposals, 0 kept, 3 below the object threshold 0.95, 1 background"
     assert layer.featureCount() == 0 and dock.stage_label.text() == f"Done: 0 objects in {layer.name()} ({summary})"
     assert _messages(qgis_iface, "Warning") == [
-        f"No objects: {summary}. Lower the object threshold or check the vocabulary."]
+        f"No objects: {summary}. Lower the object threshold or check the vocabulary."
+    ]
     assert _messages(qgis_iface, "Success") == [] and _messages(qgis_iface, "Critical") == []
     _screenshot(dock, qtbot, "no_objects.png")
 
 
-def test_refine_with_sam_regions_is_sent_remembered_and_semantic_only(fake_backend, dock, oem_layer, qgis_canvas,
-                                                                      qgis_iface, qtbot):
+def test_refine_with_sam_regions_is_sent_remembered_and_semantic_only(
+    fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot
+):
     assert dock.refine_check.isVisibleTo(dock) and not dock.refine_check.isChecked()
     assert "1024 px tile" in dock.refine_check.toolTip()
     dock.refine_check.setChecked(True)

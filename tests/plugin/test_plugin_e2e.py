@@ -13,20 +13,21 @@ import re
 import signal
 
 import pytest
+from conftest import REPO, RSOV
+from helpers import PERMISSIVE, free_port, polygon_layer, xyz_layer
 from osgeo import gdal
 from qgis.core import (
     Qgis,
     QgsCategorizedSymbolRenderer,
-    QgsGeometry,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
+    QgsGeometry,
     QgsProject,
     QgsRasterLayer,
     QgsRectangle,
     QgsVectorLayer,
 )
-from conftest import REPO, RSOV
-from helpers import PERMISSIVE, free_port, polygon_layer, xyz_layer
+
 from rsov_qgis import schema
 from rsov_qgis.backend_client import BackendClient, BackendError
 from rsov_qgis.dock import CRASHED, RsovDock
@@ -95,7 +96,8 @@ def _assert_result(layer, dock, inside: QgsRectangle, crs: str):
     renderer = layer.renderer()
     assert isinstance(renderer, QgsCategorizedSymbolRenderer) and renderer.classAttribute() == "class"
     assert [(c.value(), c.symbol().color().name()) for c in renderer.categories()] == [
-        (c.name, c.color) for c in _legend_order(dock.vocabulary(), features)]
+        (c.name, c.color) for c in _legend_order(dock.vocabulary(), features)
+    ]
     tolerance = max(inside.width(), inside.height()) * 0.01
     for feature in features:
         assert inside.buffered(tolerance).contains(feature.geometry().boundingBox())
@@ -121,8 +123,9 @@ def test_geographic_raster_under_a_web_mercator_canvas(dock, oem_raster, qgis_ca
     visible = _show(qgis_canvas, layer, QgsCoordinateReferenceSystem("EPSG:3857"))
     _segment(dock, qtbot)
     assert _critical(qgis_iface) == []
-    in_4326 = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:3857"), layer.crs(),
-                                     QgsProject.instance()).transformBoundingBox(visible)
+    in_4326 = QgsCoordinateTransform(
+        QgsCoordinateReferenceSystem("EPSG:3857"), layer.crs(), QgsProject.instance()
+    ).transformBoundingBox(visible)
     _assert_result(_only_result(), dock, in_4326.intersect(layer.extent()), "EPSG:4326")
 
 
@@ -167,10 +170,16 @@ def test_processing_segment(use_real_backend, oem_layer, qgis_processing, tmp_pa
     try:
         e = oem_layer.extent()
         box = QgsRectangle(e.xMinimum() + 50, e.yMinimum() + 50, e.xMinimum() + 350, e.yMinimum() + 250)
-        result = processing.run("rsov:segment", {
-            "INPUT": oem_layer, "CLASSES": "building,roof,house; tree,forest; water,river", "THRESHOLD": 0.0,
-            "EXTENT": f"{box.xMinimum()},{box.xMaximum()},{box.yMinimum()},{box.yMaximum()} [EPSG:25832]",
-            "OUTPUT": str(tmp_path / "out.gpkg")})
+        result = processing.run(
+            "rsov:segment",
+            {
+                "INPUT": oem_layer,
+                "CLASSES": "building,roof,house; tree,forest; water,river",
+                "THRESHOLD": 0.0,
+                "EXTENT": f"{box.xMinimum()},{box.xMaximum()},{box.yMinimum()},{box.yMaximum()} [EPSG:25832]",
+                "OUTPUT": str(tmp_path / "out.gpkg"),
+            },
+        )
     finally:
         QgsApplication.processingRegistry().removeProvider(provider)
     layer = QgsVectorLayer(result["OUTPUT"], "out", "ogr")
@@ -200,9 +209,12 @@ def test_start_backend_button_runs_rsov_serve(qgis_iface, qtbot, qgis_new_projec
     url = dock.settings.backend_url
     dock.start_backend()
     # the time it has taken so far, while it loads (torch alone takes seconds)
-    qtbot.waitUntil(lambda: re.search(r"loading the model\): \d+ s…", dock.status_label.text()) is not None,
-                    timeout=TIMEOUT_MS)
-    qtbot.waitUntil(lambda: "Connected" in dock.status_label.text() or not dock.backend.is_running(), timeout=TIMEOUT_MS)
+    qtbot.waitUntil(
+        lambda: re.search(r"loading the model\): \d+ s…", dock.status_label.text()) is not None, timeout=TIMEOUT_MS
+    )
+    qtbot.waitUntil(
+        lambda: "Connected" in dock.status_label.text() or not dock.backend.is_running(), timeout=TIMEOUT_MS
+    )
     assert "model tiny-random on CPU" in dock.status_label.text() or "CUDA" in dock.status_label.text()
     assert (tmp_path / "token").exists()
     dock.shutdown()
@@ -211,12 +223,16 @@ def test_start_backend_button_runs_rsov_serve(qgis_iface, qtbot, qgis_new_projec
 
 
 def _all_messages(iface) -> list[str]:
-    return [m for level in ("Info", "Success", "Warning", "Critical")
-            for m in iface.messageBar().get_messages(getattr(Qgis.MessageLevel, level))]
+    return [
+        m
+        for level in ("Info", "Success", "Warning", "Critical")
+        for m in iface.messageBar().get_messages(getattr(Qgis.MessageLevel, level))
+    ]
 
 
-def test_backend_killed_during_a_job_restart_and_retry(oem_layer, qgis_canvas, qgis_iface, qtbot, tmp_path,
-                                                       monkeypatch):
+def test_backend_killed_during_a_job_restart_and_retry(
+    oem_layer, qgis_canvas, qgis_iface, qtbot, tmp_path, monkeypatch
+):
     dock = _dock_starting_its_backend(qgis_iface, qtbot, tmp_path, monkeypatch)
     dock.resize(520, 900)
     try:
@@ -283,8 +299,10 @@ def test_dock_instance_mode_with_examples(dock, oem_layer, qgis_canvas, qgis_ifa
     _assert_objects(layer, dock.vocabulary())
     # with the backend's summary of its proposals (a backend before the summary gives none)
     count = layer.featureCount()
-    assert re.match(rf"Done: {count} objects? in {re.escape(layer.name())}( \(\d+ proposals, {count} kept(, .+)?\))?$",
-                    dock.stage_label.text()), dock.stage_label.text()
+    assert re.match(
+        rf"Done: {count} objects? in {re.escape(layer.name())}( \(\d+ proposals, {count} kept(, .+)?\))?$",
+        dock.stage_label.text(),
+    ), dock.stage_label.text()
 
 
 def test_processing_instance_mode_with_examples(use_real_backend, oem_layer, qgis_processing, tmp_path):
@@ -297,14 +315,24 @@ def test_processing_instance_mode_with_examples(use_real_backend, oem_layer, qgi
     QgsApplication.processingRegistry().addProvider(provider)
     examples = polygon_layer([ROOF], classes=["tree"])
     try:
-        result = processing.runAndLoadResults("rsov:segment", {
-            "INPUT": oem_layer, "CLASSES": "building,roof,house; tree,forest; water,river", "THRESHOLD": 0.0,
-            "MODE": "instance", "EXAMPLES": examples, "CLASS_PROMPTS": False,
-            **{key.upper(): value for key, value in PERMISSIVE.items()}, "OUTPUT": str(tmp_path / "objects.gpkg")})
+        result = processing.runAndLoadResults(
+            "rsov:segment",
+            {
+                "INPUT": oem_layer,
+                "CLASSES": "building,roof,house; tree,forest; water,river",
+                "THRESHOLD": 0.0,
+                "MODE": "instance",
+                "EXAMPLES": examples,
+                "CLASS_PROMPTS": False,
+                **{key.upper(): value for key, value in PERMISSIVE.items()},
+                "OUTPUT": str(tmp_path / "objects.gpkg"),
+            },
+        )
     finally:
         QgsApplication.processingRegistry().removeProvider(provider)
-    [layer] = [layer for layer in QgsProject.instance().mapLayers().values()
-               if layer.source().startswith(result["OUTPUT"])]
+    [layer] = [
+        layer for layer in QgsProject.instance().mapLayers().values() if layer.source().startswith(result["OUTPUT"])
+    ]
     assert layer.crs().authid() == "EPSG:25832"
     _assert_objects(layer, parse_vocabulary("building, roof, house\ntree, forest\nwater, river"))
     assert {f["status"] for f in layer.getFeatures()} == {"new"}
@@ -322,8 +350,9 @@ def test_dock_selected_polygons_and_the_estimate(dock, oem_layer, qgis_canvas, q
     dock.refresh_estimate()
     qtbot.waitUntil(lambda: "asking" not in dock.estimate_label.text(), timeout=TIMEOUT_MS)
     # auto: the raster's 0.5 m × 1024/448
-    assert re.match(r"Estimate: 1\.14 m/px \(auto\), \d+ × \d+ px, \d+ windows?", dock.estimate_label.text()), \
+    assert re.match(r"Estimate: 1\.14 m/px \(auto\), \d+ × \d+ px, \d+ windows?", dock.estimate_label.text()), (
         dock.estimate_label.text()
+    )
     task = _segment(dock, qtbot)
     assert _critical(qgis_iface) == []
     assert task.job.to_json()["mask"]["crs"]["properties"]["name"] == "EPSG:25832"

@@ -4,6 +4,7 @@ save and reload of a .qgz), shown in the panel, and chosen for a job."""
 import json
 
 import pytest
+from helpers import polygon_layer
 from qgis.core import (
     Qgis,
     QgsCoordinateReferenceSystem,
@@ -15,7 +16,6 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from helpers import polygon_layer
 from rsov_qgis.examples import (
     PROJECT_KEY,
     PROJECT_SCOPE,
@@ -44,8 +44,15 @@ def in_4326(wkt: str) -> str:
 def test_examples_keep_one_crs_and_count_per_class():
     examples = ExampleSet()
     assert examples.add("building", [QgsGeometry.fromWkt(ROOF)], UTM, CONTEXT) == 1
-    assert examples.add("tree", [QgsGeometry.fromWkt(in_4326(TREE)), QgsGeometry.fromWkt("POINT(1 1)")],
-                        QgsCoordinateReferenceSystem("EPSG:4326"), CONTEXT) == 1  # points are no examples
+    assert (
+        examples.add(
+            "tree",
+            [QgsGeometry.fromWkt(in_4326(TREE)), QgsGeometry.fromWkt("POINT(1 1)")],
+            QgsCoordinateReferenceSystem("EPSG:4326"),
+            CONTEXT,
+        )
+        == 1
+    )  # points are no examples
     assert examples.crs.authid() == "EPSG:25832" and examples.counts() == {"building": 1, "tree": 1}
     tree = examples.examples[1].geometry.boundingBox()
     assert tree.xMinimum() == pytest.approx(346300, abs=0.01)  # transformed into the set's CRS
@@ -59,8 +66,9 @@ def test_a_job_gets_its_own_classes_in_the_raster_crs_on_readable_pixels(oem_lay
     examples.add("Building", [QgsGeometry.fromWkt(in_4326(ROOF))], QgsCoordinateReferenceSystem("EPSG:4326"), CONTEXT)
     examples.add("tree", [QgsGeometry.fromWkt(in_4326(TREE))], QgsCoordinateReferenceSystem("EPSG:4326"), CONTEXT)
     examples.add("car", [QgsGeometry.fromWkt(in_4326(ROOF))], QgsCoordinateReferenceSystem("EPSG:4326"), CONTEXT)
-    examples.add("building", [QgsGeometry.fromWkt(in_4326(FAR_AWAY))], QgsCoordinateReferenceSystem("EPSG:4326"),
-                 CONTEXT)
+    examples.add(
+        "building", [QgsGeometry.fromWkt(in_4326(FAR_AWAY))], QgsCoordinateReferenceSystem("EPSG:4326"), CONTEXT
+    )
     small = QgsRectangle(346050, 5647550, 346200, 5647700)  # holds the roof, not the tree
     by_path = raster_request(small, UTM, oem_layer, CONTEXT, local_backend=True)
     sent = examples.for_job(["building", "tree"], oem_layer, by_path, CONTEXT)
@@ -70,8 +78,10 @@ def test_a_job_gets_its_own_classes_in_the_raster_crs_on_readable_pixels(oem_lay
     ring = sent["features"][0]["geometry"]["coordinates"][0]
     assert ring[0] == pytest.approx([346100, 5647600], abs=0.01)
     as_chip = raster_request(small, UTM, oem_layer, CONTEXT, local_backend=False)
-    assert [f["properties"]["class"] for f in examples.for_job(["building", "tree"], oem_layer, as_chip, CONTEXT)[
-        "features"]] == ["building"]  # a chip holds only the extent
+    assert [
+        f["properties"]["class"]
+        for f in examples.for_job(["building", "tree"], oem_layer, as_chip, CONTEXT)["features"]
+    ] == ["building"]  # a chip holds only the extent
     assert examples.for_job(["water"], oem_layer, by_path, CONTEXT) is None
 
 
@@ -112,7 +122,10 @@ def test_damaged_entry_and_wrong_layers_are_explained(qgis_new_project):
 def test_panel_takes_selected_polygons_as_examples(dock, qgis_iface, tmp_path):
     panel = dock.instance_panel
     assert [panel.example_class_combo.itemText(i) for i in range(panel.example_class_combo.count())] == [
-        "building", "tree", "water"]
+        "building",
+        "tree",
+        "water",
+    ]
     assert panel.examples_label.text().startswith("None")
     drawn = polygon_layer([ROOF, in_4326(TREE)], crs="EPSG:4326")
     QgsProject.instance().addMapLayer(drawn)
@@ -124,7 +137,9 @@ def test_panel_takes_selected_polygons_as_examples(dock, qgis_iface, tmp_path):
     dock.set_vocabulary([c for c in dock.vocabulary() if c.name != "tree"])  # the class leaves the vocabulary
     assert panel.examples_label.text() == "tree: 2 (not in the vocabulary)"
     assert [panel.example_class_combo.itemText(i) for i in range(panel.example_class_combo.count())] == [
-        "building", "water"]
+        "building",
+        "water",
+    ]
     # saved and read back with the project: the panel follows
     path = tmp_path / "p.qgz"
     assert QgsProject.instance().write(str(path))

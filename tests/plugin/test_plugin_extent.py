@@ -3,6 +3,7 @@
 import math
 
 import pytest
+from helpers import xyz_layer
 from osgeo import gdal
 from qgis.core import (
     QgsCoordinateReferenceSystem,
@@ -11,7 +12,7 @@ from qgis.core import (
     QgsRasterLayer,
     QgsRectangle,
 )
-from helpers import xyz_layer
+
 from rsov_qgis.extent import ExtentError, chip_pipe, raster_request, visible_extent_request, write_chip
 
 WEB_MERCATOR = QgsCoordinateReferenceSystem("EPSG:3857")
@@ -60,15 +61,17 @@ def test_geographic_raster_with_web_mercator_canvas(qgis_canvas, raster_4326):
     assert (request.width, request.height) == (round((maxx - minx) / px), round((maxy - miny) / py))
     # covers the visible extent, and not much more than it
     visible = QgsCoordinateTransform(WEB_MERCATOR, raster_4326.crs(), QgsProject.instance()).transformBoundingBox(
-        settings.visibleExtent())
+        settings.visibleExtent()
+    )
     assert QgsRectangle(*request.bbox).contains(visible.intersect(extent))
     assert maxx - minx <= visible.width() + 2 * px and maxy - miny <= visible.height() + 2 * py
 
 
 def test_partly_covered_extent_is_clipped_and_snapped(oem_layer):
     extent, px = oem_layer.extent(), oem_layer.rasterUnitsPerPixelX()
-    rect = QgsRectangle(extent.center().x() + 0.3 * px, extent.yMinimum() - 100, extent.xMaximum() + 300,
-                        extent.yMaximum() + 100)
+    rect = QgsRectangle(
+        extent.center().x() + 0.3 * px, extent.yMinimum() - 100, extent.xMaximum() + 300, extent.yMaximum() + 100
+    )
     request = raster_request(rect, oem_layer.crs(), oem_layer, QgsProject.instance().transformContext(), True)
     assert request.bbox == pytest.approx((extent.center().x(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()))
     assert (request.width, request.height) == (500, 1000)
@@ -96,8 +99,9 @@ def test_remote_backend_gets_a_chip_at_canvas_resolution(qgis_canvas, raster_432
 
 
 def test_whole_raster_request_in_raster_crs(oem_layer):
-    request = raster_request(oem_layer.extent(), oem_layer.crs(), oem_layer,
-                             QgsProject.instance().transformContext(), True)
+    request = raster_request(
+        oem_layer.extent(), oem_layer.crs(), oem_layer, QgsProject.instance().transformContext(), True
+    )
     assert (request.width, request.height) == (1000, 1000) and request.crs == "EPSG:25832"
 
 

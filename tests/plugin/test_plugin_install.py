@@ -13,11 +13,11 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
+from conftest import OEM_RASTER, REPO
+from helpers import free_port
 from osgeo import gdal
 from qgis.core import Qgis, QgsVectorLayer
 
-from conftest import OEM_RASTER, REPO
-from helpers import free_port
 from rsov_qgis import install_backend
 from rsov_qgis.backend_client import BackendClient, JobRequest, SegmentOptions
 from rsov_qgis.backend_process import BackendProcess
@@ -49,9 +49,13 @@ def error_of(output: str) -> str:
 
 # --- failures ---------------------------------------------------------------------------------
 def test_configured_python_missing_or_too_old(tmp_path, capsys):
-    code, out = run_main(capsys, "--prefix", str(tmp_path / "env"), "--torch", "cpu", "--python", str(tmp_path / "nope"))
+    code, out = run_main(
+        capsys, "--prefix", str(tmp_path / "env"), "--torch", "cpu", "--python", str(tmp_path / "nope")
+    )
     assert code == 1
-    assert error_of(out) == f"The configured Python {tmp_path / 'nope'} does not exist: rsov needs Python 3.10 or newer."
+    assert (
+        error_of(out) == f"The configured Python {tmp_path / 'nope'} does not exist: rsov needs Python 3.10 or newer."
+    )
     old = fake_python(tmp_path / "python3.8")
     code, out = run_main(capsys, "--prefix", str(tmp_path / "env"), "--torch", "cpu", "--python", str(old))
     assert code == 1
@@ -75,12 +79,27 @@ def test_failing_pip_gives_its_last_lines(tmp_path):
     """A wheelhouse without torch, offline: pip fails, the message ends with its last lines."""
     wheelhouse = tmp_path / "wheels"
     wheelhouse.mkdir()
-    run = subprocess.run([PYTHON3, "-m", "rsov_qgis.install_backend", "--prefix", str(tmp_path / "env"),
-                          "--find-links", str(wheelhouse), "--offline"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            PYTHON3,
+            "-m",
+            "rsov_qgis.install_backend",
+            "--prefix",
+            str(tmp_path / "env"),
+            "--find-links",
+            str(wheelhouse),
+            "--offline",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 1, run.stdout + run.stderr
     lines = error_of(run.stdout).splitlines()
-    assert lines[0] == "Installing torch 2.14.1 and torchvision 0.29.1 failed (exit code 1); the last lines of its output:"
+    assert (
+        lines[0] == "Installing torch 2.14.1 and torchvision 0.29.1 failed (exit code 1); the last lines of its output:"
+    )
     assert 1 < len(lines) <= 1 + install_backend.TAIL_LINES
     assert any("torch" in line for line in lines[1:]) and all(line.startswith("  ") for line in lines[1:])
     assert "PROGRESS 15 installing torch 2.14.1 and torchvision 0.29.1" in run.stdout
@@ -92,8 +111,10 @@ def test_not_enough_disk_space(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(install_backend.shutil, "disk_usage", lambda path: usage(100e9, 99e9, 1.2e9))
     code, out = run_main(capsys, "--prefix", str(tmp_path / "env"), "--torch", "cuda")
     assert code == 1
-    assert error_of(out) == (f"Not enough disk space for {tmp_path / 'env'}: 1.2 GB free, about 10 GB needed for torch "
-                             "(the CUDA build from pip's index) and the backend; free some space or choose another folder.")
+    assert error_of(out) == (
+        f"Not enough disk space for {tmp_path / 'env'}: 1.2 GB free, about 10 GB needed for torch "
+        "(the CUDA build from pip's index) and the backend; free some space or choose another folder."
+    )
     assert not (tmp_path / "env").exists()
 
 
@@ -103,7 +124,9 @@ def test_offline_needs_a_wheelhouse_and_other_folders_are_refused(tmp_path, caps
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "thesis.tex").write_text("mine")
     code, out = run_main(capsys, "--prefix", str(tmp_path / "docs"), "--torch", "cuda")
-    assert error_of(out) == f"{tmp_path / 'docs'} is not empty and not a Python environment: choose a new or empty folder."
+    assert (
+        error_of(out) == f"{tmp_path / 'docs'} is not empty and not a Python environment: choose a new or empty folder."
+    )
     assert (tmp_path / "docs" / "thesis.tex").read_text() == "mine"
 
 
@@ -130,7 +153,9 @@ def test_torch_sources(monkeypatch, capsys):
         install_backend.torch_source("cuda", "darwin", offline=False)
     monkeypatch.setattr(install_backend, "reachable", lambda url, timeout=3.0: True)
     assert install_backend.torch_source("cpu", "linux", False).pip_arguments(False) == [
-        "--index-url", "https://download.pytorch.org/whl/cpu"]
+        "--index-url",
+        "https://download.pytorch.org/whl/cpu",
+    ]
     assert install_backend.torch_source("cpu", "darwin", False).index_url is None
 
 
@@ -144,15 +169,27 @@ def test_auto_is_cuda_where_nvidia_smi_lists_a_gpu(monkeypatch, capsys):
 
 def test_paths_and_protocol():
     assert install_backend.environment_paths(Path("/e"), windows=True) == (
-        Path("/e/Scripts/python.exe"), Path("/e/Scripts/rsov.exe"))
+        Path("/e/Scripts/python.exe"),
+        Path("/e/Scripts/rsov.exe"),
+    )
     assert install_backend.environment_paths(Path("/e"), windows=False) == (Path("/e/bin/python"), Path("/e/bin/rsov"))
     assert install_backend.parse_progress("PROGRESS 40 installing torch") == (40, "installing torch")
     assert install_backend.parse_progress("Collecting torch") is None
     assert install_backend.done_path("DONE /e/bin/rsov") == "/e/bin/rsov"
     assert install_backend.error_message("pip says\nERROR: pip's own\nERROR It failed:\n  why") == "It failed:\n  why"
     assert Request(Path("/e"), "cpu", "/py", "/wheels", True).arguments() == [
-        "-m", "rsov_qgis.install_backend", "--prefix", "/e", "--torch", "cpu", "--python", "/py",
-        "--find-links", "/wheels", "--offline"]
+        "-m",
+        "rsov_qgis.install_backend",
+        "--prefix",
+        "/e",
+        "--torch",
+        "cpu",
+        "--python",
+        "/py",
+        "--find-links",
+        "/wheels",
+        "--offline",
+    ]
 
 
 # --- a real installation ----------------------------------------------------------------------
@@ -170,8 +207,13 @@ def _pip_processes_of(prefix: Path) -> list[str]:
 
 
 def _start_installer(plugin: Path, prefix: Path) -> subprocess.Popen:
-    return subprocess.Popen([PYTHON3, "-m", "rsov_qgis.install_backend", "--prefix", str(prefix), "--torch", "auto"],
-                            cwd=plugin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [PYTHON3, "-m", "rsov_qgis.install_backend", "--prefix", str(prefix), "--torch", "auto"],
+        cwd=plugin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +239,13 @@ def installed(plugin_zip, tmp_path_factory):
     cancelled_s = time.monotonic() - started
 
     started = time.monotonic()
-    rerun = subprocess.run([PYTHON3, "-m", "rsov_qgis.install_backend", "--prefix", str(prefix), "--torch", "auto"],
-                           cwd=root / "plugin", capture_output=True, text=True, timeout=1800)
+    rerun = subprocess.run(
+        [PYTHON3, "-m", "rsov_qgis.install_backend", "--prefix", str(prefix), "--torch", "auto"],
+        cwd=root / "plugin",
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     install_s = time.monotonic() - started
     assert rerun.returncode == 0, rerun.stdout[-5000:] + rerun.stderr
     print(f"\ninstaller: cancelled after {cancelled_s:.0f} s, the rerun took {install_s:.0f} s")
@@ -227,8 +274,9 @@ def test_install_from_the_zip_then_segment_through_the_plugin(installed, qtbot, 
         client = BackendClient(url, token_file, timeout=60)
         x0, dx, _, y0, _, dy = gdal.Open(str(OEM_RASTER)).GetGeoTransform()
         bbox = (x0 + 100 * dx, y0 + 300 * dy, x0 + 300 * dx, y0 + 100 * dy)  # 200 x 200 px
-        job = JobRequest(["building,roof", "tree", "water"], bbox, "EPSG:25832", str(OEM_RASTER),
-                         SegmentOptions(threshold=0.0))
+        job = JobRequest(
+            ["building,roof", "tree", "water"], bbox, "EPSG:25832", str(OEM_RASTER), SegmentOptions(threshold=0.0)
+        )
         job_id = client.run_job(job)
         (tmp_path / "result.gpkg").write_bytes(client.result_gpkg(job_id))
     finally:
@@ -276,7 +324,8 @@ def test_dock_installer_without_a_suitable_python(install_dock, qgis_iface, qtbo
     assert install_dock.install_panel.stage_label.text() == "Failed"
     assert "--python " + str(old) in install_dock.install_panel.log.toPlainText()  # the command it ran
     assert [m.split(":", 1)[1] for m in qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Critical)] == [
-        f"The backend was not installed: {expected}"]
+        f"The backend was not installed: {expected}"
+    ]
     assert Settings.load().backend_executable == "" and Settings.load().install_python == str(old)
 
 
@@ -325,8 +374,9 @@ def test_dock_installs_and_start_backend_runs_it(installed, qgis_iface, qtbot, q
         assert dock.install_panel.result_label.text().startswith(f"Installed: {rsov}.")
         assert dock.executable_widget.filePath() == rsov and Settings.load().backend_executable == rsov
         dock.start_backend()
-        qtbot.waitUntil(lambda: "Connected" in dock.status_label.text() or not dock.backend.is_running(),
-                        timeout=START_TIMEOUT_MS)
+        qtbot.waitUntil(
+            lambda: "Connected" in dock.status_label.text() or not dock.backend.is_running(), timeout=START_TIMEOUT_MS
+        )
         assert "model tiny-random on" in dock.status_label.text()
     finally:
         dock.shutdown()

@@ -1,11 +1,11 @@
 """The result layers' legend: the classes a layer holds first, every class kept (drawn, and there
 to relabel to, with its class id), colours by class id, and a hatch past the palette's first cycle."""
 
+from helpers import result_gpkg_bytes
 from qgis.core import QgsFeature, QgsGeometry, QgsLinePatternFillSymbolLayer, QgsVectorLayer
 from qgis.PyQt.QtCore import QSize
 from qgis.PyQt.QtWidgets import QComboBox
 
-from helpers import result_gpkg_bytes
 from rsov_qgis import schema
 from rsov_qgis.palette import class_colour
 from rsov_qgis.results import save_result
@@ -17,8 +17,9 @@ MANY = "; ".join(f"class {k}" for k in range(1, 26))  # past the palette's 20 co
 
 
 def _layer_holding(*names: str) -> QgsVectorLayer:
-    layer = QgsVectorLayer(f"MultiPolygon?crs=EPSG:25832&field={schema.CLASS}:string&field={schema.STATUS}:string",
-                           "result", "memory")
+    layer = QgsVectorLayer(
+        f"MultiPolygon?crs=EPSG:25832&field={schema.CLASS}:string&field={schema.STATUS}:string", "result", "memory"
+    )
     features = []
     for i, name in enumerate(names):
         feature = QgsFeature(layer.fields())
@@ -44,12 +45,18 @@ def test_relabel_offers_every_class_with_its_class_id_whatever_the_legend_order(
     apply_result_style(layer, parse_classes_string("building,roof; tree; water"))
     assert [c.value() for c in layer.renderer().categories()] == ["water", "building", "tree"]
     classes = renderer_classes(layer)
-    assert [(c.name, c.color) for c in classes] == [("building", class_colour(1)), ("tree", class_colour(2)),
-                                                     ("water", class_colour(3))]
+    assert [(c.name, c.color) for c in classes] == [
+        ("building", class_colour(1)),
+        ("tree", class_colour(2)),
+        ("water", class_colour(3)),
+    ]
     combo = QComboBox()
     fill_class_combo(combo, classes)  # what the Review tab's "Relabel as" shows
     assert [(combo.itemText(i), combo.itemData(i)) for i in range(combo.count())] == [
-        ("building", 1), ("tree", 2), ("water", 3)]
+        ("building", 1),
+        ("tree", 2),
+        ("water", 3),
+    ]
 
 
 def test_the_vocabulary_travels_with_the_saved_style(tmp_path):

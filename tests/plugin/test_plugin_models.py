@@ -11,9 +11,9 @@ import re
 import subprocess
 
 import pytest
+from conftest import REPO, serving
 from qgis.core import Qgis
 
-from conftest import REPO, serving
 from rsov_qgis.dock import RsovDock
 from rsov_qgis.settings import Settings
 
@@ -27,7 +27,9 @@ SCREENSHOT = REPO / "docs" / "screenshots" / "models.png"
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
     folder = tmp_path_factory.mktemp("no_weights")
-    with serving(folder, "--model", MODEL, env={"RSOV_CACHE_DIR": str(folder / "cache"), "RSOV_OFFLINE": "1"}) as served:
+    with serving(
+        folder, "--model", MODEL, env={"RSOV_CACHE_DIR": str(folder / "cache"), "RSOV_OFFLINE": "1"}
+    ) as served:
         yield dict(served, cache=folder / "cache")
 
 
@@ -87,8 +89,10 @@ def test_not_ready_model_list_offline_download_and_a_refused_import(dock, backen
     panel.set_weights_model("sam-vit-b")
     outcome = _transfer(dock, qtbot, lambda: panel.import_file(str(wrong)))
     digest = hashlib.sha256(wrong.read_bytes()).hexdigest()
-    assert outcome == (f"{wrong} has sha256 {digest}, not the {SAM_SHA256} of the real file: it is damaged, "
-                       "truncated or another file, and was not used.")
+    assert outcome == (
+        f"{wrong} has sha256 {digest}, not the {SAM_SHA256} of the real file: it is damaged, "
+        "truncated or another file, and was not used."
+    )
     assert "sam-vit-b — missing, 375 MB" in _items(panel.weights_combo)
 
 
@@ -96,10 +100,18 @@ def test_not_ready_model_list_offline_download_and_a_refused_import(dock, backen
 def random_vit_b_32(tmp_path_factory):
     """An open_clip ViT-B-32 state dict with random weights (half precision: 300 MB, not 600)."""
     path = tmp_path_factory.mktemp("weights") / "vit_b_32.pt"
-    subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c",
-                    "import sys, open_clip, torch; model = open_clip.create_model('ViT-B-32', pretrained=None); "
-                    "torch.save({k: v.half() for k, v in model.state_dict().items()}, sys.argv[1])", str(path)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            str(REPO / ".venv" / "bin" / "python"),
+            "-c",
+            "import sys, open_clip, torch; model = open_clip.create_model('ViT-B-32', pretrained=None); "
+            "torch.save({k: v.half() for k, v in model.state_dict().items()}, sys.argv[1])",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return path
 
 

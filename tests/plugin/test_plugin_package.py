@@ -7,11 +7,27 @@ import sys
 import zipfile
 from pathlib import Path
 
-import rsov_qgis
 from conftest import REPO
 
-REQUIRED = ("name", "qgisMinimumVersion", "qgisMaximumVersion", "description", "about", "version", "author", "email",
-            "repository", "tracker", "homepage", "category", "icon", "hasProcessingProvider", "tags")
+import rsov_qgis
+
+REQUIRED = (
+    "name",
+    "qgisMinimumVersion",
+    "qgisMaximumVersion",
+    "description",
+    "about",
+    "version",
+    "author",
+    "email",
+    "repository",
+    "tracker",
+    "homepage",
+    "category",
+    "icon",
+    "hasProcessingProvider",
+    "tags",
+)
 
 
 def _metadata(text: str) -> dict:
@@ -25,12 +41,19 @@ def test_zip_layout(plugin_zip):
     with zipfile.ZipFile(plugin_zip) as archive:
         names = archive.namelist()
         assert {n.split("/")[0] for n in names} == {"rsov_qgis"}
-        for required in ("rsov_qgis/__init__.py", "rsov_qgis/metadata.txt", "rsov_qgis/LICENSE", "rsov_qgis/README.md",
-                         "rsov_qgis/resources/icon.png", "rsov_qgis/resources/icon.svg",
-                         "rsov_qgis/resources/presets/buildings.txt",
-                         # the backend's source, which the installer installs (so versions always match)
-                         "rsov_qgis/backend/pyproject.toml", "rsov_qgis/backend/rsov/cli.py",
-                         "rsov_qgis/backend/rsov/model_configs/rsov-tiny.json"):
+        for required in (
+            "rsov_qgis/__init__.py",
+            "rsov_qgis/metadata.txt",
+            "rsov_qgis/LICENSE",
+            "rsov_qgis/README.md",
+            "rsov_qgis/resources/icon.png",
+            "rsov_qgis/resources/icon.svg",
+            "rsov_qgis/resources/presets/buildings.txt",
+            # the backend's source, which the installer installs (so versions always match)
+            "rsov_qgis/backend/pyproject.toml",
+            "rsov_qgis/backend/rsov/cli.py",
+            "rsov_qgis/backend/rsov/model_configs/rsov-tiny.json",
+        ):
             assert required in names
         assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "test" in n.lower()]
         assert archive.read("rsov_qgis/metadata.txt") == (REPO / "metadata.txt").read_bytes()

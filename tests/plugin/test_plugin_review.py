@@ -5,6 +5,7 @@ and messages."""
 import json
 
 import pytest
+from helpers import result_gpkg_bytes, vocabulary
 from osgeo import ogr, osr
 from qgis.core import (
     QgsFeatureRequest,
@@ -17,7 +18,6 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QSize
 from qgis.PyQt.QtGui import QColor, QImage, QPainter
 
-from helpers import result_gpkg_bytes, vocabulary
 from rsov_qgis import review, review_panel, schema
 from rsov_qgis.results import add_result_layer, save_result
 from rsov_qgis.review_panel import ReviewPanel
@@ -104,7 +104,7 @@ def test_score_filter(result):
     review.score_filter(result, 0.0)
     assert result.featureCount() == 6 and result.subsetString() == ""
     assert review.current_score_filter(result) == 0.0
-    result.setSubsetString('"class" = \'tree\'')  # someone else's filter
+    result.setSubsetString("\"class\" = 'tree'")  # someone else's filter
     assert review.current_score_filter(result) == 0.0
 
 
@@ -204,12 +204,13 @@ def test_merging_twice_adds_nothing_the_second_time(result, tmp_path):
     review.save_review(result)
     assert review.merge_accepted(result, target) == (2, 0)
     assert review.merge_accepted(result, target) == (0, 2) and target.featureCount() == 2
-    target.setSubsetString("\"note\" IS NULL")  # a filtered target is the same target
+    target.setSubsetString('"note" IS NULL')  # a filtered target is the same target
     assert review.merge_accepted(result, target) == (0, 2)
     key = f"{tmp_path / 'buildings.gpkg'}|layername=buildings"
     merged = _on_disk(result, schema.MERGED)  # the record is in the result's file
     assert {fid: json.loads(value) if value else None for fid, (value,) in merged.items() if value} == {
-        fid: [key] for fid in accepted}
+        fid: [key] for fid in accepted
+    }
     other = QgsVectorLayer("Polygon?crs=EPSG:25832&field=class:string", "other", "memory")
     assert review.merge_accepted(result, other) == (2, 0)  # another target gets them too
     assert review.merged_into(result.getFeature(accepted[0])) == [key, review.target_key(other)]
@@ -233,7 +234,10 @@ def test_a_merge_is_remembered_after_reopening_the_project(result, tmp_path):
 
 
 # --- looks ---------------------------------------------------------------------------------------
-def _render(layer, extent: QgsRectangle, size: QSize, background: QColor = QColor(255, 255, 255, 0)) -> QImage:
+TRANSPARENT = QColor(255, 255, 255, 0)
+
+
+def _render(layer, extent: QgsRectangle, size: QSize, background: QColor = TRANSPARENT) -> QImage:
     settings = QgsMapSettings()
     settings.setLayers([layer])
     settings.setDestinationCrs(layer.crs())
@@ -255,9 +259,11 @@ def _first_building_square(layer) -> QImage:
 
 
 def test_status_changes_the_look(result):
-    first = next(result.getFeatures(QgsFeatureRequest().setFilterExpression('"class" = \'building\' AND "score" < 0.5')))
+    first = next(
+        result.getFeatures(QgsFeatureRequest().setFilterExpression('"class" = \'building\' AND "score" < 0.5'))
+    )
     new = _first_building_square(result).pixelColor(50, 20)
-    assert abs(new.alpha() - 150) <= 2 and abs(new.red() - 0xe3) <= 3  # class colour, translucent
+    assert abs(new.alpha() - 150) <= 2 and abs(new.red() - 0xE3) <= 3  # class colour, translucent
     review.set_status(result, [first.id()], schema.REJECTED)
     assert _first_building_square(result).pixelColor(50, 20).alpha() == 0  # rejected: no fill
 
@@ -269,8 +275,11 @@ def _lightness(image: QImage, xs: range, ys: range) -> list[int]:
 def test_the_review_look_reads_on_any_class_colour(tmp_path, qgis_new_project):
     """Accepted features of a green and of a dark class, a rejected one of a grey class, over an
     imagery-like grey-green ground: white halo and dark line at the edge, a check mark inside."""
-    classes = [VocabularyClass(["grass"], "#33a02c"), VocabularyClass(["shadow"], "#1a1a1a"),
-               VocabularyClass(["pavement"], "#949494")]
+    classes = [
+        VocabularyClass(["grass"], "#33a02c"),
+        VocabularyClass(["shadow"], "#1a1a1a"),
+        VocabularyClass(["pavement"], "#949494"),
+    ]
     data = result_gpkg_bytes(tmp_path / "backend.gpkg", [c.name for c in classes])
     layer = add_result_layer(save_result(data, tmp_path / "result.gpkg", classes), "looks", QgsProject.instance())
     low = {f[schema.CLASS]: f.id() for f in layer.getFeatures() if f[schema.SCORE] < 0.5}  # the bottom row
@@ -338,8 +347,11 @@ def test_next_unreviewed_tells_what_the_score_filter_hides(panel, result):
     assert result.featureCount() == 3
     review.set_status(result, [f.id() for f in result.getFeatures()], schema.ACCEPTED)
     panel.zoom_to_next_unreviewed()
-    assert panel.messages[-1] == ("Info", "3 hidden by the score filter still to review: lower the minimum score "
-                                          "to see them (every shown feature of result is reviewed).")
+    assert panel.messages[-1] == (
+        "Info",
+        "3 hidden by the score filter still to review: lower the minimum score "
+        "to see them (every shown feature of result is reviewed).",
+    )
     assert result.selectedFeatureIds() == []
     panel.save_review()
     panel.score_slider.setValue(0)

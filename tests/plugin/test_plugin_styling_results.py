@@ -9,6 +9,8 @@ from contextlib import closing
 from datetime import datetime
 
 import pytest
+from conftest import REPO, RSOV, real_backend_available
+from helpers import result_gpkg_bytes, vocabulary
 from qgis.core import (
     QgsCategorizedSymbolRenderer,
     QgsLinePatternFillSymbolLayer,
@@ -20,8 +22,6 @@ from qgis.core import (
 )
 from qgis.PyQt.QtXml import QDomDocument
 
-from conftest import REPO, RSOV, real_backend_available
-from helpers import result_gpkg_bytes, vocabulary
 from rsov_qgis import results, review, schema
 from rsov_qgis.palette import COLOURS, class_colour
 from rsov_qgis.results import (
@@ -55,8 +55,13 @@ def test_renderer_categories_follow_the_vocabulary():
     assert [c.symbol().color().name() for c in categories] == ["#e31a1c", "#1f78b4"]
     assert 0 < categories[0].symbol().color().alpha() < 255  # translucent over the image
     symbol_layer = categories[0].symbol().symbolLayer(0)
-    expressions = [p.expressionString() for p in (symbol_layer.dataDefinedProperties().property(k)
-                                                  for k in symbol_layer.dataDefinedProperties().propertyKeys())]
+    expressions = [
+        p.expressionString()
+        for p in (
+            symbol_layer.dataDefinedProperties().property(k)
+            for k in symbol_layer.dataDefinedProperties().propertyKeys()
+        )
+    ]
     assert any("'accepted'" in e for e in expressions) and any("'rejected'" in e for e in expressions)
 
 
@@ -72,8 +77,7 @@ def test_saved_result_has_status_field_and_style(saved):
     assert layer.isValid() and layer.featureCount() == 6
     assert {f[schema.STATUS] for f in layer.getFeatures()} == {"new"}
     assert isinstance(layer.renderer(), QgsCategorizedSymbolRenderer)  # the default style from the GeoPackage
-    assert [(c.name, c.color) for c in renderer_classes(layer)] == [
-        (c.name, c.color) for c in vocabulary()]
+    assert [(c.name, c.color) for c in renderer_classes(layer)] == [(c.name, c.color) for c in vocabulary()]
     count, ids, names, _, error = layer.listStylesInDatabase()
     assert count == 1 and names == ["rsov"] and not error
     with closing(sqlite3.connect(saved)) as db:  # written and closed by OGR: nothing left in a WAL
@@ -116,12 +120,14 @@ def test_instance_results_are_outlines_with_labels_ready_but_off(tmp_path):
     assert is_instance_layer(layer) and layer.featureCount() == 6
     categories = layer.renderer().categories()
     assert [(c.value(), c.symbol().color().name(), c.symbol().color().alpha()) for c in categories] == [
-        (c.name, c.color, OUTLINE_FILL_ALPHA) for c in vocabulary()]
+        (c.name, c.color, OUTLINE_FILL_ALPHA) for c in vocabulary()
+    ]
     assert [c.symbol().symbolLayer(0).strokeColor().name() for c in categories] == [c.color for c in vocabulary()]
     assert layer.labeling().settings().fieldName == "class" and not layer.labelsEnabled()
     assert [(c.name, c.color) for c in renderer_classes(layer)] == [(c.name, c.color) for c in vocabulary()]
-    semantic = save_result(result_gpkg_bytes(tmp_path / "semantic.gpkg", ["water"]), tmp_path / "out" / "s.gpkg",
-                           vocabulary())
+    semantic = save_result(
+        result_gpkg_bytes(tmp_path / "semantic.gpkg", ["water"]), tmp_path / "out" / "s.gpkg", vocabulary()
+    )
     assert not is_instance_layer(QgsVectorLayer(f"{semantic}|layername=rsov", "s", "ogr"))
 
 
@@ -160,10 +166,10 @@ def test_a_result_that_did_not_get_its_style_is_refused(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def backend_qml():
-    """The backend's ``rsov.qml``, from its source (it needs nothing but the palette)."""
+    """The backend's ``rsov.geo.qml``, from its source (it needs nothing but the palette)."""
     sys.path.insert(0, str(REPO / "backend"))
     try:
-        return importlib.import_module("rsov.qml")
+        return importlib.import_module("rsov.geo.qml")
     finally:
         sys.path.remove(str(REPO / "backend"))
 
@@ -171,20 +177,44 @@ def backend_qml():
 def _look(renderer) -> list[tuple]:
     """What each class looks like in a categorized renderer: its value, its first symbol layer's
     fill and outline, and its hatch (the review look is styling's alone)."""
-    return [(c.value(), c.symbol().type(), _fill_look(c.symbol().symbolLayer(0)),
-             [_hatch_look(layer) for layer in c.symbol().symbolLayers() if isinstance(layer, QgsLinePatternFillSymbolLayer)])
-            for c in renderer.categories()]
+    return [
+        (
+            c.value(),
+            c.symbol().type(),
+            _fill_look(c.symbol().symbolLayer(0)),
+            [
+                _hatch_look(layer)
+                for layer in c.symbol().symbolLayers()
+                if isinstance(layer, QgsLinePatternFillSymbolLayer)
+            ],
+        )
+        for c in renderer.categories()
+    ]
 
 
 def _fill_look(layer) -> tuple:
-    return (layer.fillColor().getRgb(), layer.strokeColor().getRgb(), layer.strokeWidth(), layer.strokeWidthUnit(),
-            layer.brushStyle(), layer.strokeStyle())
+    return (
+        layer.fillColor().getRgb(),
+        layer.strokeColor().getRgb(),
+        layer.strokeWidth(),
+        layer.strokeWidthUnit(),
+        layer.brushStyle(),
+        layer.strokeStyle(),
+    )
 
 
 def _hatch_look(layer) -> tuple:
     lines = layer.subSymbol()
-    return (layer.lineAngle(), layer.distance(), layer.distanceUnit(), layer.lineWidth(), lines.color().getRgb(),
-            lines.width(), lines.symbolLayer(0).penStyle(), layer.isLocked())
+    return (
+        layer.lineAngle(),
+        layer.distance(),
+        layer.distanceUnit(),
+        layer.lineWidth(),
+        lines.color().getRgb(),
+        lines.width(),
+        lines.symbolLayer(0).penStyle(),
+        layer.isLocked(),
+    )
 
 
 @pytest.mark.parametrize("outlined", [False, True], ids=["semantic", "instance"])
@@ -192,8 +222,9 @@ def test_the_cli_style_looks_like_the_plugin_style(backend_qml, outlined):
     """Two producers of one look: styling (the reference, in QGIS) and the backend's QML (for the
     CLI's GeoPackages): the same categories, colours and symbols, labels for instance results."""
     names = [f"class {k}" for k in range(1, 2 * len(COLOURS) + 3)]  # into the palette's third cycle
-    layer = QgsVectorLayer("MultiPolygon?field=class:string" + ("&field=instance_id:integer" if outlined else ""),
-                           "cli", "memory")
+    layer = QgsVectorLayer(
+        "MultiPolygon?field=class:string" + ("&field=instance_id:integer" if outlined else ""), "cli", "memory"
+    )
     document = QDomDocument()
     assert document.setContent(backend_qml.result_qml(enumerate(names, start=1), outlined))
     assert layer.importNamedStyle(document) == (True, "")
@@ -213,12 +244,30 @@ def _label_look(labeling) -> tuple:
     settings = QgsPalLayerSettings(labeling.settings())
     text = QgsTextFormat(settings.format())
     buffer = QgsTextBufferSettings(text.buffer())
-    return (settings.fieldName, settings.isExpression, settings.placement, text.size(), text.sizeUnit(),
-            text.color().name(), buffer.enabled(), buffer.size(), buffer.sizeUnit(), buffer.color().name())
+    return (
+        settings.fieldName,
+        settings.isExpression,
+        settings.placement,
+        text.size(),
+        text.sizeUnit(),
+        text.color().name(),
+        buffer.enabled(),
+        buffer.size(),
+        buffer.sizeUnit(),
+        buffer.color().name(),
+    )
 
 
-CLI_INSTANCE = ["--mode", "instance", "--points-per-side", "3", "--pred-iou=-1", "--stability=-1",
-                "--object-threshold", "0"]
+CLI_INSTANCE = [
+    "--mode",
+    "instance",
+    "--points-per-side",
+    "3",
+    "--pred-iou=-1",
+    "--stability=-1",
+    "--object-threshold",
+    "0",
+]
 
 
 @pytest.mark.e2e
@@ -228,19 +277,42 @@ def test_a_cli_geopackage_opens_styled_and_reviewable(oem_raster, tmp_path, mode
     or outlines for objects), and the Review tab takes it (tiny-random finds no objects here)."""
     assert real_backend_available(), f"{RSOV} is not available (run `make setup`)"
     out = tmp_path / "cli.gpkg"
-    run = subprocess.run([str(RSOV), "segment", str(oem_raster), "--model", "tiny-random", "--classes", "a; b",
-                          "--threshold", "0", "--bbox", "346100,5647600,346300,5647800", "--out", str(out), "--quiet",
-                          *(CLI_INSTANCE if mode == "instance" else [])], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            str(RSOV),
+            "segment",
+            str(oem_raster),
+            "--model",
+            "tiny-random",
+            "--classes",
+            "a; b",
+            "--threshold",
+            "0",
+            "--bbox",
+            "346100,5647600,346300,5647800",
+            "--out",
+            str(out),
+            "--quiet",
+            *(CLI_INSTANCE if mode == "instance" else []),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     layer = QgsVectorLayer(f"{out}|layername=rsov", "cli", "ogr")
     assert layer.isValid() and is_result_layer(layer) and is_instance_layer(layer) == (mode == "instance")
     assert set(review.status_counts(layer)) <= {schema.NEW}
     assert isinstance(layer.renderer(), QgsCategorizedSymbolRenderer) and layer.renderer().classAttribute() == "class"
     alpha = OUTLINE_FILL_ALPHA if mode == "instance" else FILL_ALPHA
-    assert [(c.value(), c.symbol().color().name(), c.symbol().color().alpha())
-            for c in layer.renderer().categories()] == [("a", class_colour(1), alpha), ("b", class_colour(2), alpha)]
-    saved = save_result(out.read_bytes(), tmp_path / "dock.gpkg",
-                        [VocabularyClass(["a"], "#123456"), VocabularyClass(["b"], class_colour(2))])
+    assert [
+        (c.value(), c.symbol().color().name(), c.symbol().color().alpha()) for c in layer.renderer().categories()
+    ] == [("a", class_colour(1), alpha), ("b", class_colour(2), alpha)]
+    saved = save_result(
+        out.read_bytes(),
+        tmp_path / "dock.gpkg",
+        [VocabularyClass(["a"], "#123456"), VocabularyClass(["b"], class_colour(2))],
+    )
     count, _, names, _, _ = QgsVectorLayer(layer_uri(saved), "dock", "ogr").listStylesInDatabase()
     assert count == 1 and names == ["rsov"]  # the plugin's style replaced the backend's
     assert renderer_classes(QgsVectorLayer(layer_uri(saved), "dock", "ogr"))[0].color == "#123456"

@@ -21,7 +21,11 @@ from rsov_qgis.vocabulary import (
 
 def test_parse_synonyms_cleans_and_deduplicates():
     assert parse_synonyms("  building,  roof ,,house, roof, swimming   pool ") == [
-        "building", "roof", "house", "swimming pool"]
+        "building",
+        "roof",
+        "house",
+        "swimming pool",
+    ]
 
 
 def test_text_format_round_trip_keeps_synonyms_and_colours():
@@ -62,18 +66,28 @@ def test_colours_follow_the_class_id_unless_chosen():
     text = "; ".join(f"class {k}" for k in range(1, 13))
     colours = [c.color for c in parse_classes_string(text)]
     assert colours == [class_colour(k) for k in range(1, 13)] and len(set(colours)) == 12
-    classes = assign_colors([VocabularyClass(["a"]), VocabularyClass([]), VocabularyClass(["b"], "#123456"),
-                             VocabularyClass(["c"], class_colour(9), chosen=False), VocabularyClass([])])
+    classes = assign_colors(
+        [
+            VocabularyClass(["a"]),
+            VocabularyClass([]),
+            VocabularyClass(["b"], "#123456"),
+            VocabularyClass(["c"], class_colour(9), chosen=False),
+            VocabularyClass([]),
+        ]
+    )
     # rows without words come after the classes (they take no class id) and still differ
-    assert [c.color for c in classes] == [class_colour(1), class_colour(4), "#123456", class_colour(3),
-                                          class_colour(5)]
+    assert [c.color for c in classes] == [class_colour(1), class_colour(4), "#123456", class_colour(3), class_colour(5)]
     assert class_colour(21) != class_colour(1)  # the second cycle is darker (and hatched in styles)
 
 
 def test_legend_order_puts_present_classes_first_and_keeps_the_class_ids():
     classes = parse_classes_string("a; b; c; d")
     assert [(k, c.name) for k, c in legend_order(classes, {"d", "b", "not in the vocabulary"})] == [
-        (2, "b"), (4, "d"), (1, "a"), (3, "c")]
+        (2, "b"),
+        (4, "d"),
+        (1, "a"),
+        (3, "c"),
+    ]
     assert [k for k, _ in legend_order(classes, [])] == [1, 2, 3, 4]
 
 
@@ -87,7 +101,9 @@ def test_validate_gives_backend_queries_and_clear_errors():
 
 def test_presets_cover_the_promised_vocabularies():
     presets = {p.title: p for p in list_presets(PRESETS)}
-    assert {"Land cover (OpenEarthMap)", "Land cover (LoveDA)", "Urban objects (iSAID)", "Buildings", "Water"} <= set(presets)
+    assert {"Land cover (OpenEarthMap)", "Land cover (LoveDA)", "Urban objects (iSAID)", "Buildings", "Water"} <= set(
+        presets
+    )
     oem = presets["Land cover (OpenEarthMap)"].load()
     assert [c.name for c in oem] == ["bareland", "grass", "pavement", "road", "tree", "water", "cropland", "building"]
     assert oem[-1].synonyms == ["building", "roof", "house"] and oem[-1].color == "#de1f07"

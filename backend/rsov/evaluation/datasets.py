@@ -19,7 +19,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from ..errors import InputError
-from ..vocabulary import ClassSpec, build_vocabulary, read_classes_file
+from ..semantic.vocabulary import ClassSpec, build_vocabulary, read_classes_file
 from .metrics import NO_CLASS
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -45,23 +45,56 @@ class DatasetPreset:
 # Semantic label conventions are those of the mmseg-converted datasets SegEarth-OV evaluates on
 # (LoveDA, Potsdam, Vaihingen: 0 is no-data/boundary and 1..K the classes; the others 0..K-1, 255 ignored).
 PRESETS: dict[str, DatasetPreset] = {
-    "openearthmap": DatasetPreset("OpenEarthMap", "semantic", "openearthmap.txt", threshold=0.1,
-                                  background_class="background"),
-    "loveda": DatasetPreset("LoveDA", "semantic", "loveda.txt", "1:0,2:1,3:2,4:3,5:4,6:5,7:6", ignore_index=0,
-                            threshold=0.3, background_class="background"),
-    "isaid": DatasetPreset("iSAID", "semantic", "isaid.txt", threshold=0.4, background_class="background",
-                           label_suffix="_instance_color_RGB"),
-    "potsdam": DatasetPreset("Potsdam", "semantic", "potsdam.txt", "1:0,2:1,3:2,4:3,5:4,6:5", ignore_index=0,
-                             threshold=0.1, background_class="clutter"),
-    "vaihingen": DatasetPreset("Vaihingen", "semantic", "vaihingen.txt", "1:0,2:1,3:2,4:3,5:4,6:5", ignore_index=0,
-                               threshold=0.1, background_class="clutter"),
+    "openearthmap": DatasetPreset(
+        "OpenEarthMap", "semantic", "openearthmap.txt", threshold=0.1, background_class="background"
+    ),
+    "loveda": DatasetPreset(
+        "LoveDA",
+        "semantic",
+        "loveda.txt",
+        "1:0,2:1,3:2,4:3,5:4,6:5,7:6",
+        ignore_index=0,
+        threshold=0.3,
+        background_class="background",
+    ),
+    "isaid": DatasetPreset(
+        "iSAID",
+        "semantic",
+        "isaid.txt",
+        threshold=0.4,
+        background_class="background",
+        label_suffix="_instance_color_RGB",
+    ),
+    "potsdam": DatasetPreset(
+        "Potsdam",
+        "semantic",
+        "potsdam.txt",
+        "1:0,2:1,3:2,4:3,5:4,6:5",
+        ignore_index=0,
+        threshold=0.1,
+        background_class="clutter",
+    ),
+    "vaihingen": DatasetPreset(
+        "Vaihingen",
+        "semantic",
+        "vaihingen.txt",
+        "1:0,2:1,3:2,4:3,5:4,6:5",
+        ignore_index=0,
+        threshold=0.1,
+        background_class="clutter",
+    ),
     "uavid": DatasetPreset("UAVid", "semantic", "uavid.txt", threshold=0.3, background_class="background"),
     "udd5": DatasetPreset("UDD5", "semantic", "udd5.txt", threshold=0.4, background_class="background"),
     "vdd": DatasetPreset("VDD", "semantic", "vdd.txt", threshold=0.3, background_class="background"),
-    "nwpu-vhr-10": DatasetPreset("NWPU-VHR-10", "instance", "nwpu-vhr-10.txt",
-                                 unseen=("ship", "basketball court", "harbor")),
-    "isaid-instance": DatasetPreset("iSAID (instances)", "instance", "isaid-instance.txt",
-                                    unseen=("tennis court", "helicopter", "swimming pool", "soccer ball field")),
+    "nwpu-vhr-10": DatasetPreset(
+        "NWPU-VHR-10", "instance", "nwpu-vhr-10.txt", unseen=("ship", "basketball court", "harbor")
+    ),
+    "isaid-instance": DatasetPreset(
+        "iSAID (instances)",
+        "instance",
+        "isaid-instance.txt",
+        unseen=("tennis court", "helicopter", "swimming pool", "soccer ball field"),
+    ),
     "sior": DatasetPreset("SIOR", "instance", "sior.txt"),
     "fast": DatasetPreset("FAST", "instance", "fast.txt"),
     "sota": DatasetPreset("SOTA", "instance", "sota.txt"),
@@ -90,7 +123,9 @@ def class_index(name: str, classes: tuple[ClassSpec, ...]) -> int:
     """Index of the class whose name is ``name`` (case-insensitive)."""
     names = [c.name.lower() for c in classes]
     if name.strip().lower() not in names:
-        raise InputError(f"'{name}' is not a class of the classes file (its classes: {', '.join(c.name for c in classes)}).")
+        raise InputError(
+            f"'{name}' is not a class of the classes file (its classes: {', '.join(c.name for c in classes)})."
+        )
     return names.index(name.strip().lower())
 
 
@@ -169,7 +204,9 @@ def _images_in(folder: Path, what: str) -> dict[str, Path]:
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
             if path.stem in found:
-                raise InputError(f"Two {what} files share the name {path.stem}: {found[path.stem].name} and {path.name}.")
+                raise InputError(
+                    f"Two {what} files share the name {path.stem}: {found[path.stem].name} and {path.name}."
+                )
             found[path.stem] = path
     return found
 
@@ -181,12 +218,17 @@ def pair_images(images: Path, labels: Path, label_suffix: str = "") -> tuple[lis
     """
     image_files = _images_in(images, "images")
     label_files = _images_in(labels, "labels")
-    pairs = [(path, label_files[stem + label_suffix]) for stem, path in image_files.items()
-             if stem + label_suffix in label_files]
+    pairs = [
+        (path, label_files[stem + label_suffix])
+        for stem, path in image_files.items()
+        if stem + label_suffix in label_files
+    ]
     unpaired = [path for stem, path in image_files.items() if stem + label_suffix not in label_files]
     if not pairs:
-        raise InputError(f"No image in {images} has a label of the same name in {labels}"
-                         + (f" (with suffix '{label_suffix}')." if label_suffix else "."))
+        raise InputError(
+            f"No image in {images} has a label of the same name in {labels}"
+            + (f" (with suffix '{label_suffix}')." if label_suffix else ".")
+        )
     return pairs, unpaired
 
 
@@ -197,8 +239,10 @@ def read_label(path: Path) -> np.ndarray:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as ds:
                 if ds.count != 1:
-                    raise InputError(f"Label {path} has {ds.count} bands: labels must be one band of class values "
-                                     "(convert colour-coded labels to indexes first).")
+                    raise InputError(
+                        f"Label {path} has {ds.count} bands: labels must be one band of class values "
+                        "(convert colour-coded labels to indexes first)."
+                    )
                 if not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer):
                     raise InputError(f"Label {path} holds {ds.dtypes[0]} values: labels must be integers.")
                 return ds.read(1)
@@ -219,8 +263,9 @@ class CocoDataset:
     missing: list[str]  # file names in the annotations with no image on disk
 
 
-def load_coco(annotations: Path, images: Path, classes: tuple[ClassSpec, ...],
-              category_map: dict[int, int | None] | None = None) -> CocoDataset:
+def load_coco(
+    annotations: Path, images: Path, classes: tuple[ClassSpec, ...], category_map: dict[int, int | None] | None = None
+) -> CocoDataset:
     """Read COCO instance annotations and map their categories to the classes.
 
     Categories map by ``category_map`` (category id -> class index, None drops the category), else
@@ -231,14 +276,18 @@ def load_coco(annotations: Path, images: Path, classes: tuple[ClassSpec, ...],
     except (OSError, ValueError) as error:
         raise InputError(f"Cannot read COCO annotations {annotations}: {error}.") from None
     if not all(isinstance(data.get(key), list) for key in ("images", "annotations", "categories")):
-        raise InputError(f"{annotations} is not a COCO annotation file: it needs images, annotations and categories lists.")
+        raise InputError(
+            f"{annotations} is not a COCO annotation file: it needs images, annotations and categories lists."
+        )
     if category_map is None:
         by_synonym = {_normalise(s): k for k, c in enumerate(classes) for s in c.synonyms}
         category_map = {c["id"]: by_synonym.get(_normalise(c["name"])) for c in data["categories"]}
         unmatched = [str(c["name"]) for c in data["categories"] if category_map[c["id"]] is None]
         if unmatched:
-            raise InputError(f"COCO categories {', '.join(unmatched[:8])} match no class of the classes file: "
-                             "rename them there or give --label-map CATEGORY_ID:CLASS (or :ignore).")
+            raise InputError(
+                f"COCO categories {', '.join(unmatched[:8])} match no class of the classes file: "
+                "rename them there or give --label-map CATEGORY_ID:CLASS (or :ignore)."
+            )
     annotations_out = []
     for ann in data["annotations"]:
         if ann["category_id"] not in category_map:
@@ -250,8 +299,9 @@ def load_coco(annotations: Path, images: Path, classes: tuple[ClassSpec, ...],
         if isinstance(segmentation, list) and segmentation and not isinstance(segmentation[0], list):
             segmentation = [segmentation]  # some exporters (e.g. solaris) write one flat polygon
         # area only selects COCO's size ranges, and we score one range that takes every area
-        annotations_out.append({"iscrowd": 0, "area": 0.0, **ann, "segmentation": segmentation,
-                                "category_id": index + 1})
+        annotations_out.append(
+            {"iscrowd": 0, "area": 0.0, **ann, "segmentation": segmentation, "category_id": index + 1}
+        )
     found = _images_in(images, "images")
     on_disk, missing = [], []
     for image in sorted(data["images"], key=lambda im: im["file_name"]):

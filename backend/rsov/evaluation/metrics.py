@@ -108,8 +108,9 @@ class InstanceScores:
     recall_split: SplitScores | None  # seen/unseen/HM of Recall@100 at IoU 0.5
 
 
-def instance_scores(ground_truth: dict, detections: list[dict], image_ids: Sequence[int], n_classes: int,
-                    unseen: Sequence[int] = ()) -> InstanceScores:
+def instance_scores(
+    ground_truth: dict, detections: list[dict], image_ids: Sequence[int], n_classes: int, unseen: Sequence[int] = ()
+) -> InstanceScores:
     """COCOeval ("segm") over ``image_ids``; categories are class indexes + 1.
 
     ground_truth: a COCO dataset dict (images, annotations, categories); detections: COCO result
@@ -148,10 +149,18 @@ def instance_scores(ground_truth: dict, detections: list[dict], image_ids: Seque
     for k in range(n_classes):
         curve = precision[at(AP_IOU), :, k, 0, 0]
         ap50.append(None if (curve < 0).all() else float(curve[curve >= 0].mean()))
-    recall = {iou: [None if recall_table[at(iou), k, 0, 0] < 0 else float(recall_table[at(iou), k, 0, 0])
-                    for k in range(n_classes)] for iou in RECALL_IOUS}
+    recall = {
+        iou: [
+            None if recall_table[at(iou), k, 0, 0] < 0 else float(recall_table[at(iou), k, 0, 0])
+            for k in range(n_classes)
+        ]
+        for iou in RECALL_IOUS
+    }
     return InstanceScores(
-        ap50=ap50, recall=recall, map50=mean_defined(ap50),
+        ap50=ap50,
+        recall=recall,
+        map50=mean_defined(ap50),
         mean_recall={iou: mean_defined(values) for iou, values in recall.items()},
-        ap_split=split_means(ap50, unseen), recall_split=split_means(recall[AP_IOU], unseen),
+        ap_split=split_means(ap50, unseen),
+        recall_split=split_means(recall[AP_IOU], unseen),
     )

@@ -1,6 +1,7 @@
 """Results as a person reads them: results.json, results.md, per_class.png and (for sweeps) sweep.png.
 
-Scores are given in percent, as the papers print them.
+Scores are given in percent, as the papers print them. matplotlib (the ``eval`` extra) is imported
+only to draw, so importing this module (``rsov.cli`` does) needs none of it.
 """
 
 from __future__ import annotations
@@ -8,15 +9,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from ..atomic import atomic_output
 from .metrics import RECALL_IOUS, SplitScores
 from .options import option_values
 from .runner import InstanceRun, SemanticRun
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SEEN_COLOUR, UNSEEN_COLOUR, MEAN_COLOUR = "#0072B2", "#E69F00", "#444444"
 SERIES_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
@@ -49,11 +52,16 @@ class Report:
     @property
     def best(self) -> RunSummary:
         """The run with the highest headline score (the first run when none has one)."""
-        return max(self.runs, key=lambda r: _headline(r) if _headline(r) is not None else -1.0)
+        return max(self.runs, key=_ranking)
 
 
 def _headline(run: RunSummary) -> float | None:
     return next(iter(run.metrics.values()))
+
+
+def _ranking(run: RunSummary) -> float:
+    headline = _headline(run)
+    return headline if headline is not None else -1.0
 
 
 def _pct(value: float | None) -> float | None:
@@ -75,8 +83,15 @@ def semantic_summary(run: SemanticRun) -> RunSummary:
     metrics = {"mIoU": _pct(s.miou), "pixel accuracy": _pct(s.pixel_accuracy)}
     metrics |= _split(s.split, ("s-mIoU", "u-mIoU", "h-mIoU"))
     images = [{"image": name, "mIoU": _pct(miou), "pixel accuracy": _pct(acc)} for name, miou, acc in run.per_image]
-    return RunSummary(run.variant.name, dict(run.variant.swept), option_values(run.variant, "semantic"), metrics,
-                      {"IoU": _pcts(s.iou)}, images, run.confusion.tolist())
+    return RunSummary(
+        run.variant.name,
+        dict(run.variant.swept),
+        option_values(run.variant, "semantic"),
+        metrics,
+        {"IoU": _pcts(s.iou)},
+        images,
+        run.confusion.tolist(),
+    )
 
 
 def instance_summary(run: InstanceRun) -> RunSummary:
@@ -87,15 +102,18 @@ def instance_summary(run: InstanceRun) -> RunSummary:
     metrics |= _split(s.recall_split, ("seen R@100", "unseen R@100", "HM R@100"))
     per_class = {"AP@0.5": _pcts(s.ap50)} | {f"R@100 (IoU {iou})": _pcts(s.recall[iou]) for iou in RECALL_IOUS}
     images = [{"image": name, "detections": count} for name, count in run.per_image]
-    return RunSummary(run.variant.name, dict(run.variant.swept), option_values(run.variant, "instance"), metrics,
-                      per_class, images)
+    return RunSummary(
+        run.variant.name, dict(run.variant.swept), option_values(run.variant, "instance"), metrics, per_class, images
+    )
 
 
 def write_report(report: Report, folder: Path) -> list[Path]:
     """Write the JSON, the Markdown and the charts into ``folder``; returns the files written."""
-    written = [_write_text(folder / "results.json", json.dumps({"units": "percent", **asdict(report)}, indent=1)),
-               _write_text(folder / "results.md", markdown(report)),
-               plot_per_class(report, folder / "per_class.png")]
+    written = [
+        _write_text(folder / "results.json", json.dumps({"units": "percent", **asdict(report)}, indent=1)),
+        _write_text(folder / "results.md", markdown(report)),
+        plot_per_class(report, folder / "per_class.png"),
+    ]
     if report.runs[0].swept:
         written.append(plot_sweep(report, folder / "sweep.png"))
     return written
@@ -121,27 +139,43 @@ def markdown(report: Report) -> str:
     """A summary table (best run in bold), per-class scores of every run, the settings and the command."""
     best = report.best
     metric_names = list(report.runs[0].metrics)
-    lines = [f"# {report.dataset}: {report.task} segmentation", "",
-             f"{images_text(report.images)}, {len(report.classes)} classes, {len(report.runs)} configuration(s); "
-             "scores in percent.", ""]
-    lines += _table(["run"] + metric_names,
-                    [[r.name] + [_fmt(r.metrics[m], bold=r is best and m == metric_names[0]) for m in metric_names]
-                     for r in report.runs])
+    lines = [
+        f"# {report.dataset}: {report.task} segmentation",
+        "",
+        f"{images_text(report.images)}, {len(report.classes)} classes, {len(report.runs)} configuration(s); "
+        "scores in percent.",
+        "",
+    ]
+    lines += _table(
+        ["run"] + metric_names,
+        [
+            [r.name] + [_fmt(r.metrics[m], bold=r is best and m == metric_names[0]) for m in metric_names]
+            for r in report.runs
+        ],
+    )
     class_metric = next(iter(best.per_class))
     lines += ["", f"## Per-class {class_metric}", ""]
     unseen = set(report.unseen)
     names = [f"{c} (unseen)" if c in unseen else c for c in report.classes]
-    lines += _table(["class"] + [r.name for r in report.runs],
-                    [[name] + [_fmt(r.per_class[class_metric][k]) for r in report.runs] for k, name in enumerate(names)])
-    lines += ["", "— : the class is in neither the labels nor the predictions (left out of the means)."
-              if report.task == "semantic" else "— : the class has no ground-truth object (left out of the means)."]
+    lines += _table(
+        ["class"] + [r.name for r in report.runs],
+        [[name] + [_fmt(r.per_class[class_metric][k]) for r in report.runs] for k, name in enumerate(names)],
+    )
+    lines += [
+        "",
+        "— : the class is in neither the labels nor the predictions (left out of the means)."
+        if report.task == "semantic"
+        else "— : the class has no ground-truth object (left out of the means).",
+    ]
     if best.confusion is not None:
         lines += _confusions(best, report.classes)
     worst = sorted((im for im in best.per_image if im.get("mIoU") is not None), key=lambda im: im["mIoU"])[:5]
     if len(best.per_image) > 1 and worst:
         lines += ["", f"## Lowest-scoring images ({best.name})", ""]
-        lines += _table(["image", "mIoU", "pixel accuracy"],
-                        [[im["image"], _fmt(im["mIoU"]), _fmt(im["pixel accuracy"])] for im in worst])
+        lines += _table(
+            ["image", "mIoU", "pixel accuracy"],
+            [[im["image"], _fmt(im["mIoU"]), _fmt(im["pixel accuracy"])] for im in worst],
+        )
     lines += ["", "## Settings", ""]
     swept = set(best.swept)
     lines += [f"- {name}: {value}" for name, value in best.options.items() if name not in swept]
@@ -155,18 +189,23 @@ def _confusions(run: RunSummary, classes: list[str], count: int = 5) -> list[str
     """The largest shares of a class's labelled pixels given to another class (or to none)."""
     matrix = np.asarray(run.confusion, dtype=np.float64)
     share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    np.fill_diagonal(share[:, :len(classes)], 0)
+    np.fill_diagonal(share[:, : len(classes)], 0)
     targets = classes + ["(no class)"]
-    pairs = sorted(((share[t, p], t, p) for t in range(len(classes)) for p in range(len(targets)) if share[t, p] > 0),
-                   reverse=True)[:count]
+    pairs = sorted(
+        ((share[t, p], t, p) for t in range(len(classes)) for p in range(len(targets)) if share[t, p] > 0), reverse=True
+    )[:count]
     if not pairs:
         return []
     lines = ["", f"## Most confused ({run.name})", ""]
-    return lines + _table(["true class", "predicted as", "share of its pixels"],
-                          [[classes[t], targets[p], f"{100 * v:.1f}%"] for v, t, p in pairs])
+    return lines + _table(
+        ["true class", "predicted as", "share of its pixels"],
+        [[classes[t], targets[p], f"{100 * v:.1f}%"] for v, t, p in pairs],
+    )
 
 
 def _save(figure: Figure, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(figure)
     with atomic_output(path) as tmp:
         figure.savefig(tmp, dpi=120, bbox_inches="tight")
@@ -178,6 +217,8 @@ def plot_per_class(report: Report, path: Path) -> Path:
     run = report.best
     metric = next(iter(run.per_class))
     values = run.per_class[metric]
+    from matplotlib.figure import Figure
+
     n = len(report.classes)
     figure = Figure(figsize=(8, 1.6 + 0.34 * n))
     ax = figure.add_subplot()
@@ -202,8 +243,13 @@ def plot_per_class(report: Report, path: Path) -> Path:
     if unseen:
         from matplotlib.patches import Patch
 
-        ax.legend(handles=[Patch(color=SEEN_COLOUR, label="seen"), Patch(color=UNSEEN_COLOUR, label="unseen")],
-                  loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, frameon=False)
+        ax.legend(
+            handles=[Patch(color=SEEN_COLOUR, label="seen"), Patch(color=UNSEEN_COLOUR, label="unseen")],
+            loc="lower right",
+            bbox_to_anchor=(1.0, 1.0),
+            ncol=2,
+            frameon=False,
+        )
     title = f"{report.dataset}: per-class {metric}, {images_text(report.images)}"
     ax.set_title(title + (f"\nbest configuration: {run.name}" if run.swept else ""), loc="left", fontsize=11)
     return _save(figure, path)
@@ -230,14 +276,19 @@ def plot_sweep(report: Report, path: Path) -> Path:
     x_option = options[0]
     x_texts = list(dict.fromkeys(r.swept[x_option] for r in report.runs))
     numbers = _as_numbers(x_texts)
-    position = dict(zip(x_texts, numbers if numbers is not None else range(len(x_texts))))
+    position = dict(zip(x_texts, numbers if numbers is not None else range(len(x_texts)), strict=True))
     series: dict[str, list[RunSummary]] = {}
     for run in report.runs:
         key = ", ".join(f"{o}={run.swept[o]}" for o in options[1:])
         series.setdefault(key, []).append(run)
     metric_names = list(report.runs[0].metrics)
-    lines = ([(name, metric, runs) for name, runs in series.items() for metric in metric_names[:1]] if len(series) > 1
-             else [(metric, metric, next(iter(series.values()))) for metric in metric_names])
+    lines = (
+        [(name, metric, runs) for name, runs in series.items() for metric in metric_names[:1]]
+        if len(series) > 1
+        else [(metric, metric, next(iter(series.values()))) for metric in metric_names]
+    )
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(8, 4.8))
     ax = figure.add_subplot()
     best = report.best
@@ -246,20 +297,38 @@ def plot_sweep(report: Report, path: Path) -> Path:
     dodge = {key: (i - (len(series) - 1) / 2) * spread for i, key in enumerate(series)} if len(series) > 1 else {}
     for i, (label, metric, runs) in enumerate(lines):
         shift = dodge.get(label, 0.0)
-        points = [(position[r.swept[x_option]] + shift, r.metrics[metric]) for r in runs if r.metrics[metric] is not None]
+        points = [
+            (position[r.swept[x_option]] + shift, r.metrics[metric]) for r in runs if r.metrics[metric] is not None
+        ]
         if not points:
             continue
-        xs, ys = zip(*points)
+        xs, ys = zip(*points, strict=True)
         headline = metric == metric_names[0]
-        ax.plot(xs, ys, marker="o", color=SERIES_COLOURS[i % len(SERIES_COLOURS)], label=label or metric,
-                linewidth=2.4 if headline else 1.2, linestyle="-" if headline else "--")
+        ax.plot(
+            xs,
+            ys,
+            marker="o",
+            color=SERIES_COLOURS[i % len(SERIES_COLOURS)],
+            label=label or metric,
+            linewidth=2.4 if headline else 1.2,
+            linestyle="-" if headline else "--",
+        )
         if headline:
             for x, yv in points:
                 ax.annotate(f"{yv:.1f}", (x, yv), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
-    if _headline(best) is not None:
+    best_score = _headline(best)
+    if best_score is not None:
         best_key = ", ".join(f"{o}={best.swept[o]}" for o in options[1:])
-        ax.plot([position[best.swept[x_option]] + dodge.get(best_key, 0.0)], [_headline(best)], marker="*",
-                markersize=16, color="#CC0000", linestyle="none", label=f"best: {best.name}", zorder=3)
+        ax.plot(
+            [position[best.swept[x_option]] + dodge.get(best_key, 0.0)],
+            [best_score],
+            marker="*",
+            markersize=16,
+            color="#CC0000",
+            linestyle="none",
+            label=f"best: {best.name}",
+            zorder=3,
+        )
     if numbers is None:
         ax.set_xticks(list(position.values()), x_texts)
     else:
@@ -269,6 +338,7 @@ def plot_sweep(report: Report, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(f"{report.dataset}: {metric_names[0]} against {x_option}, {images_text(report.images)}", loc="left",
-                 fontsize=11)
+    ax.set_title(
+        f"{report.dataset}: {metric_names[0]} against {x_option}, {images_text(report.images)}", loc="left", fontsize=11
+    )
     return _save(figure, path)

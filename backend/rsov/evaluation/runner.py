@@ -24,10 +24,9 @@ from tqdm import tqdm
 from ..atomic import atomic_output
 from ..engine import Engine, SegmentResult, load_engine
 from ..errors import InputError
-from ..raster_io import describe_raster
+from ..geo.raster_io import describe_raster
 from .datasets import CocoDataset, LabelSpec, read_label
-from .metrics import (MAX_DETECTIONS, InstanceScores, SemanticScores, confusion_matrix, instance_scores,
-                      semantic_scores)
+from .metrics import MAX_DETECTIONS, InstanceScores, SemanticScores, confusion_matrix, instance_scores, semantic_scores
 from .options import EngineSpec, Variant
 
 CACHE_VERSION = 1
@@ -56,8 +55,9 @@ class EngineSegmenter:
     """The real engine: one loaded engine per EngineSpec, one request per image at full resolution."""
 
     def __init__(self, device: str = "auto", load: Callable[[EngineSpec], Engine] | None = None) -> None:
-        self._load = load or (lambda spec: load_engine(spec.model, device, spec.upsampler, spec.upsampler_checkpoint,
-                                                       sam=spec.sam))
+        self._load = load or (
+            lambda spec: load_engine(spec.model, device, spec.upsampler, spec.upsampler_checkpoint, sam=spec.sam)
+        )
         self._engines: dict[EngineSpec, Engine] = {}
 
     def _segment(self, variant: Variant, image: Path, mode: str) -> SegmentResult:
@@ -65,8 +65,9 @@ class EngineSegmenter:
             self._engines[variant.engine] = self._load(variant.engine)
         info = describe_raster(image)
         # max_side = the image's own long side: predictions come at the labels' resolution, never decimated
-        request = replace(variant.request, raster=str(image), max_side=max(info.width, info.height), mode=mode,
-                          vectorize=False)
+        request = replace(
+            variant.request, raster=str(image), max_side=max(info.width, info.height), mode=mode, vectorize=False
+        )
         return self._engines[variant.engine].segment(request)
 
     def semantic(self, variant: Variant, image: Path) -> np.ndarray:
@@ -129,9 +130,15 @@ class SemanticRun:
     per_image: list[tuple[str, float | None, float | None]]  # (image, mIoU, pixel accuracy) of each image
 
 
-def evaluate_semantic(pairs: Sequence[tuple[Path, Path]], labels: LabelSpec, variants: Sequence[Variant],
-                      segmenter: Segmenter, cache: ResultCache, unseen: Sequence[int] = (),
-                      show_progress: bool = True) -> list[SemanticRun]:
+def evaluate_semantic(
+    pairs: Sequence[tuple[Path, Path]],
+    labels: LabelSpec,
+    variants: Sequence[Variant],
+    segmenter: Segmenter,
+    cache: ResultCache,
+    unseen: Sequence[int] = (),
+    show_progress: bool = True,
+) -> list[SemanticRun]:
     """Confusion matrices of every variant over ``pairs`` of (image, label) files."""
     n = len(labels.class_names)
     totals = [np.zeros((n, n + 1), dtype=np.int64) for _ in variants]
@@ -147,8 +154,10 @@ def evaluate_semantic(pairs: Sequence[tuple[Path, Path]], labels: LabelSpec, var
                         label = labels.label_indexes(read_label(label_path), str(label_path))
                     class_map = segmenter.semantic(variant, image)
                     if class_map.shape != label.shape:
-                        raise InputError(f"Image {image} is {class_map.shape[1]}x{class_map.shape[0]} px but its label "
-                                         f"{label_path} is {label.shape[1]}x{label.shape[0]} px.")
+                        raise InputError(
+                            f"Image {image} is {class_map.shape[1]}x{class_map.shape[0]} px but its label "
+                            f"{label_path} is {label.shape[1]}x{label.shape[0]} px."
+                        )
                     matrix = confusion_matrix(label, labels.prediction_indexes(class_map), n)
                     payload = {"confusion": matrix.tolist()}
                     cache.save(key, payload)
@@ -157,7 +166,9 @@ def evaluate_semantic(pairs: Sequence[tuple[Path, Path]], labels: LabelSpec, var
                 own = semantic_scores(matrix)
                 per_image[i].append((image.name, own.miou, own.pixel_accuracy))
                 bar.update()
-    return [SemanticRun(v, t, semantic_scores(t, unseen), p) for v, t, p in zip(variants, totals, per_image)]
+    return [
+        SemanticRun(v, t, semantic_scores(t, unseen), p) for v, t, p in zip(variants, totals, per_image, strict=True)
+    ]
 
 
 @dataclass
@@ -171,12 +182,22 @@ def _encode(prediction: InstancePrediction) -> dict:
     from pycocotools import mask as mask_utils
 
     rle = mask_utils.encode(np.asfortranarray(prediction.mask.astype(np.uint8)))
-    return {"class_index": prediction.class_index, "score": prediction.score,
-            "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}}
+    return {
+        "class_index": prediction.class_index,
+        "score": prediction.score,
+        "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+    }
 
 
-def evaluate_instances(dataset: CocoDataset, n_classes: int, variants: Sequence[Variant], segmenter: Segmenter,
-                       cache: ResultCache, unseen: Sequence[int] = (), show_progress: bool = True) -> list[InstanceRun]:
+def evaluate_instances(
+    dataset: CocoDataset,
+    n_classes: int,
+    variants: Sequence[Variant],
+    segmenter: Segmenter,
+    cache: ResultCache,
+    unseen: Sequence[int] = (),
+    show_progress: bool = True,
+) -> list[InstanceRun]:
     """Mask AP and recall of every variant over the dataset's images found on disk."""
     sizes = {im["id"]: (im["height"], im["width"]) for im in dataset.ground_truth["images"]}
     detections: list[list[dict]] = [[] for _ in variants]
@@ -190,19 +211,30 @@ def evaluate_instances(dataset: CocoDataset, n_classes: int, variants: Sequence[
                     found = segmenter.instances(variant, image)
                     wrong = [p.mask.shape for p in found if p.mask.shape != sizes[image_id]]
                     if wrong:
-                        raise InputError(f"Image {image} gives {wrong[0][1]}x{wrong[0][0]} px masks but its annotations "
-                                         f"say {sizes[image_id][1]}x{sizes[image_id][0]} px.")
+                        raise InputError(
+                            f"Image {image} gives {wrong[0][1]}x{wrong[0][0]} px masks but its annotations "
+                            f"say {sizes[image_id][1]}x{sizes[image_id][0]} px."
+                        )
                     # Recall@100 and AP count the 100 best objects of an image, whatever their classes
                     best = sorted(found, key=lambda p: -p.score)[:MAX_DETECTIONS]
                     payload = {"instances": [_encode(p) for p in best]}
                     cache.save(key, payload)
-                detections[i] += [{"image_id": image_id, "category_id": d["class_index"] + 1, "score": d["score"],
-                                   "segmentation": d["segmentation"]} for d in payload["instances"]]
+                detections[i] += [
+                    {
+                        "image_id": image_id,
+                        "category_id": d["class_index"] + 1,
+                        "score": d["score"],
+                        "segmentation": d["segmentation"],
+                    }
+                    for d in payload["instances"]
+                ]
                 per_image[i].append((image.name, len(payload["instances"])))
                 bar.update()
     image_ids = [image_id for image_id, _ in dataset.images]
-    return [InstanceRun(v, instance_scores(dataset.ground_truth, d, image_ids, n_classes, unseen), p)
-            for v, d, p in zip(variants, detections, per_image)]
+    return [
+        InstanceRun(v, instance_scores(dataset.ground_truth, d, image_ids, n_classes, unseen), p)
+        for v, d, p in zip(variants, detections, per_image, strict=True)
+    ]
 
 
 def output_folder(path: Path) -> Path:

@@ -1,9 +1,9 @@
 """A tiny Python client for ``rsov serve`` (standard library only). The contract is the HTTP API.
 
-    client = Client("http://127.0.0.1:8765", token_file="~/.config/rsov/token")
-    job = client.submit("/data/ortho.tif", ["building,roof", "tree"], bbox=(...), bbox_crs="EPSG:25832")
-    client.wait(job)
-    geojson = client.result(job)
+client = Client("http://127.0.0.1:8765", token_file="~/.config/rsov/token")
+job = client.submit("/data/ortho.tif", ["building,roof", "tree"], bbox=(...), bbox_crs="EPSG:25832")
+client.wait(job)
+geojson = client.result(job)
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 class ClientError(Exception):
@@ -25,10 +25,17 @@ class ClientError(Exception):
 
 
 class Client:
-    def __init__(self, url: str = "http://127.0.0.1:8765", token: str | None = None,
-                 token_file: str | Path | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8765",
+        token: str | None = None,
+        token_file: str | Path | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         self.url = url.rstrip("/")
-        self.token = token if token is not None else Path(token_file).expanduser().read_text().strip() if token_file else ""
+        self.token = (
+            token if token is not None else Path(token_file).expanduser().read_text().strip() if token_file else ""
+        )
         self.timeout = timeout
 
     def request(self, method: str, path: str, body: dict | None = None, raw: bool = False):
@@ -53,20 +60,35 @@ class Client:
     def health(self) -> dict:
         return self.request("GET", "/v1/health")
 
-    def submit(self, raster: str, classes: list[str], bbox: tuple | None = None, bbox_crs: str | None = None,
-               mask: dict | None = None, **options) -> str:
+    def submit(
+        self,
+        raster: str,
+        classes: list[str],
+        bbox: tuple | None = None,
+        bbox_crs: str | None = None,
+        mask: dict | None = None,
+        **options,
+    ) -> str:
         return self.request("POST", "/v1/jobs", _job(raster, classes, bbox, bbox_crs, mask, options))["job_id"]
 
-    def estimate(self, raster: str, classes: list[str], bbox: tuple | None = None, bbox_crs: str | None = None,
-                 mask: dict | None = None, **options) -> dict:
+    def estimate(
+        self,
+        raster: str,
+        classes: list[str],
+        bbox: tuple | None = None,
+        bbox_crs: str | None = None,
+        mask: dict | None = None,
+        **options,
+    ) -> dict:
         """What the job would cost: ``{resolution_m, rule, working_size, output_size, windows, ...}``."""
         return self.request("POST", "/v1/estimate", _job(raster, classes, bbox, bbox_crs, mask, options))
 
     def status(self, job_id: str) -> dict:
         return self.request("GET", f"/v1/jobs/{job_id}")
 
-    def wait(self, job_id: str, timeout: float = 600.0, poll_s: float = 0.1,
-             on_status: Callable[[dict], None] | None = None) -> dict:
+    def wait(
+        self, job_id: str, timeout: float = 600.0, poll_s: float = 0.1, on_status: Callable[[dict], None] | None = None
+    ) -> dict:
         """Poll until the job is done, failed or cancelled; returns its last status."""
         deadline = time.monotonic() + timeout
         while True:

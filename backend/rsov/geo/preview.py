@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .atomic import atomic_output
-from .palette import class_rgb
+from ..atomic import atomic_output
+from ..palette import class_rgb
 
-def write_preview(image: np.ndarray, class_map: np.ndarray, class_names: Sequence[str], path: str | os.PathLike,
-                  alpha: float = 0.5) -> Path:
+
+def write_preview(
+    image: np.ndarray, class_map: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, alpha: float = 0.5
+) -> Path:
     """image (H, W, 3) uint8, class_map (H, W) int -> PNG with classes blended in and a legend; written atomically."""
     colours = np.array([class_rgb(k) for k in range(len(class_names) + 1)], dtype=np.float32)
     overlay = colours[class_map]

@@ -17,17 +17,18 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dense_clip import DenseEncoder
-from .errors import CancelledError, InputError
-from .grid import window_starts
+from ..errors import CancelledError, InputError
+from ..grid import window_starts
+from .encoder import DenseEncoder
 from .text import TextEmbedder
 from .vocabulary import Vocabulary
 
@@ -51,7 +52,9 @@ class FeatureOptions:
 
     def __post_init__(self) -> None:
         if self.window < 16 or not 0 < self.stride <= self.window:
-            raise InputError(f"Window {self.window} and stride {self.stride} must satisfy 0 < stride <= window, window >= 16.")
+            raise InputError(
+                f"Window {self.window} and stride {self.stride} must satisfy 0 < stride <= window, window >= 16."
+            )
         if any(r % 90 for r in self.rotations) or not self.rotations:
             raise InputError(f"Rotations must be multiples of 90 degrees, got {self.rotations}.")
         if self.precision not in PRECISIONS:
@@ -127,8 +130,11 @@ def working_size(size: tuple[int, int], options: FeatureOptions, pixel_size_m: f
 
 def sliding_windows(height: int, width: int, window: int, stride: int) -> list[tuple[int, int, int, int]]:
     """mmseg-style slide: a grid of windows, the last one in each direction clamped to the edge."""
-    return [(y, x, min(y + window, height), min(x + window, width))
-            for y in window_starts(height, window, stride) for x in window_starts(width, window, stride)]
+    return [
+        (y, x, min(y + window, height), min(x + window, width))
+        for y in window_starts(height, window, stride)
+        for x in window_starts(width, window, stride)
+    ]
 
 
 def bilinear_matrix(out_n: int, in_n: int) -> torch.Tensor:
@@ -153,7 +159,7 @@ def dec_channels(text: torch.Tensor, keep: float, lam: float = 0.7) -> torch.Ten
     if q < 2:
         return torch.arange(text.shape[1])
     total = text.sum(0)
-    s = (total ** 2 - (text ** 2).sum(0)) / (q * (q - 1))
+    s = (total**2 - (text**2).sum(0)) / (q * (q - 1))
     v = text.var(0, unbiased=False)
     k = max(1, round(keep * text.shape[1]))
     return torch.topk(-lam * s + (1 - lam) * v, k).indices.sort().values
@@ -172,8 +178,13 @@ def _quantized(encoder: nn.Module, device: torch.device) -> nn.Module:
 class Predictor:
     """Keeps the features of one image (``set_image``) and scores vocabularies against them."""
 
-    def __init__(self, encoder: DenseEncoder, text: TextEmbedder, upsampler: nn.Module | None = None,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        encoder: DenseEncoder,
+        text: TextEmbedder,
+        upsampler: nn.Module | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.encoder = encoder
         self.text = text
         self.upsampler = upsampler
@@ -190,12 +201,13 @@ class Predictor:
         if precision == "fp32" or not isinstance(self.encoder, nn.Module):
             return self.encoder, self.upsampler
         if precision not in self._cast:
+            # a copy of a DenseEncoder module (cast or quantized) is still one
             if precision == "int8":
-                self._cast[precision] = (_quantized(self.encoder, self.device), self.upsampler)
+                self._cast[precision] = (cast(DenseEncoder, _quantized(self.encoder, self.device)), self.upsampler)
             else:
                 dtype = torch.bfloat16 if precision == "bf16" else torch.float16
                 up = copy.deepcopy(self.upsampler).to(dtype) if self.upsampler is not None else None
-                self._cast[precision] = (copy.deepcopy(self.encoder).to(dtype), up)
+                self._cast[precision] = (cast(DenseEncoder, copy.deepcopy(self.encoder).to(dtype)), up)
         return self._cast[precision]
 
     # ---- image side -------------------------------------------------------------------------
@@ -213,14 +225,23 @@ class Predictor:
         return (x - mean) / std
 
     @torch.inference_mode()
-    def set_image(self, image: np.ndarray, options: FeatureOptions = FeatureOptions(), pixel_size_m: float | None = None,
-                  progress: ProgressFn | None = None, cancelled: CancelFn | None = None) -> ImageFeatures:
+    def set_image(
+        self,
+        image: np.ndarray,
+        options: FeatureOptions = FeatureOptions(),
+        pixel_size_m: float | None = None,
+        progress: ProgressFn | None = None,
+        cancelled: CancelFn | None = None,
+    ) -> ImageFeatures:
         """Run the dense encoder over sliding windows of ``image`` (H, W, 3) uint8 and keep the features."""
         x = self.prepare(image, options, pixel_size_m)
         height, width = x.shape[-2:]
         # Windows of one shape batch together; edge windows of small images may differ.
-        windows = [w for group in _same_shape_groups(sliding_windows(height, width, options.window, options.stride))
-                   for w in group]
+        windows = [
+            w
+            for group in _same_shape_groups(sliding_windows(height, width, options.window, options.stride))
+            for w in group
+        ]
         patches: list[torch.Tensor] = []
         cls: list[torch.Tensor] = []
         while len(patches) < len(windows):
@@ -228,8 +249,11 @@ class Predictor:
                 raise CancelledError("The job was cancelled.")
             first = windows[len(patches)]
             shape = (first[2] - first[0], first[3] - first[1])
-            batch = [w for w in windows[len(patches):len(patches) + options.batch_size]
-                     if (w[2] - w[0], w[3] - w[1]) == shape]
+            batch = [
+                w
+                for w in windows[len(patches) : len(patches) + options.batch_size]
+                if (w[2] - w[0], w[3] - w[1]) == shape
+            ]
             crops = torch.cat([x[:, :, y0:y1, x0:x1] for y0, x0, y1, x1 in batch])
             feats, tokens = self.encode(crops, options)
             patches += feats
@@ -237,8 +261,13 @@ class Predictor:
             if progress is not None:
                 progress(len(patches), len(windows))
         self.features = ImageFeatures(
-            input_size=tuple(image.shape[:2]), working_size=(height, width), windows=windows, patches=patches,
-            cls=torch.cat(cls), patch_size=self.encoder.patch_size, options=options,
+            input_size=tuple(image.shape[:2]),
+            working_size=(height, width),
+            windows=windows,
+            patches=patches,
+            cls=torch.cat(cls),
+            patch_size=self.encoder.patch_size,
+            options=options,
         )
         return self.features
 
@@ -249,15 +278,19 @@ class Predictor:
         top, left = _centred_padding(h, self.encoder.patch_size), _centred_padding(w, self.encoder.patch_size)
         # SegEarth-OV pads crops to a multiple of the patch size with zeros (the mean colour), split evenly.
         padded = F.pad(crops, (left[0], left[1], top[0], top[1]))
-        feats, tokens = 0, 0
+        feats_sum: torch.Tensor | None = None
+        tokens_sum: torch.Tensor | None = None
         for degrees in options.rotations:
             k = (degrees // 90) % 4
             f, t = encoder(torch.rot90(padded, k, dims=(2, 3)))
-            feats = feats + torch.rot90(f, -k, dims=(2, 3))
-            tokens = tokens + t
-        feats, tokens = feats / len(options.rotations), tokens / len(options.rotations)
+            f = torch.rot90(f, -k, dims=(2, 3))
+            feats_sum = f if feats_sum is None else feats_sum + f
+            tokens_sum = t if tokens_sum is None else tokens_sum + t
+        if feats_sum is None or tokens_sum is None:
+            raise InputError("Give at least one rotation.")  # FeatureOptions refuses none already
+        feats, tokens = feats_sum / len(options.rotations), tokens_sum / len(options.rotations)
         if upsampler is not None:
-            feats = upsampler(feats, padded.to(feats.dtype))[:, :, top[0]:top[0] + h, left[0]:left[0] + w]
+            feats = upsampler(feats, padded.to(feats.dtype))[:, :, top[0] : top[0] + h, left[0] : left[0] + w]
         store = torch.float32 if options.precision == "fp32" else feats.dtype
         feats = F.normalize(feats.float(), dim=1).to(store)
         return list(feats), F.normalize(tokens.float(), dim=-1)
@@ -283,8 +316,9 @@ class Predictor:
         count = torch.zeros(1, height, width, device=self.device)
         bias = options.cls_lambda * (cls @ text.T)  # (N, Q)
         for i, (y0, x0, y1, x1) in enumerate(feats.windows):
-            total[:, y0:y1, x0:x1] += window_logits(feats.patches[i].to(self.device), text, bias[i], (y1 - y0, x1 - x0),
-                                                    feats.patch_size, keep)
+            total[:, y0:y1, x0:x1] += window_logits(
+                feats.patches[i].to(self.device), text, bias[i], (y1 - y0, x1 - x0), feats.patch_size, keep
+            )
             count[:, y0:y1, x0:x1] += 1
         return total / count
 
@@ -300,7 +334,7 @@ class Predictor:
         total = torch.zeros(masks.shape[0], feats.cls.shape[1], device=self.device)
         weight = torch.zeros(masks.shape[0], 1, device=self.device)
         p = feats.patch_size
-        for (y0, x0, y1, x1), f in zip(feats.windows, feats.patches):
+        for (y0, x0, y1, x1), f in zip(feats.windows, feats.patches, strict=True):
             crop = masks[:, y0:y1, x0:x1]
             if f.shape[-2:] != crop.shape[-2:]:  # patch-grid features: mask cover per padded patch
                 top, left = _centred_padding(y1 - y0, p), _centred_padding(x1 - x0, p)
@@ -310,8 +344,13 @@ class Predictor:
         return F.normalize(total / weight.clamp_min(1e-6), dim=-1)
 
     @torch.inference_mode()
-    def predict(self, vocabulary: Vocabulary, options: ScoreOptions = ScoreOptions(),
-                valid: np.ndarray | None = None, rows_per_chunk: int = 256) -> Prediction:
+    def predict(
+        self,
+        vocabulary: Vocabulary,
+        options: ScoreOptions = ScoreOptions(),
+        valid: np.ndarray | None = None,
+        rows_per_chunk: int = 256,
+    ) -> Prediction:
         """Class map and score map at the input size. valid (H, W) bool marks pixels that may get a class."""
         feats = self._require_features()
         queries, owners = vocabulary.queries()
@@ -325,18 +364,19 @@ class Predictor:
         score_map = np.zeros((height, width), dtype=np.float32)
         cols = torch.einsum("qhw,xw->qhx", logits, rx)  # (Q, Hw, W): resize columns once
         for r0 in range(0, height, rows_per_chunk):
-            rows = torch.einsum("yh,qhx->qyx", ry[r0:r0 + rows_per_chunk], cols)  # (Q, r, W)
+            rows = torch.einsum("yh,qhx->qyx", ry[r0 : r0 + rows_per_chunk], cols)  # (Q, r, W)
             label, best = classify_logits(rows, owner, n_classes, options)
-            class_map[r0:r0 + rows.shape[1]] = label.cpu().numpy()
-            score_map[r0:r0 + rows.shape[1]] = best.cpu().numpy()
+            class_map[r0 : r0 + rows.shape[1]] = label.cpu().numpy()
+            score_map[r0 : r0 + rows.shape[1]] = best.cpu().numpy()
         if valid is not None:
             class_map[~valid] = 0
             score_map[~valid] = 0.0
         return Prediction(class_map, score_map, vocabulary.names)
 
 
-def scoring_vectors(text: torch.Tensor, cls: torch.Tensor,
-                    options: ScoreOptions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def scoring_vectors(
+    text: torch.Tensor, cls: torch.Tensor, options: ScoreOptions
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Text (Q, C) and [CLS] (N, C) restricted to ZoRI's DEC channels when asked, and the kept channels."""
     if options.dec_keep is None:
         return text, cls, None
@@ -344,8 +384,14 @@ def scoring_vectors(text: torch.Tensor, cls: torch.Tensor,
     return F.normalize(text[:, keep], dim=-1), F.normalize(cls[:, keep], dim=-1), keep
 
 
-def window_logits(f: torch.Tensor, text: torch.Tensor, bias: torch.Tensor, size: tuple[int, int], patch_size: int,
-                  keep: torch.Tensor | None = None) -> torch.Tensor:
+def window_logits(
+    f: torch.Tensor,
+    text: torch.Tensor,
+    bias: torch.Tensor,
+    size: tuple[int, int],
+    patch_size: int,
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One window's logits: features f (C, h', w') unit-norm, text (Q, C), bias (Q,) -> (Q, h, w) at the crop size.
 
     Patch-grid features are resized to the padded crop, then the padding is dropped.
@@ -359,17 +405,20 @@ def window_logits(f: torch.Tensor, text: torch.Tensor, bias: torch.Tensor, size:
         top, left = _centred_padding(h, patch_size)[0], _centred_padding(w, patch_size)[0]
         padded = (logits.shape[-2] * patch_size, logits.shape[-1] * patch_size)
         logits = F.interpolate(logits[None], size=padded, mode="bilinear", align_corners=False)[0]
-        logits = logits[:, top:top + h, left:left + w]
+        logits = logits[:, top : top + h, left : left + w]
     return logits
 
 
-def classify_logits(logits: torch.Tensor, owner: torch.Tensor, n_classes: int,
-                    options: ScoreOptions) -> tuple[torch.Tensor, torch.Tensor]:
+def classify_logits(
+    logits: torch.Tensor, owner: torch.Tensor, n_classes: int, options: ScoreOptions
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (Q, ...) -> class ids and winning probabilities (...), background under the threshold."""
     return best_class(class_probabilities(logits, owner, n_classes, options), options)
 
 
-def class_probabilities(logits: torch.Tensor, owner: torch.Tensor, n_classes: int, options: ScoreOptions) -> torch.Tensor:
+def class_probabilities(
+    logits: torch.Tensor, owner: torch.Tensor, n_classes: int, options: ScoreOptions
+) -> torch.Tensor:
     """Logits (Q, ...) -> (N + 1, ...) class probabilities: softmax(scale x logits) over queries, max over each
     class's synonyms (``owner`` (Q,) class of each query); classes without a query get -1."""
     probs = torch.softmax(options.logit_scale * logits, dim=0)
@@ -396,5 +445,3 @@ def _same_shape_groups(windows: list[tuple[int, int, int, int]]) -> list[list[tu
     for win in windows:
         groups.setdefault((win[2] - win[0], win[3] - win[1]), []).append(win)
     return list(groups.values())
-
-

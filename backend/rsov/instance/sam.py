@@ -20,18 +20,20 @@ import json
 import platform
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_output
-from .instances import InstanceOptions, Mask, _crop
-from .precision import calibration_key, cpu_capability
+from ..atomic import atomic_output
+from ..precision import calibration_key, cpu_capability
+from .masks import crop_mask
+from .types import InstanceOptions, Mask
 
 DECODER_FILE = "sam_decoder.json"  # in the rsov cache folder: the fastest decoder call size per machine
 CHUNK_SIZES = (1, 2, 4, 8, 16, 32, 64)
@@ -45,8 +47,9 @@ def precision_context(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def fastest_chunk(decode: Callable[[int], None], limit: int = CHUNK_SIZES[-1], prompts: int = 16,
-                  give_up: float = 1.25) -> tuple[int, dict[int, float]]:
+def fastest_chunk(
+    decode: Callable[[int], object], limit: int = CHUNK_SIZES[-1], prompts: int = 16, give_up: float = 1.25
+) -> tuple[int, dict[int, float]]:
     """The decoder call size with the least time per prompt, and the seconds per prompt measured.
 
     ``decode(n)`` decodes n prompts. Sizes 1, 2, 4, ... up to ``limit`` are each timed on about
@@ -62,24 +65,29 @@ def fastest_chunk(decode: Callable[[int], None], limit: int = CHUNK_SIZES[-1], p
         seconds[size] = (time.perf_counter() - t) / (calls * size)
         if seconds[size] > give_up * min(seconds.values()):
             break
-    return min(seconds, key=seconds.get), seconds
+    return min(seconds, key=lambda s: seconds[s]), seconds
 
 
-def decode_masks(decoder: torch.nn.Module, image: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                 dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_masks(
+    decoder: torch.nn.Module, image: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM's ``MaskDecoder`` with ``multimask_output=True``, without repeating the image per prompt.
 
     image, image_pe, dense (1, C, h, w); sparse (B, N, C) -> logits (B, 3, 4h, 4w), predicted IoU (B, 3).
     The decoder's attention layers broadcast over the batch, so the image side of its first layer
     (the same for every prompt while no mask prompt is given) is computed once instead of B times.
     """
-    tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight])[None].expand(len(sparse), -1, -1)
-    hs, src = decoder.transformer(image + dense, image_pe, torch.cat((tokens, sparse), dim=1))
+    iou_token, mask_tokens = cast(torch.nn.Embedding, decoder.iou_token), cast(torch.nn.Embedding, decoder.mask_tokens)
+    transformer, upscaling = cast(torch.nn.Module, decoder.transformer), cast(torch.nn.Module, decoder.output_upscaling)
+    hypernetworks = cast(torch.nn.ModuleList, decoder.output_hypernetworks_mlps)
+    iou_head = cast(torch.nn.Module, decoder.iou_prediction_head)
+    tokens = torch.cat([iou_token.weight, mask_tokens.weight])[None].expand(len(sparse), -1, -1)
+    hs, src = transformer(image + dense, image_pe, torch.cat((tokens, sparse), dim=1))
     c, h, w = image.shape[1:]
-    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(len(sparse), c, h, w))
-    hyper = torch.stack([mlp(hs[:, 1 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
+    upscaled = upscaling(src.transpose(1, 2).reshape(len(sparse), c, h, w))
+    hyper = torch.stack([mlp(hs[:, 1 + i]) for i, mlp in enumerate(hypernetworks)], dim=1)
     masks = (hyper @ upscaled.flatten(2)).view(len(sparse), -1, *upscaled.shape[-2:])
-    iou = decoder.iou_prediction_head(hs[:, 0])
+    iou = iou_head(hs[:, 0])
     return masks[:, 1:], iou[:, 1:]  # SAM's multimask output: the three candidates after the single-mask one
 
 
@@ -123,8 +131,9 @@ class _TileProgress:
 
     def decoded(self, count: int) -> None:
         self.done += count
-        self.report((self.encode + self.done) / max(self.encode + self.prompts, 1e-9),
-                    f"prompts {self.done}/{self.prompts}")
+        self.report(
+            (self.encode + self.done) / max(self.encode + self.prompts, 1e-9), f"prompts {self.done}/{self.prompts}"
+        )
 
 
 class SamProposer:
@@ -134,8 +143,14 @@ class SamProposer:
     ``chunk``: a fixed call size instead of a measured one.
     """
 
-    def __init__(self, sam: torch.nn.Module, weights_id: str, cache_size: int = 32,
-                 calibration_dir: Path | None = None, chunk: int | None = None) -> None:
+    def __init__(
+        self,
+        sam: torch.nn.Module,
+        weights_id: str,
+        cache_size: int = 32,
+        calibration_dir: Path | None = None,
+        chunk: int | None = None,
+    ) -> None:
         from segment_anything import SamPredictor
 
         self.predictor = SamPredictor(sam)
@@ -161,12 +176,23 @@ class SamProposer:
         return (key, precision) in self._embeddings
 
     @torch.inference_mode()
-    def propose(self, tile: np.ndarray, key: str, points: np.ndarray, options: InstanceOptions,
-                precision: str = "fp32", progress: ProgressFn | None = None) -> list[Mask]:
+    def propose(
+        self,
+        tile: np.ndarray,
+        key: str,
+        points: np.ndarray,
+        options: InstanceOptions,
+        precision: str = "fp32",
+        progress: ProgressFn | None = None,
+    ) -> list[Mask]:
         grid_key = (key, precision, options.points_per_side, options.pred_iou_thresh, options.stability_thresh)
         grid_prompts = 0 if grid_key in self._grid else max(options.points_per_side, 0) ** 2
-        self._progress = _TileProgress(progress or (lambda fraction, text: None), self.timings,
-                                       not self.cached(key, precision), grid_prompts + len(points))
+        self._progress = _TileProgress(
+            progress or (lambda fraction, text: None),
+            self.timings,
+            not self.cached(key, precision),
+            grid_prompts + len(points),
+        )
         self._precision = precision
         self._set_tile(tile, key, precision)
         self._progress.encoded()
@@ -206,11 +232,16 @@ class SamProposer:
             return self._fixed_chunk
         decoder = self.predictor.model.mask_decoder
         size = sum(p.numel() for p in decoder.parameters())
-        key = f"{_machine(self.predictor.device)}; {precision}; {type(decoder).__name__} of {size} parameters, image shared"
+        key = (
+            f"{_machine(self.predictor.device)}; {precision}; {type(decoder).__name__} of {size} parameters, "
+            "image shared"
+        )
         if key not in self._chunks:
             kept = self._kept_chunks()
             if key not in kept:
-                xy = np.random.default_rng(0).random((CHUNK_SIZES[-1], 2)) * np.array(self.predictor.original_size[::-1])
+                xy = np.random.default_rng(0).random((CHUNK_SIZES[-1], 2)) * np.array(
+                    self.predictor.original_size[::-1]
+                )
                 kept[key], self.chunk_seconds = fastest_chunk(lambda n: self._decoder_call(xy[:n]))
                 self._keep_chunks(kept)
             self._chunks[key] = kept[key]
@@ -237,15 +268,22 @@ class SamProposer:
         from segment_anything.modeling import MaskDecoder
 
         p = self.predictor
-        coords = p.transform.apply_coords_torch(torch.as_tensor(xy, dtype=torch.float32, device=p.device), p.original_size)
+        coords = p.transform.apply_coords_torch(
+            torch.as_tensor(xy, dtype=torch.float32, device=p.device), p.original_size
+        )
         labels = torch.ones(coords.shape[0], 1, dtype=torch.int64, device=p.device)
         with precision_context(self._precision, p.device):  # the networks only: post-processing stays in fp32
             prompts, dense = p.model.prompt_encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
             pe = p.model.prompt_encoder.get_dense_pe()
             if isinstance(p.model.mask_decoder, MaskDecoder):
                 return decode_masks(p.model.mask_decoder, p.features, pe, prompts, dense[:1])
-            return p.model.mask_decoder(image_embeddings=p.features, image_pe=pe, sparse_prompt_embeddings=prompts,
-                                        dense_prompt_embeddings=dense, multimask_output=True)
+            return p.model.mask_decoder(
+                image_embeddings=p.features,
+                image_pe=pe,
+                sparse_prompt_embeddings=prompts,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
+            )
 
     def _decode(self, xy: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, _Upsampler]:
         """Points (P, 2) in tile pixels -> low-resolution logits (P, 3, Lh, Lw) of the tile's unpadded part,
@@ -257,15 +295,20 @@ class SamProposer:
         """
         p = self.predictor
         t = time.perf_counter()
-        parts = [self._decoder_call(xy[start:start + self._chunk]) for start in range(0, len(xy), self._chunk)]
+        parts = [self._decoder_call(xy[start : start + self._chunk]) for start in range(0, len(xy), self._chunk)]
         logits, iou = torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
         self.timings.sam_decode_s += time.perf_counter() - t
         self.timings.decoded_prompts += len(xy)
-        up = _upsampler(tuple(p.input_size), tuple(p.original_size), p.model.image_encoder.img_size, logits.shape[-1],
-                        str(logits.device))
+        up = _upsampler(
+            tuple(p.input_size),
+            tuple(p.original_size),
+            p.model.image_encoder.img_size,
+            logits.shape[-1],
+            str(logits.device),
+        )
         if self._progress is not None:
             self._progress.decoded(len(xy))
-        return logits[..., :up.rows.low, :up.cols.low].float(), iou.float(), up
+        return logits[..., : up.rows.low, : up.cols.low].float(), iou.float(), up
 
     def _grid_masks(self, size: tuple[int, int], options: InstanceOptions) -> list[Mask]:
         from segment_anything.utils.amg import build_point_grid, calculate_stability_score
@@ -277,7 +320,7 @@ class SamProposer:
         xy = build_point_grid(options.points_per_side) * np.array(size[::-1])
         candidates: list[Mask] = []
         for start in range(0, len(xy), options.points_per_batch):
-            logits, iou, up = self._decode(xy[start:start + options.points_per_batch])
+            logits, iou, up = self._decode(xy[start : start + options.points_per_batch])
             logits, iou = logits.flatten(0, 1), iou.flatten()
             stability = calculate_stability_score(logits, threshold, 1.0)  # on the low-res logits: 16x fewer pixels
             keep = (iou > options.pred_iou_thresh) & (stability > options.stability_thresh)
@@ -296,7 +339,7 @@ class SamProposer:
         threshold = self.predictor.model.mask_threshold
         out: list[Mask] = []
         for start in range(0, len(points), options.points_per_batch):
-            batch = points[start:start + options.points_per_batch]
+            batch = points[start : start + options.points_per_batch]
             logits, iou, up = self._decode(batch[:, :2])
             best = iou.argmax(dim=1)
             rows = torch.arange(len(best))
@@ -358,7 +401,7 @@ class _Upsampler:
         low = logits > threshold
         present = low.flatten(1).any(1)
         logits, low = logits[present], low[present]
-        quality, hints = quality[present].tolist(), hints[present.cpu().numpy()].tolist()
+        qualities, kept_hints = quality[present].tolist(), hints[present.cpu().numpy()].tolist()
         out = []
         for i, (c0, r0, c1, r1) in enumerate(batched_mask_to_box(low).tolist()):
             # bilinear weights are non-negative: tile pixels outside the reach of the low-res box stay below threshold
@@ -366,7 +409,7 @@ class _Upsampler:
             x0, x1 = self.cols.reach[c0, 0], self.cols.reach[c1, 1]
             crop = self._window(logits[i], slice(y0, y1), slice(x0, x1)) > threshold
             if crop.any():
-                m = _crop(crop.cpu().numpy(), quality[i], hints[i])
+                m = crop_mask(crop.cpu().numpy(), qualities[i], kept_hints[i])
                 out.append(Mask(m.crop, m.y0 + int(y0), m.x0 + int(x0), m.quality, hint=m.hint))
         return out
 
@@ -377,10 +420,10 @@ class _Upsampler:
         return (rows.T.contiguous()[self.cols.index[xs]] * self.cols.weight[xs, :, None]).sum(1).T  # (h, w)
 
 
-def _upsampler(input_size: tuple[int, int], original_size: tuple[int, int], padded: int, low: int,
-               device: str) -> _Upsampler:
+def _upsampler(
+    input_size: tuple[int, int], original_size: tuple[int, int], padded: int, low: int, device: str
+) -> _Upsampler:
     """The upsampler of a tile whose longest side SAM resized to ``input_size`` in a ``padded`` square,
     from ``low`` x ``low`` decoder logits on ``device``."""
-    return _Upsampler(*(_axis(n_in, n_out, padded, low, device) for n_in, n_out in zip(input_size, original_size)))
-
-
+    sizes = zip(input_size, original_size, strict=True)
+    return _Upsampler(*(_axis(n_in, n_out, padded, low, device) for n_in, n_out in sizes))

@@ -9,18 +9,18 @@ query, so editing one class re-embeds only that class.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-from .errors import InputError
-from .models import LoadedModel, cache_dir
+from ..atomic import atomic_output
+from ..errors import InputError
+from ..models import LoadedModel, cache_dir
 
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     # The 80 OpenAI ImageNet templates, as SegEarth-OV uses them.
@@ -42,7 +42,9 @@ def resolve_templates(name_or_path: str) -> tuple[str, ...]:
         return TEMPLATE_SETS[name_or_path]
     path = Path(name_or_path)
     if not path.is_file():
-        raise InputError(f"Unknown template set '{name_or_path}': use one of {', '.join(TEMPLATE_SETS)} or a file path.")
+        raise InputError(
+            f"Unknown template set '{name_or_path}': use one of {', '.join(TEMPLATE_SETS)} or a file path."
+        )
     templates = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
     bad = [t for t in templates if "{}" not in t]
     if not templates or bad:
@@ -56,21 +58,23 @@ class TextEmbedder(Protocol):
     def embed(self, queries: list[str]) -> torch.Tensor: ...
 
 
-def embed_in_steps(text: TextEmbedder, queries: list[str], progress: Callable[[int, int], None],
-                   step: int = 16) -> None:
+def embed_in_steps(
+    text: TextEmbedder, queries: list[str], progress: Callable[[int, int], None], step: int = 16
+) -> None:
     """Embed ``queries`` ``step`` at a time (into the embedder's cache), ``progress(done, total)`` after each:
     a large cold vocabulary takes seconds, and the analyst should see it move."""
     unique = list(dict.fromkeys(queries))
     for start in range(0, len(unique), step):
-        text.embed(unique[start:start + step])
+        text.embed(unique[start : start + step])
         progress(min(start + step, len(unique)), len(unique))
 
 
 class ClipTextEmbedder:
     """CLIP text tower + template averaging + a two-level (memory, disk) cache."""
 
-    def __init__(self, loaded: LoadedModel, templates: tuple[str, ...], batch_size: int = 256,
-                 cache_root: Path | None = None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, templates: tuple[str, ...], batch_size: int = 256, cache_root: Path | None = None
+    ) -> None:
         self.loaded = loaded
         self.templates = templates
         self.batch_size = batch_size
@@ -83,7 +87,7 @@ class ClipTextEmbedder:
         """Embeddings of ``queries``, shape (Q, C), float32, unit L2 norm."""
         missing = [q for q in dict.fromkeys(queries) if self._lookup(q) is None]
         if missing:
-            for query, vector in zip(missing, self._encode(missing)):
+            for query, vector in zip(missing, self._encode(missing), strict=True):
                 self._store(query, vector)
         return torch.from_numpy(np.stack([self._memory[q] for q in queries]))
 
@@ -93,7 +97,7 @@ class ClipTextEmbedder:
         texts = [t.format(q) for q in queries for t in self.templates]
         chunks = []
         for start in range(0, len(texts), self.batch_size):
-            tokens = self.loaded.tokenizer(texts[start:start + self.batch_size]).to(device)
+            tokens = self.loaded.tokenizer(texts[start : start + self.batch_size]).to(device)
             chunks.append(F.normalize(encode_text_trimmed(model, tokens).float(), dim=-1).cpu())
         per_template = torch.cat(chunks).view(len(queries), len(self.templates), -1)
         self.encoded_queries += len(queries)
@@ -114,10 +118,9 @@ class ClipTextEmbedder:
         self._memory[query] = vector.astype(np.float32)
         try:  # the disk cache is an optimisation: a read-only cache dir must not fail a job
             self.cache_path.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=self.cache_path, suffix=".tmp", delete=False) as tmp:
-                np.save(tmp, self._memory[query])
-            os.replace(tmp.name, self._file(query))
-        except OSError:
+            with atomic_output(self._file(query)) as partial:
+                np.save(partial, self._memory[query])
+        except (OSError, InputError):  # atomic_output says InputError for an unwritable folder
             pass
 
 
@@ -129,16 +132,17 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
     of 77, so dropping them makes text encoding several times faster. Other text towers
     (or pooling rules) fall back to ``encode_text``.
     """
-    plain = getattr(model, "text_pool_type", None) == "argmax" and getattr(model, "attn_mask", None) is not None
-    if not plain or not hasattr(model, "token_embedding"):
-        return model.encode_text(tokens)
+    clip: Any = model  # open_clip's CLIP: its towers' attributes are untyped
+    plain = getattr(clip, "text_pool_type", None) == "argmax" and getattr(clip, "attn_mask", None) is not None
+    if not plain or not hasattr(clip, "token_embedding"):
+        return clip.encode_text(tokens)
     length = int(tokens.argmax(dim=-1).max()) + 1
     tokens = tokens[:, :length]
-    cast = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
-    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    cast = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding[:length].to(cast)
+    x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:length, :length]))
     x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
-    return model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+    return clip.text_projection(x) if isinstance(clip.text_projection, torch.nn.Linear) else x @ clip.text_projection
 
 
 def _safe(name: str) -> str:

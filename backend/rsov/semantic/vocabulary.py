@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 MAX_CLASSES = 256  # 80 templates x 256 classes is already ~20 min of text encoding on a CPU
 MAX_QUERIES = 1024
@@ -42,7 +42,8 @@ class Vocabulary:
 
     def queries(self) -> tuple[list[str], list[int]]:
         """All text queries and, for each, its class id (0 for background queries)."""
-        queries, owners = [], []
+        queries: list[str] = []
+        owners: list[int] = []
         for class_id, spec in enumerate(self.classes, start=1):
             queries += spec.synonyms
             owners += [class_id] * len(spec.synonyms)
@@ -63,13 +64,17 @@ def parse_class(line: str) -> ClassSpec:
     return ClassSpec(synonyms[0], synonyms)
 
 
-def build_vocabulary(class_lines: list[str], background: tuple[str, ...] | list[str] = DEFAULT_BACKGROUND) -> Vocabulary:
+def build_vocabulary(
+    class_lines: list[str], background: tuple[str, ...] | list[str] = DEFAULT_BACKGROUND
+) -> Vocabulary:
     """Validate the class lines and attach background synonyms that the classes do not already use."""
     if not class_lines or all(not line.strip() for line in class_lines):
         raise InputError("The vocabulary is empty: type at least one class, e.g. 'building,roof; tree'.")
     classes = tuple(parse_class(line) for line in class_lines)
     if len(classes) > MAX_CLASSES:
-        raise InputError(f"{len(classes)} classes is more than the limit of {MAX_CLASSES}; split the vocabulary into several runs.")
+        raise InputError(
+            f"{len(classes)} classes is more than the limit of {MAX_CLASSES}; split the vocabulary into several runs."
+        )
     names = [c.name.lower() for c in classes]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

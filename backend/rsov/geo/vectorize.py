@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyogrio.raw
 import pyproj
 import rasterio
@@ -30,9 +31,9 @@ from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
-from .atomic import atomic_output
-from .errors import InputError
-from .palette import class_rgb
+from ..atomic import atomic_output
+from ..errors import InputError
+from ..palette import class_rgb
 from .qml import result_qml
 
 VECTOR_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON"}
@@ -43,10 +44,15 @@ STATUS, NEW = "status", "new"  # the review field of result files (the plugin's 
 GEOMETRY_COLUMN = "geom"
 STYLE_TABLE = "layer_styles"  # where QGIS reads a GeoPackage layer's default style from
 # Its columns as QGIS itself creates them (QgsVectorLayer.saveStyleToDatabase); unset ones are "".
-STYLE_COLUMNS = {**dict.fromkeys(("f_table_catalog", "f_table_schema", "f_table_name", "f_geometry_column",
-                                  "styleName", "styleQML", "styleSLD"), object),
-                 "useAsDefault": bool, **dict.fromkeys(("description", "owner", "ui"), object),
-                 "update_time": "datetime64[ms]"}
+STYLE_COLUMNS: dict[str, npt.DTypeLike] = {
+    **dict.fromkeys(
+        ("f_table_catalog", "f_table_schema", "f_table_name", "f_geometry_column", "styleName", "styleQML", "styleSLD"),
+        object,
+    ),
+    "useAsDefault": bool,
+    **dict.fromkeys(("description", "owner", "ui"), object),
+    "update_time": "datetime64[ms]",
+}
 STYLE_NAME, STYLE_DESCRIPTION = "rsov", "rsov classes"
 # GeoPackage 1.2, as QGIS 3.22's GDAL writes it: that GDAL warns about the 1.4 files newer ones write.
 GPKG_OPTIONS = {"VERSION": "1.2", "GEOMETRY_NAME": GEOMETRY_COLUMN}
@@ -89,7 +95,8 @@ def polygonize(
     valid = np.ones(class_map.shape, dtype=bool) if valid is None else valid
     # the whole map is one block with no seams: every region is finished at once
     features = SeamPolygonizer(transform, crs, class_names, class_map.shape, simplify_px, min_area_m2).add(
-        (0, 0, *class_map.shape), class_map, score_map, valid)
+        (0, 0, *class_map.shape), class_map, score_map, valid
+    )
     return sorted(features, key=lambda f: (f.class_id, -f.area_m2))
 
 
@@ -102,8 +109,14 @@ class VectorWriter:
     ``class_names[k - 1]``) and any other class its features have.
     """
 
-    def __init__(self, path: str | os.PathLike, crs: CRS | str | None, layers: Sequence[str] = ("rsov",),
-                 instances: bool = False, class_names: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        crs: CRS | str | None,
+        layers: Sequence[str] = ("rsov",),
+        instances: bool = False,
+        class_names: Sequence[str] = (),
+    ) -> None:
         self.path = Path(path)
         self.driver = VECTOR_DRIVERS.get(self.path.suffix.lower())
         if self.driver is None:
@@ -111,8 +124,9 @@ class VectorWriter:
                 f"Cannot write {self.path}: the extension {self.path.suffix!r} is not supported; use .gpkg or .geojson."
             )
         if len(layers) > 1 and self.driver != "GPKG":
-            raise InputError(f"Cannot write {self.path}: one layer per class (or extra layers) needs a GeoPackage "
-                             "(.gpkg) output.")
+            raise InputError(
+                f"Cannot write {self.path}: one layer per class (or extra layers) needs a GeoPackage (.gpkg) output."
+            )
         self.crs_wkt = None if crs is None else CRS.from_user_input(crs).to_wkt()
         self.instances = instances
         self.fields = {**FIELDS, "instance_id": np.int32} if instances else FIELDS
@@ -142,7 +156,7 @@ class VectorWriter:
         else:
             self._held[name] += features
 
-    def __exit__(self, kind, value, traceback) -> bool:
+    def __exit__(self, kind, value, traceback) -> bool | None:
         if kind is None and self.driver == "GPKG":
             self._write_styles()
         elif kind is None:
@@ -154,8 +168,10 @@ class VectorWriter:
         pyogrio.raw.write(
             self._tmp,
             np.array([shapely.to_wkb(_as_multi(f.geometry)) for f in features], dtype=object),
-            [*(np.array([row[field] for row in rows], dtype=dtype) for field, dtype in self.fields.items()),
-             np.full(len(features), NEW, dtype=object)],
+            [
+                *(np.array([row[field] for row in rows], dtype=dtype) for field, dtype in self.fields.items()),
+                np.full(len(features), NEW, dtype=object),
+            ],
             [*self.fields, STATUS],
             layer=layer,
             driver=self.driver,
@@ -167,14 +183,26 @@ class VectorWriter:
 
     def _write_styles(self) -> None:
         """Every layer's style as its default in QGIS's ``layer_styles`` table."""
-        style = {"f_geometry_column": GEOMETRY_COLUMN, "styleName": STYLE_NAME, "useAsDefault": True,
-                 "styleQML": result_qml(sorted(self.classes.items()), self.instances),
-                 "description": STYLE_DESCRIPTION, "update_time": np.datetime64("now", "ms")}
+        style = {
+            "f_geometry_column": GEOMETRY_COLUMN,
+            "styleName": STYLE_NAME,
+            "useAsDefault": True,
+            "styleQML": result_qml(sorted(self.classes.items()), self.instances),
+            "description": STYLE_DESCRIPTION,
+            "update_time": np.datetime64("now", "ms"),
+        }
         rows = [{**style, "f_table_name": layer} for layer in self.layers]
-        pyogrio.raw.write(self._tmp, None,
-                          [np.array([row.get(name, "") for row in rows], dtype=dtype) for name, dtype in STYLE_COLUMNS.items()],
-                          list(STYLE_COLUMNS), layer=STYLE_TABLE, driver="GPKG", geometry_type=None, append=True,
-                          FID="id")
+        pyogrio.raw.write(
+            self._tmp,
+            None,
+            [np.array([row.get(name, "") for row in rows], dtype=dtype) for name, dtype in STYLE_COLUMNS.items()],
+            list(STYLE_COLUMNS),
+            layer=STYLE_TABLE,
+            driver="GPKG",
+            geometry_type=None,
+            append=True,
+            FID="id",
+        )
 
 
 def write_vector(
@@ -185,7 +213,7 @@ def write_vector(
     layer: str = "rsov",
     layer_per_class: bool = False,
     class_names: Sequence[str] = (),
-    extra_layers: dict[str, Sequence[VectorFeature]] | None = None,
+    extra_layers: Mapping[str, Sequence[VectorFeature]] | None = None,
     instances: bool = False,
 ) -> Path:
     """Write features to a GeoPackage (``.gpkg``) or GeoJSON (``.geojson``) file.
@@ -194,8 +222,8 @@ def write_vector(
     GeoPackage gets one layer named ``layer``, or with ``layer_per_class`` one
     layer per class named after it (every name in ``class_names`` gets a layer, empty
     if the class was not found, so a vocabulary always yields the same layers), each with its
-    style: the classes of ``class_names`` (the vocabulary) and of ``features``. GeoJSON is written in the raster CRS, not
-    WGS84 as RFC 7946 asks: GDAL records that CRS in a "crs" member, which QGIS
+    style: the classes of ``class_names`` (the vocabulary) and of ``features``. GeoJSON is
+    written in the raster CRS, not WGS84 as RFC 7946 asks: GDAL records that CRS in a "crs" member, which QGIS
     and GDAL read, and no reprojection blurs the pixel-aligned edges. An empty
     ``features`` still writes an empty layer with the schema. ``extra_layers`` (GeoPackage
     only) go into the same file, e.g. oriented boxes beside instance outlines. ``instances``
@@ -216,8 +244,15 @@ class SeamPolygonizer:
     across seams at ``finish``: it comes out as one polygon, as if the map had been whole.
     """
 
-    def __init__(self, transform: Affine, crs: CRS | str | None, class_names: Sequence[str], size: tuple[int, int],
-                 simplify_px: float = 0.0, min_area_m2: float = 0.0) -> None:
+    def __init__(
+        self,
+        transform: Affine,
+        crs: CRS | str | None,
+        class_names: Sequence[str],
+        size: tuple[int, int],
+        simplify_px: float = 0.0,
+        min_area_m2: float = 0.0,
+    ) -> None:
         self.transform = transform
         self.crs = None if crs is None else CRS.from_user_input(crs)
         self.class_names = list(class_names)
@@ -226,8 +261,9 @@ class SeamPolygonizer:
         self.min_area_m2 = min_area_m2
         self._open: dict[int, list[tuple[BaseGeometry, float, float]]] = {}  # class -> (piece, score sum, pixels)
 
-    def add(self, block: tuple[int, int, int, int], class_map: np.ndarray, score_map: np.ndarray,
-            valid: np.ndarray) -> list[VectorFeature]:
+    def add(
+        self, block: tuple[int, int, int, int], class_map: np.ndarray, score_map: np.ndarray, valid: np.ndarray
+    ) -> list[VectorFeature]:
         """Block (r0, c0, r1, c1) of the map -> the features it finishes."""
         r0, c0, r1, c1 = block
         keep = (class_map > 0) & valid
@@ -236,8 +272,12 @@ class SeamPolygonizer:
         index = np.arange(1, len(region_class) + 1)
         sums = ndimage.sum(score_map, labels, index)
         pixels = ndimage.sum(keep, labels, index)
-        edges = [labels[0] if r0 > 0 else (), labels[-1] if r1 < self.height else (),
-                 labels[:, 0] if c0 > 0 else (), labels[:, -1] if c1 < self.width else ()]
+        edges = [
+            labels[0] if r0 > 0 else (),
+            labels[-1] if r1 < self.height else (),
+            labels[:, 0] if c0 > 0 else (),
+            labels[:, -1] if c1 < self.width else (),
+        ]
         seam = set(np.unique(np.concatenate([np.asarray(e, dtype=np.int32) for e in edges])).tolist()) - {0}
         finished = []
         offset = Affine.translation(c0, r0)
@@ -282,24 +322,33 @@ class SeamPolygonizer:
 def read_vector(path: str | os.PathLike, layer: str | int = 0) -> tuple[CRS | None, list[VectorFeature]]:
     """The CRS and features of a file written by ``write_vector`` (its first layer by default)."""
     meta, _, geometries, values = pyogrio.raw.read(path, layer=layer)
-    columns = dict(zip(meta["fields"], values))
+    columns = dict(zip(meta["fields"], values, strict=True))
     features = [
-        VectorFeature(shapely.from_wkb(g), str(columns["class"][i]), int(columns["class_id"][i]),
-                      float(columns["score"][i]), float(columns["area_m2"][i]),
-                      int(columns["instance_id"][i]) if "instance_id" in columns else None)
+        VectorFeature(
+            shapely.from_wkb(g),
+            str(columns["class"][i]),
+            int(columns["class_id"][i]),
+            float(columns["score"][i]),
+            float(columns["area_m2"][i]),
+            int(columns["instance_id"][i]) if "instance_id" in columns else None,
+        )
         for i, g in enumerate(geometries)
     ]
     crs = meta.get("crs")
     return (CRS.from_user_input(crs) if crs else None), features
 
 
-def mask_geometry(mask: np.ndarray, transform: Affine, simplify_px: float = 0.0,
-                  fill_holes: bool = False) -> Polygon | MultiPolygon | None:
+def mask_geometry(
+    mask: np.ndarray, transform: Affine, simplify_px: float = 0.0, fill_holes: bool = False
+) -> Polygon | MultiPolygon | None:
     """One object's (h, w) bool mask -> its (Multi)Polygon through ``transform``; None if empty."""
     if fill_holes:
         mask = ndimage.binary_fill_holes(mask)
-    parts = [shape(g) for g, v in rasterio.features.shapes(mask.astype(np.uint8), mask=mask, connectivity=4,
-                                                             transform=transform) if v]
+    parts = [
+        shape(g)
+        for g, v in rasterio.features.shapes(mask.astype(np.uint8), mask=mask, connectivity=4, transform=transform)
+        if v
+    ]
     if not parts:
         return None
     # 4-connected components are disjoint (at most touching at corners): no union needed
@@ -329,9 +378,9 @@ def features_to_geojson(features: Sequence[VectorFeature], crs: CRS | str | None
         ],
     }
     if crs is not None:
-        crs = CRS.from_user_input(crs)
-        epsg = crs.to_epsg()
-        name = f"EPSG:{epsg}" if epsg else crs.to_wkt()
+        parsed = CRS.from_user_input(crs)
+        epsg = parsed.to_epsg()
+        name = f"EPSG:{epsg}" if epsg else parsed.to_wkt()
         collection["crs"] = {"type": "name", "properties": {"name": name}}
     return collection
 
@@ -340,26 +389,44 @@ class ClassRasterWriter:
     """A single-band uint8 class GeoTIFF (tiled, LZW, colour table, class names in the band
     description), written block by block and appearing whole at the end."""
 
-    def __init__(self, path: str | os.PathLike, size: tuple[int, int], transform: Affine, crs: CRS | str | None,
-                 class_names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        size: tuple[int, int],
+        transform: Affine,
+        crs: CRS | str | None,
+        class_names: Sequence[str],
+    ) -> None:
         self.path = Path(path)
         if self.path.suffix.lower() not in RASTER_SUFFIXES:
             raise InputError(f"Cannot write {self.path}: a class raster must be a GeoTIFF (.tif).")
         if len(class_names) > 255:
-            raise InputError(f"A class raster holds at most 255 classes, but {len(class_names)} were given: "
-                             "write polygons instead.")
+            raise InputError(
+                f"A class raster holds at most 255 classes, but {len(class_names)} were given: write polygons instead."
+            )
         self.class_names = list(class_names)
         height, width = size
-        self.profile = {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8",
-                        "crs": crs, "transform": transform, "compress": "lzw", "tiled": True, "BIGTIFF": "IF_SAFER"}
+        self.profile = {
+            "driver": "GTiff",
+            "width": width,
+            "height": height,
+            "count": 1,
+            "dtype": "uint8",
+            "crs": crs,
+            "transform": transform,
+            "compress": "lzw",
+            "tiled": True,
+            "BIGTIFF": "IF_SAFER",
+        }
         self._atomic = atomic_output(self.path)
 
     def __enter__(self) -> ClassRasterWriter:
         self._ds = rasterio.open(self._atomic.__enter__(), "w", **self.profile)
         # the colour table goes in before any pixel: GDAL cannot change the photometric tag later
         self._ds.write_colormap(1, {k: (*class_rgb(k), 255) for k in range(len(self.class_names) + 1)})
-        self._ds.set_band_description(1, "; ".join(f"{i}={name}" for i, name in enumerate(["background",
-                                                                                           *self.class_names])))
+        self._ds.set_band_description(
+            1, "; ".join(f"{i}={name}" for i, name in enumerate(["background", *self.class_names]))
+        )
         return self
 
     def write(self, row: int, col: int, class_map: np.ndarray) -> None:
@@ -368,7 +435,7 @@ class ClassRasterWriter:
         h, w = class_map.shape
         self._ds.write(class_map.astype(np.uint8), 1, window=rasterio.windows.Window(col, row, w, h))
 
-    def __exit__(self, kind, value, traceback) -> bool:
+    def __exit__(self, kind, value, traceback) -> bool | None:
         self._ds.close()
         return self._atomic.__exit__(kind, value, traceback)
 
@@ -430,10 +497,7 @@ def _area_m2(geometry: BaseGeometry, crs: CRS | None) -> float:
     if crs is None:
         return float(geometry.area)
     if crs.is_geographic:
-        return sum(
-            _ring_area(p.exterior) - sum(_ring_area(r) for r in p.interiors)
-            for p in _as_multi(geometry).geoms
-        )
+        return sum(_ring_area(p.exterior) - sum(_ring_area(r) for r in p.interiors) for p in _as_multi(geometry).geoms)
     return float(geometry.area) * crs.linear_units_factor[1] ** 2
 
 

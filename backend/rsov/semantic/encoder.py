@@ -13,7 +13,7 @@ are resized bicubically for windows other than the model's native size.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -39,13 +39,13 @@ class DenseEncoder(Protocol):
 
 def self_self_attention(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """SegEarth-OV's modified last block. x (B, L, D) -> (B, L, D); no residual, no FFN."""
-    attn: nn.MultiheadAttention = block.attn
+    attn = cast(nn.MultiheadAttention, block.attn)
     heads = attn.num_heads
     b, length, dim = x.shape
-    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    qkv = F.linear(cast(nn.Module, block.ln_1)(x), attn.in_proj_weight, attn.in_proj_bias)
     q, k, v = (t.reshape(b, length, heads, dim // heads).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
     # scaled_dot_product_attention(t, t, v) == softmax(t t^T / sqrt(head_dim)) v, the scale of eq. 10.
-    out = sum(F.scaled_dot_product_attention(t, t, v) for t in (q, k, v))
+    out = cast(torch.Tensor, sum(F.scaled_dot_product_attention(t, t, v) for t in (q, k, v)))
     return attn.out_proj(out.transpose(1, 2).reshape(b, length, dim))
 
 
@@ -62,13 +62,16 @@ def resize_positional_embedding(pos: torch.Tensor, grid: tuple[int, int]) -> tor
 class SegEarthCLIP(nn.Module):
     """Wraps an open_clip ``CLIP`` model; ``forward`` gives dense patch features and the [CLS] feature."""
 
-    def __init__(self, clip_model: nn.Module, mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
+    def __init__(
+        self, clip_model: nn.Module, mean: tuple[float, float, float], std: tuple[float, float, float]
+    ) -> None:
         super().__init__()
-        self.visual = clip_model.visual
-        if getattr(self.visual, "attn_pool", None) is not None or not hasattr(self.visual, "conv1"):
+        visual: Any = clip_model.visual  # open_clip's VisionTransformer (untyped attributes)
+        self.visual = visual
+        if getattr(visual, "attn_pool", None) is not None or not hasattr(visual, "conv1"):
             raise ValueError("SegEarth-OV needs a plain CLIP ViT image tower (conv patch embedding, [CLS] token).")
-        self.patch_size = self.visual.conv1.kernel_size[0]
-        self.embed_dim = self.visual.proj.shape[1]
+        self.patch_size: int = visual.conv1.kernel_size[0]
+        self.embed_dim: int = visual.proj.shape[1]
         self.mean, self.std = mean, std
 
     def embed_image(self, images: torch.Tensor) -> torch.Tensor:

@@ -20,21 +20,21 @@ import stat
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from .atomic import atomic_output
-from .engine import EngineSlot, SegmentRequest
-from .errors import CancelledError, InputError, RsovError
-from .instances import InstanceSummary
-from .progress import ProgressClock
-from .streaming import Outputs, in_process, segment_streamed
-from .tiled import WindowStats
-from .vectorize import features_to_geojson, read_vector, write_vector
+from ..atomic import atomic_output
+from ..engine import EngineSlot, SegmentRequest
+from ..errors import CancelledError, InputError, RsovError
+from ..geo.vectorize import features_to_geojson, read_vector, write_vector
+from ..instance.types import InstanceSummary
+from ..progress import ProgressClock
+from ..streaming import Outputs, in_process, segment_streamed
+from ..tiled import WindowStats
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,16 @@ class Job:
 
     def status(self) -> dict:
         eta = round(self.eta_s, 1) if self.eta_s is not None and self.state == RUNNING else None
-        return {"job_id": self.id, "state": self.state, "progress": round(self.progress, 4), "stage": self.stage,
-                "message": self.message, "error": self.error, "eta_s": eta, "summary": self.summary}
+        return {
+            "job_id": self.id,
+            "state": self.state,
+            "progress": round(self.progress, 4),
+            "stage": self.stage,
+            "message": self.message,
+            "error": self.error,
+            "eta_s": eta,
+            "summary": self.summary,
+        }
 
     def save(self) -> None:
         """Write the job's record beside its results (atomically)."""
@@ -93,9 +101,20 @@ class Job:
         """The job recorded in ``folder``; a job that was queued or running is now failed. None: no record."""
         try:
             record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
-            job = cls(record["job_id"], None, folder, record["state"], record["progress"], record["stage"],
-                      record["message"], record["error"], record["created"], record["finished"], features=record["features"],
-                      summary=record.get("summary"))
+            job = cls(
+                record["job_id"],
+                None,
+                folder,
+                record["state"],
+                record["progress"],
+                record["stage"],
+                record["message"],
+                record["error"],
+                record["created"],
+                record["finished"],
+                features=record["features"],
+                summary=record.get("summary"),
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None
         if job.state not in FINAL:
@@ -107,9 +126,15 @@ class Job:
 class JobManager:
     """Owns the jobs, the queue and the single worker thread."""
 
-    def __init__(self, engines: EngineSlot, results_dir: Path, max_queued: int = 8, ttl_s: float = 3600.0,
-                 max_geojson_features: int = GEOJSON_MAX_FEATURES,
-                 check_path: Callable[[str], str] = lambda path: path) -> None:
+    def __init__(
+        self,
+        engines: EngineSlot,
+        results_dir: Path,
+        max_queued: int = 8,
+        ttl_s: float = 3600.0,
+        max_geojson_features: int = GEOJSON_MAX_FEATURES,
+        check_path: Callable[[str], str] = lambda path: path,
+    ) -> None:
         self.engines = engines  # loaded by the time a job is accepted
         self.check_path = check_path  # the path policy, applied again to the file a job opens
         self.max_geojson_features = max_geojson_features
@@ -129,8 +154,9 @@ class JobManager:
         for entry in self.results_dir.iterdir():
             job = Job.restore(entry) if entry.is_dir() and not entry.is_symlink() else None
             if job is None or (job.state == DONE and not job.gpkg_path.is_file()):
-                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() \
-                    else entry.unlink(missing_ok=True)
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() else entry.unlink(
+                    missing_ok=True
+                )
                 continue
             for leftover in entry.glob(".*"):  # atomic_output's temporary folders
                 shutil.rmtree(leftover, ignore_errors=True)
@@ -150,7 +176,9 @@ class JobManager:
             waiting = sum(1 for j in self.jobs.values() if j.state == QUEUED)
             if waiting >= self.max_queued:
                 shutil.rmtree(folder, ignore_errors=True)
-                raise QueueFullError(f"{waiting} jobs are already waiting (the limit is {self.max_queued}); try again later.")
+                raise QueueFullError(
+                    f"{waiting} jobs are already waiting (the limit is {self.max_queued}); try again later."
+                )
             job = Job(job_id, request, folder)
             job.save()
             self.jobs[job_id] = job
@@ -238,6 +266,8 @@ class JobManager:
         (a folder swapped for a link since the job was accepted is caught), then read through its
         descriptor, so no later swap can redirect the job. An uploaded chip is the job's own file."""
         request = job.request
+        if request is None:  # restored from its record: never run again
+            raise RuntimeError(f"Job {job.id} was restored from its record: it has no request to run.")
         try:
             fd = os.open(request.raster, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:
@@ -262,9 +292,9 @@ class JobManager:
             count, summary = self._segment(dataclasses.replace(request, features=features), job, stage)
         job.stage = "writing results"
         if count <= self.max_geojson_features:
-            crs, features = read_vector(job.gpkg_path)
+            crs, vectors = read_vector(job.gpkg_path)
             with atomic_output(job.geojson_path) as tmp:
-                tmp.write_text(json.dumps(features_to_geojson(features, crs)), encoding="utf-8")
+                tmp.write_text(json.dumps(features_to_geojson(vectors, crs)), encoding="utf-8")
         return count, summary
 
     def _segment(self, request: SegmentRequest, job: Job, stage) -> tuple[int, InstanceSummary | None]:
@@ -274,9 +304,14 @@ class JobManager:
             write_vector(result.features, job.gpkg_path, result.crs, instances=True)
             return len(result.features), result.summary
         # semantic jobs stream block by block: any raster size, progress per block
-        streamed = segment_streamed(request, engine.plan(request), Outputs(vector=job.gpkg_path),
-                                    in_process(engine, WindowStats(), stage), stage=stage,
-                                    cancelled=job.cancel.is_set)
+        streamed = segment_streamed(
+            request,
+            engine.plan(request),
+            Outputs(vector=job.gpkg_path),
+            in_process(engine, WindowStats(), stage),
+            stage=stage,
+            cancelled=job.cancel.is_set,
+        )
         return streamed.polygons, None
 
     def _finish(self, job: Job, state: str, stage: str) -> None:

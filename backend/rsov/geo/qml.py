@@ -18,7 +18,7 @@ import colorsys
 from collections.abc import Iterable
 from html import escape
 
-from .palette import class_rgb, cycle
+from ..palette import class_rgb, cycle
 
 FILL_ALPHA = 150  # styling.FILL_ALPHA: the image stays visible under the polygons
 OUTLINE_FILL_ALPHA = 40  # styling.OUTLINE_FILL_ALPHA: instance results, a light fill to click on
@@ -40,7 +40,8 @@ LABELING = (  # styling.class_labeling: the class name over a buffer, for the us
 def darker(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     """``rgb`` with its HSV value divided by DARKER, as Qt's QColor.darker does."""
     hue, saturation, value = colorsys.rgb_to_hsv(*(c / 255 for c in rgb))
-    return tuple(round(c * 255) for c in colorsys.hsv_to_rgb(hue, saturation, value / DARKER))
+    red, green, blue = (round(c * 255) for c in colorsys.hsv_to_rgb(hue, saturation, value / DARKER))
+    return red, green, blue
 
 
 def _rgba(rgb: tuple[int, int, int], alpha: int = 255) -> str:
@@ -66,8 +67,14 @@ def hatch_properties(class_id: int, outlined: bool) -> dict[str, str]:
     rgb = class_rgb(class_id)
     lightness = (max(rgb) + min(rgb)) / 2
     lines = rgb if outlined else (0, 0, 0) if lightness > HATCH_DARK_ABOVE else (255, 255, 255)
-    return {"angle": HATCH_ANGLES[(cycle(class_id) - 1) % len(HATCH_ANGLES)], "distance": HATCH_DISTANCE_MM,
-            "distance_unit": "MM", "line_width": HATCH_WIDTH_MM, "line_width_unit": "MM", "color": _rgba(lines)}
+    return {
+        "angle": HATCH_ANGLES[(cycle(class_id) - 1) % len(HATCH_ANGLES)],
+        "distance": HATCH_DISTANCE_MM,
+        "distance_unit": "MM",
+        "line_width": HATCH_WIDTH_MM,
+        "line_width_unit": "MM",
+        "color": _rgba(lines),
+    }
 
 
 def _layer(kind: str, properties: dict[str, str], locked: bool = False) -> str:
@@ -86,11 +93,15 @@ def result_qml(classes: Iterable[tuple[int, str]], instances: bool) -> str:
     """The QML of a result layer whose classes are ``(class_id, name)`` (class ids 1-based, in
     vocabulary order); ``instances``: outlines and class labels (off), else fills."""
     classes = list(classes)
-    categories = "".join(f'<category render="true" symbol="{i}" value="{escape(name)}" label="{escape(name)}"/>'
-                         for i, (_, name) in enumerate(classes))
+    categories = "".join(
+        f'<category render="true" symbol="{i}" value="{escape(name)}" label="{escape(name)}"/>'
+        for i, (_, name) in enumerate(classes)
+    )
     symbols = "".join(_symbol(i, class_id, instances) for i, (class_id, _) in enumerate(classes))
-    return ("<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>"
-            f'<qgis version="{QGIS_VERSION}" styleCategories="Symbology|Labeling" labelsEnabled="0">'
-            '<renderer-v2 type="categorizedSymbol" attr="class" symbollevels="0" enableorderby="0" forceraster="0">'
-            f"<categories>{categories}</categories><symbols>{symbols}</symbols></renderer-v2>"
-            f"{LABELING if instances else ''}</qgis>")
+    return (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>"
+        f'<qgis version="{QGIS_VERSION}" styleCategories="Symbology|Labeling" labelsEnabled="0">'
+        '<renderer-v2 type="categorizedSymbol" attr="class" symbollevels="0" enableorderby="0" forceraster="0">'
+        f"<categories>{categories}</categories><symbols>{symbols}</symbols></renderer-v2>"
+        f"{LABELING if instances else ''}</qgis>"
+    )

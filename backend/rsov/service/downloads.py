@@ -7,11 +7,11 @@ so the dock can draw a progress bar while the backend downloads.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
-from .errors import RsovError
-from .models import ModelSpec, download_weights, import_weights
+from ..errors import RsovError
+from ..models import ModelSpec, download_weights, import_weights
 
 
 @dataclass
@@ -57,8 +57,9 @@ class Transfers:
             if running is not None and running.state == "running":
                 return running
             transfer = self._by_name[spec.name] = Transfer(kind)
-        threading.Thread(target=self._run, args=(spec, transfer, work), name=f"rsov-{kind}-{spec.name}",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._run, args=(spec, transfer, work), name=f"rsov-{kind}-{spec.name}", daemon=True
+        ).start()
         return transfer
 
     def _run(self, spec: ModelSpec, transfer: Transfer, work: Callable[[Transfer], object]) -> None:

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyproj
 import rasterio
+import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
@@ -26,12 +27,11 @@ from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioIOError
 from rasterio.io import DatasetReader
 from rasterio.warp import transform_bounds, transform_geom
 from rasterio.windows import Window
-import shapely
 from shapely.errors import GEOSException
 from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
-from .errors import InputError
+from ..errors import InputError
 
 Bounds = tuple[float, float, float, float]
 
@@ -102,7 +102,7 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
     items = text.replace(",", " ").split()
     if not all(item.isdigit() and int(item) >= 1 for item in items):
         raise InputError(
-            f"Band list {text!r} is not valid: give 1-based band numbers separated by commas, e.g. \"4,3,2\"."
+            f'Band list {text!r} is not valid: give 1-based band numbers separated by commas, e.g. "4,3,2".'
         )
     return tuple(int(item) for item in items)
 
@@ -156,8 +156,13 @@ def bounded_gdal_cache() -> rasterio.Env:
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
 
 
-def read_rgb(ds: DatasetReader, indexes: Sequence[int], window: Window, out_shape: tuple[int, int],
-             resampling: Resampling = Resampling.bilinear) -> tuple[np.ndarray, np.ndarray]:
+def read_rgb(
+    ds: DatasetReader,
+    indexes: Sequence[int],
+    window: Window,
+    out_shape: tuple[int, int],
+    resampling: Resampling = Resampling.bilinear,
+) -> tuple[np.ndarray, np.ndarray]:
     """A (possibly fractional) window resampled by GDAL to ``out_shape`` (H, W).
 
     Returns the (H, W, 3) uint8 image (0 at nodata) and the (H, W) validity mask. The same
@@ -169,7 +174,7 @@ def read_rgb(ds: DatasetReader, indexes: Sequence[int], window: Window, out_shap
     valid = np.all((masks > 0) & _finite(data), axis=0)
     if not valid.any():
         return np.zeros((*out_shape, 3), dtype=np.uint8), valid
-    image = np.stack([_to_uint8(ds, band, values, valid) for band, values in zip(indexes, data)], axis=-1)
+    image = np.stack([_to_uint8(ds, band, values, valid) for band, values in zip(indexes, data, strict=True)], axis=-1)
     image[~valid] = 0
     return image, valid
 
@@ -234,7 +239,8 @@ def area_in_raster_crs(ds: DatasetReader, geometries: Sequence[BaseGeometry], cr
         raise InputError(
             f"The processing area {_fmt(union.bounds) if not union.is_empty else '()'} does not overlap the raster "
             f"{ds.name}, whose bounds are {_fmt(raster.bounds)} "
-            f"({_crs_label(ds.crs) if ds.crs else 'pixel coordinates'}).")
+            f"({_crs_label(ds.crs) if ds.crs else 'pixel coordinates'})."
+        )
     return shapes
 
 
@@ -252,12 +258,18 @@ _allowed_drivers: tuple[str, ...] | None = None  # None: any format GDAL reads
 def disable_network() -> None:
     """GDAL reaches no network in this process (none of /vsicurl/ and friends), with short timeouts
     should a path ever get that far."""
-    os.environ.update({"CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".rsov-no-network", "GDAL_HTTP_TIMEOUT": "5",
-                       "GDAL_HTTP_CONNECTTIMEOUT": "5", "GDAL_HTTP_MAX_RETRY": "0",
-                       "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"})
+    os.environ.update(
+        {
+            "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".rsov-no-network",
+            "GDAL_HTTP_TIMEOUT": "5",
+            "GDAL_HTTP_CONNECTTIMEOUT": "5",
+            "GDAL_HTTP_MAX_RETRY": "0",
+            "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+        }
+    )
 
 
-def restrict_drivers(drivers: Sequence[str] | None) -> None:
+def restrict_drivers(drivers: Iterable[str] | None) -> None:
     """Open rasters with these GDAL drivers only, in this process (the server: SELF_CONTAINED_DRIVERS)."""
     global _allowed_drivers
     _allowed_drivers = tuple(drivers) if drivers is not None else None
@@ -304,8 +316,10 @@ def open_raster(path: str | os.PathLike) -> Iterator[DatasetReader]:
 def check_header(ds: DatasetReader, max_pixels: int, max_bands: int) -> None:
     """Refuse, from the header alone, rasters larger than the limits or of complex data."""
     if ds.width * ds.height > max_pixels or ds.count > max_bands:
-        raise InputError(f"{ds.name} is {ds.width} x {ds.height} px with {ds.count} bands, over this backend's limits "
-                         f"of {max_pixels:.3g} px and {max_bands} bands.")
+        raise InputError(
+            f"{ds.name} is {ds.width} x {ds.height} px with {ds.count} bands, over this backend's limits "
+            f"of {max_pixels:.3g} px and {max_bands} bands."
+        )
     check_real(ds)
 
 
@@ -321,9 +335,7 @@ def select_bands(bands: Sequence[int] | None, count: int, path: str | os.PathLik
         return [1, 2, 3] if count >= 3 else [1, 1, 1]
     bands = list(bands)
     if len(bands) not in (1, 3):
-        raise InputError(
-            f"Band list {bands} has {len(bands)} bands: give three (R,G,B) or one (shown as grey)."
-        )
+        raise InputError(f"Band list {bands} has {len(bands)} bands: give three (R,G,B) or one (shown as grey).")
     bad = [band for band in bands if not 1 <= band <= count]
     if bad:
         raise InputError(
@@ -340,9 +352,7 @@ def extent_window(ds: DatasetReader, bbox: Bounds | None, bbox_crs: str | None) 
     if not all(math.isfinite(v) for v in bbox):
         raise InputError(f"Extent {_fmt(bbox)} holds a number that is not finite: give four finite coordinates.")
     if not (minx < maxx and miny < maxy):
-        raise InputError(
-            f"Extent {_fmt(bbox)} is empty or inverted: give it as minx, miny, maxx, maxy with min < max."
-        )
+        raise InputError(f"Extent {_fmt(bbox)} is empty or inverted: give it as minx, miny, maxx, maxy with min < max.")
     bounds = _to_raster_crs(ds, bbox, bbox_crs)
     # Map all four corners through the inverse transform rather than use
     # windows.from_bounds, which rejects south-up grids such as plain images.
@@ -365,7 +375,8 @@ def _to_raster_crs(ds: DatasetReader, bbox: Bounds, bbox_crs: str | None) -> Bou
         return bbox
     src_crs = _parse_crs(bbox_crs)
     # no CRS has coordinates beyond a billion units; PROJ can loop for ages on 1e300
-    bbox = tuple(min(max(v, -COORDINATE_LIMIT), COORDINATE_LIMIT) for v in bbox)
+    x0, y0, x1, y1 = (min(max(v, -COORDINATE_LIMIT), COORDINATE_LIMIT) for v in bbox)
+    bbox = (x0, y0, x1, y1)
     if ds.crs is None:
         raise InputError(
             f"{ds.name} has no CRS, so an extent in {bbox_crs} cannot be placed on it: "
@@ -401,7 +412,7 @@ def _parse_crs(text: str) -> CRS:
         return CRS.from_user_input(text)
     except (CRSError, pyproj.exceptions.CRSError):
         raise InputError(
-            f"CRS {text!r} is not recognised: give an EPSG code such as \"EPSG:4326\" or a WKT definition."
+            f'CRS {text!r} is not recognised: give an EPSG code such as "EPSG:4326" or a WKT definition.'
         ) from None
 
 

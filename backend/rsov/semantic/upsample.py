@@ -17,18 +17,17 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "JBUStack",
     "JBUStage",
-    "Upsampler",
     "build_upsampler",
     "load_jbu_upsampler",
 ]
@@ -36,16 +35,6 @@ __all__ = [
 # Elements of one channel chunk of the adaptive convolution: small enough to stay in a CPU's
 # cache across the kernel taps, large enough that a GPU is not dominated by launch overhead.
 _CHUNK_ELEMENTS = 1 << 20
-
-
-class Upsampler(Protocol):
-    """What the pipeline needs from an upsampler (both classes below are ``nn.Module``s)."""
-
-    def __call__(self, source: Tensor, guidance: Tensor) -> Tensor: ...
-
-    def forward(self, source: Tensor, guidance: Tensor) -> Tensor:
-        """(B, C, h, w) features, (B, 3, H, W) guidance -> (B, C, H, W) features."""
-        ...
 
 
 def _pad(x: Tensor, radius: int) -> Tensor:
@@ -161,8 +150,7 @@ class JBUStack(nn.Module):
         """Output (height, width) of each of the four stages; the last one is ``target_size``."""
         (h, w), (height, width) = source_size, target_size
         sizes = [
-            (max(1, round(h * (height / h) ** (k / 4))), max(1, round(w * (width / w) ** (k / 4))))
-            for k in (1, 2, 3)
+            (max(1, round(h * (height / h) ** (k / 4))), max(1, round(w * (width / w) ** (k / 4)))) for k in (1, 2, 3)
         ]
         return [*sizes, (height, width)]
 
@@ -178,9 +166,9 @@ class JBUStack(nn.Module):
         h, w = source.shape[-2:]
         height, width = guidance.shape[-2:]
         sizes = self.stage_sizes((h, w), (height, width))
-        for stage, size in zip((self.up1, self.up2, self.up3, self.up4), sizes):
+        for stage, size in zip((self.up1, self.up2, self.up3, self.up4), sizes, strict=True):
             x = stage(x, F.adaptive_avg_pool2d(guidance, size))
-        weight_dtype = self.fixup_proj[1].weight.dtype
+        weight_dtype = cast(nn.Conv2d, self.fixup_proj[1]).weight.dtype
         return x + 0.1 * self.fixup_proj(x.to(weight_dtype)).to(x.dtype)
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from rsov import sam_proposer
-from rsov.instances import InstanceOptions
+from rsov.instance import sam as sam_adapter
+from rsov.instance.sam import DECODER_FILE, SamProposer, decode_masks, fastest_chunk
+from rsov.instance.types import InstanceOptions
 from rsov.models import load_sam
-from rsov.sam_proposer import DECODER_FILE, SamProposer, decode_masks, fastest_chunk
 
 FEW = InstanceOptions(points_per_side=4, points_per_batch=8, pred_iou_thresh=-1.0, stability_thresh=-1.0)
 
@@ -35,8 +35,13 @@ def test_the_image_is_decoded_once_for_all_prompts_with_the_same_answer(tiny_sam
     points = (torch.rand(6, 1, 2) * 1024, torch.ones(6, 1, dtype=torch.int64))
     with torch.inference_mode():
         sparse, dense = tiny_sam.prompt_encoder(points=points, boxes=None, masks=None)
-        want = tiny_sam.mask_decoder(image_embeddings=image, image_pe=pe, sparse_prompt_embeddings=sparse,
-                                     dense_prompt_embeddings=dense, multimask_output=True)
+        want = tiny_sam.mask_decoder(
+            image_embeddings=image,
+            image_pe=pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
         got = decode_masks(tiny_sam.mask_decoder, image, pe, sparse, dense[:1])
     assert got[0].shape == want[0].shape == (6, 3, 256, 256)
     assert torch.allclose(got[0], want[0], atol=1e-5) and torch.allclose(got[1], want[1], atol=1e-6)
@@ -44,7 +49,7 @@ def test_the_image_is_decoded_once_for_all_prompts_with_the_same_answer(tiny_sam
 
 def test_the_fastest_call_size_is_the_least_time_per_prompt(monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr(sam_proposer.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(sam_adapter.time, "perf_counter", lambda: clock[0])
     calls = []
 
     def decode(n):  # a fixed cost per call, and a steep one per prompt past 4 (caches spilled)
@@ -63,7 +68,7 @@ def test_decoding_in_calls_of_any_size_gives_the_same_masks(tiny_sam):
         proposer = SamProposer(tiny_sam, "tiny", chunk=chunk)
         masks[chunk] = proposer.propose(tile(), "t", np.array([[50.0, 60.0, 1], [150.0, 220.0, 2]]), FEW)
     assert len(masks[1]) == len(masks[3]) == len(masks[8]) > 0
-    for a, b in zip(masks[1], masks[8]):
+    for a, b in zip(masks[1], masks[8], strict=False):
         assert a.box == b.box and (a.crop == b.crop).all() and a.quality == pytest.approx(b.quality, abs=1e-5)
 
 
@@ -71,14 +76,14 @@ def test_the_call_size_is_measured_once_per_machine_and_kept(tiny_sam, tmp_path,
     first = SamProposer(tiny_sam, "tiny", calibration_dir=tmp_path)
     first.propose(tile(), "t", np.zeros((0, 3)), FEW)
     kept = json.loads((tmp_path / DECODER_FILE).read_text())
-    (key, size), = kept.items()
+    ((key, size),) = kept.items()
     assert "fp32" in key and "MaskDecoder" in key and size in (1, 2, 4, 8, 16, 32, 64)
     assert first.chunk_seconds and size == min(first.chunk_seconds, key=first.chunk_seconds.get)
 
     def measure(*_args, **_kw):
         raise AssertionError("measured again")
 
-    monkeypatch.setattr(sam_proposer, "fastest_chunk", measure)
+    monkeypatch.setattr(sam_adapter, "fastest_chunk", measure)
     SamProposer(tiny_sam, "tiny", calibration_dir=tmp_path).propose(tile(), "t", np.zeros((0, 3)), FEW)
 
 

@@ -1,0 +1,1 @@
+"""Geodata in and out: raster reading, polygons and vector files, previews, QGIS styles."""
