@@ -138,7 +138,7 @@ def test_every_route_but_health_needs_the_token_and_every_error_is_an_error_body
 def test_every_error_code_the_service_raises_is_in_the_contract():
     raised = set()
     for source in SERVICE.rglob("*.py"):
-        for status, code in re.findall(r'(?:ApiError|error_response)\((\d{3}), "(\w+)"', source.read_text()):
+        for status, code in re.findall(r'(?:ApiError|error_response)\(\s*(\d{3}),\s*"(\w+)"', source.read_text()):
             assert ERROR_CODES[code][0] == int(status), (source.name, status, code)
             raised.add(code)
     listed = {

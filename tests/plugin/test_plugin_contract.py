@@ -268,7 +268,7 @@ def test_every_answer_of_the_stand_in_is_one_the_contract_documents(fake_backend
     assert not problems, "the stand-in says what the backend never says:\n" + "\n".join(problems)
     # every error the stand-in can send was sent above, and every route of the contract was answered
     sent = {(a.status, a.body["error"]["code"]) for a in answers if a.status >= 400}
-    in_source = {(int(s), c) for s, c in re.findall(r'(\d{3}), "([a-z_]+)"', FAKE.read_text(encoding="utf-8"))}
+    in_source = {(int(s), c) for s, c in re.findall(r'(\d{3}),\s*"([a-z_]+)"', FAKE.read_text(encoding="utf-8"))}
     assert in_source <= sent, f"errors of fake_backend.py this test never caused: {sorted(in_source - sent)}"
     answered = {
         (a.method.lower(), template)
