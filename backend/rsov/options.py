@@ -33,7 +33,7 @@ PRECISIONS = ("fp32", "fast", "bf16", "fp16", "int8")
 REFINE_MODES = ("none", "sam")  # semantic mode: "sam" cleans the class map with SAM's regions (see ``refine``)
 UPSAMPLERS = ("bilinear", "jbu")
 NONE_WORDS = ("", "none", "off")
-METAVARS = {"float": "X", "int": "N", "str": "TEXT", "ints": "N,N", "words": "WORD,WORD", "bool": ""}
+METAVARS = {"float": "X", "int": "N", "str": "TEXT", "ints": "N,N", "words": "WORD,WORD"}  # a bool row is a bare switch
 
 
 @dataclass(frozen=True)
@@ -424,10 +424,6 @@ def find(name: str, surface: str = "eval", task: str | None = None) -> Option:
             return option
     where = f"for {task} jobs" if task else "known"
     raise InputError(f"Unknown option '{name}' {where}: choose from {', '.join(o.name for o in known)}.")
-
-
-def defaults(surface: str) -> dict[str, Any]:
-    return {o.name: o.default for o in options_for(surface)}
 
 
 def by_stage(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
