@@ -24,7 +24,7 @@ $(VENV)/.installed: backend/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e "backend[test,eval]"
+	$(BIN)/pip install --quiet -e "backend[test,eval,sam3]"
 	touch $@
 
 demo: $(VENV)/.installed

@@ -94,3 +94,45 @@ def oracle_instance_engine(text=None) -> Engine:
     text = text or OracleText()
     proposer = OracleProposer()
     return Engine(OracleEncoder(), lambda templates: text, name="oracle", proposer_factory=lambda: proposer)
+
+
+# SAM 3 oracle: prompt word -> (the colour whose regions it finds, the score it gives them)
+CONCEPTS = {"roof": ("red", 0.9), "house": ("red", 0.8), "pool": ("blue", 0.7), "car": ("yellow", 0.2)}
+
+
+class OracleConcepts:
+    """SAM 3 stand-in: a prompt finds the 4-connected regions of its colour in the tile (cut by the tile),
+    each scored as ``CONCEPTS`` says; it records the prompts and tile keys it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[str, ...]]] = []  # (tile key, prompt texts)
+
+    def check_prompts(self, prompts) -> None:
+        pass
+
+    def detect(self, tile, key, prompts, threshold, precision="fp32", progress=None):
+        import numpy as np
+        from scipy import ndimage
+
+        from rsov.instance.concepts import TileDetections
+        from rsov.instance.masks import crop_mask
+
+        self.calls.append((key, tuple(p.text for p in prompts)))
+        found = TileDetections()
+        for prompt in prompts:
+            colour, score = CONCEPTS.get(prompt.text, (None, 0.0))
+            if colour is None:
+                continue
+            regions, count = ndimage.label((tile == np.array(PALETTE[colour][0])).all(-1))
+            for k in range(1, count + 1):
+                if score > threshold:
+                    found.masks.append(crop_mask(regions == k, score, prompt.class_id))
+                else:
+                    found.below_threshold += 1
+        return found
+
+
+def oracle_concept_engine(detector=None) -> Engine:
+    text = OracleText()
+    detector = detector or OracleConcepts()
+    return Engine(OracleEncoder(), lambda templates: text, name="oracle", detector_factory=lambda: detector)

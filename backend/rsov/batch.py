@@ -33,6 +33,7 @@ class EngineSpec:
     upsampler_checkpoint: str | None = None
     cache_mb: int = 256
     sam: str | None = None  # Segment Anything, for --refine sam (None: load_engine's default)
+    sam3_model: str | None = None  # SAM 3 (None: load_engine's default; streamed blocks use CLIP only)
 
 
 class EnginePlugin(WorkerPlugin):
@@ -54,7 +55,13 @@ class EnginePlugin(WorkerPlugin):
             torch.set_num_threads(self.threads)  # workers on one machine share its cores
         s = self.spec
         self.engine = load_engine(
-            s.model, s.device, s.upsampler, s.upsampler_checkpoint, cache=FeatureCache(s.cache_mb << 20), sam=s.sam
+            s.model,
+            s.device,
+            s.upsampler,
+            s.upsampler_checkpoint,
+            cache=FeatureCache(s.cache_mb << 20),
+            sam=s.sam,
+            sam3_model=s.sam3_model,
         )
 
     def teardown(self, worker) -> None:

@@ -32,7 +32,7 @@ EXIT_INPUT, EXIT_WEIGHTS, EXIT_CANCELLED = 2, 3, 130
 # The options table's rows as flags: those of every job, and instance mode's (``segment`` only).
 JOB_OPTIONS = tuple(o for o in options_for("cli") if o.stage != "instance")
 INSTANCE_OPTIONS = tuple(o for o in options_for("cli") if o.stage == "instance")
-ENGINE_OPTIONS = tuple(BY_NAME[n] for n in ("model", "sam", "upsampler", "upsampler_checkpoint"))
+ENGINE_OPTIONS = tuple(BY_NAME[n] for n in ("model", "sam", "sam3_model", "upsampler", "upsampler_checkpoint"))
 
 
 def _bbox(text: str) -> tuple[float, float, float, float]:
@@ -247,8 +247,8 @@ def _runner(args: argparse.Namespace, stage, stats):
 
 
 def _segment(args: argparse.Namespace) -> int:
-    if args.mode == "instance":
-        return _segment_instances(args)
+    if args.mode == "instance" or args.engine == "sam3":
+        return _segment_in_memory(args)
     from .engine import plan_request
     from .streaming import Outputs, segment_streamed
     from .tiled import WindowStats
@@ -280,14 +280,26 @@ def _segment(args: argparse.Namespace) -> int:
 def _streamed_preview(request, job_plan, class_raster: Path, names: list[str], path: str) -> None:
     """A PNG of the extent (at most 2048 px) with the written class raster over it."""
     import rasterio
-    from rasterio.enums import Resampling
+
+    with rasterio.open(class_raster) as ds:
+        _preview_of(request, job_plan.bounds, ds, names, path)
+
+
+def _preview_of(request, bounds, classes, names: list[str], path: str) -> None:
+    """The preview PNG of ``bounds`` with ``classes`` (an open class raster, or an array) over it."""
+    from PIL import Image
 
     from .geo.preview import write_preview
     from .geo.raster_io import read_chip
 
-    chip = read_chip(request.raster, job_plan.bounds, None, request.bands, max_side=2048)
-    with rasterio.open(class_raster) as ds:
-        shown = ds.read(1, out_shape=chip.image.shape[:2], resampling=Resampling.nearest)
+    chip = read_chip(request.raster, bounds, None, request.bands, max_side=2048)
+    h, w = chip.image.shape[:2]
+    if isinstance(classes, np.ndarray):
+        shown = np.asarray(Image.fromarray(classes.astype(np.int32)).resize((w, h), Image.NEAREST))
+    else:
+        from rasterio.enums import Resampling
+
+        shown = classes.read(1, out_shape=(h, w), resampling=Resampling.nearest)
     write_preview(chip.image, shown, names, path)
 
 
@@ -296,6 +308,11 @@ def _batch(args: argparse.Namespace) -> int:
     from .streaming import BlockStore, Outputs, segment_streamed
     from .tiled import WindowStats
 
+    if args.engine != "clip":
+        raise InputError(
+            f"rsov batch streams whole rasters block by block with the clip engine; --engine {args.engine} "
+            "runs an extent at a time: use `rsov segment --engine sam3` per raster."
+        )
     if not args.out_dir.is_dir():
         args.out_dir.mkdir(parents=True)
     requests = [_request(args, str(raster)) for raster in args.rasters]
@@ -324,7 +341,8 @@ def _batch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _segment_instances(args: argparse.Namespace) -> int:
+def _segment_in_memory(args: argparse.Namespace) -> int:
+    """Instance mode, and the sam3 engine in either mode: one extent held in memory."""
     from .engine import load_engine
     from .geo.instance_io import oriented_boxes
     from .geo.preview import write_preview
@@ -333,11 +351,14 @@ def _segment_instances(args: argparse.Namespace) -> int:
     request = _request(args, args.raster)
     out = Path(args.out or f"{Path(args.raster).stem}_rsov.gpkg")
     started = time.perf_counter()
-    engine = load_engine(args.model, args.device, args.upsampler, args.upsampler_checkpoint, sam=args.sam)
+    engine = load_engine(
+        args.model, args.device, args.upsampler, args.upsampler_checkpoint, sam=args.sam, sam3_model=args.sam3_model
+    )
+    instances = request.mode == "instance"
     bar, stage = _progress(args)
     with bar:
         result = engine.segment(request, stage)
-    extra = {"rsov_obb": oriented_boxes(result.features)} if args.obb else None
+    extra = {"rsov_obb": oriented_boxes(result.features)} if args.obb and instances else None
     write_vector(
         result.features,
         out,
@@ -345,7 +366,7 @@ def _segment_instances(args: argparse.Namespace) -> int:
         layer_per_class=args.layer_per_class,
         class_names=result.vocabulary.names,
         extra_layers=extra,
-        instances=True,
+        instances=instances,
     )
     if args.raster_out:
         write_class_raster(
@@ -356,12 +377,16 @@ def _segment_instances(args: argparse.Namespace) -> int:
         for instance in result.instances:
             shown[instance.full_mask] = instance.class_id
         write_preview(result.chip.image, shown, result.vocabulary.names, args.preview)
+    elif args.preview:
+        _preview_of(request, result.bounds, result.prediction.class_map, result.vocabulary.names, args.preview)
     counts = Counter(f.class_name for f in result.features)
     per_class = ", ".join(f"{name}: {counts.get(name, 0)}" for name in result.vocabulary.names)
     h, w = result.prediction.class_map.shape
+    what = "objects" if instances else "polygons"
     print(
-        f"{len(result.features)} objects ({per_class}) from {w}x{h} px of {Path(args.raster).name} "
-        f"with {args.model} on {engine.device} in {time.perf_counter() - started:.1f} s -> {out}"
+        f"{len(result.features)} {what} ({per_class}) from {w}x{h} px of {Path(args.raster).name} "
+        f"with {args.model if args.engine == 'clip' else 'SAM 3'} on {engine.device} in "
+        f"{time.perf_counter() - started:.1f} s -> {out}"
     )
     if result.summary is not None:
         print(f"summary: {result.summary.text}")
@@ -403,6 +428,7 @@ def _serve(args: argparse.Namespace) -> int:
             cache=cache,
             sam=args.sam,
             download=False,
+            sam3_model=args.sam3_model,
         ),
         resolve_device(args.device),
     )

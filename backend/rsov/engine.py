@@ -24,23 +24,36 @@ from rasterio.windows import Window
 from torch import nn
 
 from .errors import CancelledError, InputError, WeightsMissingError
-from .geo.instance_io import build_example_bank, instance_features
+from .fusion import fuse_with_stuff, paint_instances
+from .geo.instance_io import build_example_bank, example_boxes, instance_features
 from .geo.raster_io import RasterChip, bounded_gdal_cache, open_raster, read_chip, window_bounds
 from .geo.vectorize import VectorFeature, polygonize
 from .grid import BLOCK_SIDE, tile_slide
 from .instance.classify import classify
+from .instance.concepts import ConceptDetector, Sam3Detector, detect_concepts
 from .instance.prompts import prompt_points, propose
 from .instance.sam import SamProposer
 from .instance.types import Example, Instance, InstanceOptions, InstanceSummary, Proposer
-from .models import DEFAULT_MODEL, DEFAULT_SAM, TINY_MODEL, cache_dir, load_model, load_sam, resolve_sam_spec
+from .models import (
+    DEFAULT_MODEL,
+    DEFAULT_SAM,
+    DEFAULT_SAM3,
+    TINY_MODEL,
+    cache_dir,
+    load_model,
+    load_sam,
+    load_sam3,
+    resolve_sam3_spec,
+    resolve_sam_spec,
+)
 from .options import REFINE_MODES, by_stage
 from .precision import resolve_precision
 from .refine import SamRefiner
 from .semantic.encoder import DenseEncoder, SegEarthCLIP
-from .semantic.predictor import FeatureOptions, Prediction, Predictor, ScoreOptions
+from .semantic.predictor import FeatureOptions, Prediction, Predictor, ScoreOptions, sliding_windows
 from .semantic.text import ClipTextEmbedder, TextEmbedder, embed_in_steps, resolve_templates
 from .semantic.upsample import build_upsampler
-from .semantic.vocabulary import DEFAULT_BACKGROUND, Vocabulary, build_vocabulary
+from .semantic.vocabulary import DEFAULT_BACKGROUND, DEFAULT_STUFF, Vocabulary, build_vocabulary
 from .tiled import DEFAULT_WINDOWS_PER_S, BlockResult, GridPredictor, Plan, WindowStats, estimate, plan, rasterize_area
 
 log = logging.getLogger(__name__)
@@ -65,6 +78,8 @@ class SegmentRequest:
     simplify_px: float = 1.0
     min_area_m2: float = 0.0
     mode: str = "semantic"  # or "instance"
+    engine: str = "clip"  # or "sam3": SAM 3 text prompts find the objects (see ``_segment_concepts``)
+    stuff: tuple[str, ...] = DEFAULT_STUFF  # sam3 semantic mode: classes with these words come from CLIP
     instance: InstanceOptions = InstanceOptions()
     examples: tuple[Example, ...] = ()  # instance mode: objects the analyst pointed at
     vectorize: bool = True  # False: class map / instances only (evaluation needs no polygons)
@@ -192,6 +207,7 @@ class Engine:
         name: str = "custom",
         cache: FeatureCache | None = None,
         proposer_factory: Callable[[], Proposer] | None = None,
+        detector_factory: Callable[[], ConceptDetector] | None = None,
     ) -> None:
         self.encoder = encoder
         self.upsampler = upsampler
@@ -202,6 +218,8 @@ class Engine:
         self._predictors: dict[tuple[str, ...], Predictor] = {}
         self._proposer_factory = proposer_factory
         self._proposer: Proposer | None = None
+        self._detector_factory = detector_factory
+        self._detector: ConceptDetector | None = None
         self.windows_per_s = DEFAULT_WINDOWS_PER_S.get(self.device.type, 4.0)  # updated as windows are encoded
         self.sam_tile_s = DEFAULT_SAM_TILE_S.get(self.device.type, 60.0)  # updated after each instance job
 
@@ -213,6 +231,15 @@ class Engine:
                 raise InputError("Instance mode needs a Segment Anything model, and this engine has none.")
             self._proposer = self._proposer_factory()
         return self._proposer
+
+    @property
+    def detector(self) -> ConceptDetector:
+        """The SAM 3 concept detector (``engine`` sam3), built on first use."""
+        if self._detector is None:
+            if self._detector_factory is None:
+                raise InputError("The sam3 engine needs a SAM 3 model, and this backend was started without one.")
+            self._detector = self._detector_factory()
+        return self._detector
 
     def predictor(self, templates: str = "openai") -> Predictor:
         """The predictor for a template set name or file, kept with its text cache and cast models.
@@ -322,6 +349,10 @@ class Engine:
         self, request: SegmentRequest, stage: StageFn | None = None, cancelled: CancelFn | None = None
     ) -> SegmentResult:
         """Run one request end to end, in memory; vocabulary errors surface before any pixel is read."""
+        if request.engine == "sam3":
+            return self._segment_concepts(request, stage, cancelled)
+        if request.engine != "clip":
+            raise InputError(f"Unknown engine '{request.engine}': use clip or sam3.")
         if request.mode == "instance":
             return self._segment_instances(request, stage, cancelled)
         report = stage or (lambda name, fraction: None)
@@ -409,14 +440,7 @@ class Engine:
         asked = self.plan(replace(request, max_side=request.max_side or INSTANCE_MAX_SIDE))
         tiles, work = self._sam_tiles(request, asked)
 
-        t = time.perf_counter()
-        report("reading raster", 0.0)
-        decimate = None if tiles is not None else request.max_side or INSTANCE_MAX_SIDE
-        chip = read_chip(request.raster, work.bounds, None, request.bands, decimate)
-        if asked.area is not None:
-            chip.valid &= rasterize_area(asked.area, chip.transform, chip.valid.shape)
-            chip.image[~chip.valid] = 0
-        timings["read_s"] = time.perf_counter() - t
+        chip = self._read_chip(request, asked, work, tiles, timings, report)
 
         t = time.perf_counter()
         stats = WindowStats()
@@ -445,10 +469,43 @@ class Engine:
             lambda name, f: report(name, semantic + (0.93 - semantic) * f),
             cancelled,
         )
-        # back to the extent asked for: its pixels, and the objects that touch it
+        return self._instance_result(
+            request, vocabulary, asked, work, chip, prediction, instances, summary, timings, stats, report
+        )
+
+    def _read_chip(
+        self, request: SegmentRequest, asked: Plan, work: Plan, tiles: list | None, timings: dict, report: StageFn
+    ) -> RasterChip:
+        """The pixels of the work area (native, or decimated when there are no tiles), cut to the processing area."""
+        t = time.perf_counter()
+        report("reading raster", 0.0)
+        decimate = None if tiles is not None else request.max_side or INSTANCE_MAX_SIDE
+        chip = read_chip(request.raster, work.bounds, None, request.bands, decimate)
+        if asked.area is not None:
+            chip.valid &= rasterize_area(asked.area, chip.transform, chip.valid.shape)
+            chip.image[~chip.valid] = 0
+        timings["read_s"] = time.perf_counter() - t
+        return chip
+
+    def _instance_result(
+        self,
+        request: SegmentRequest,
+        vocabulary: Vocabulary,
+        asked: Plan,
+        work: Plan,
+        chip: RasterChip,
+        prediction: Prediction,
+        instances: list[Instance],
+        summary: InstanceSummary,
+        timings: dict,
+        stats: WindowStats,
+        report: StageFn,
+    ) -> SegmentResult:
+        """Back from the work area to the extent asked for (its pixels, and the objects that touch it),
+        then the objects' polygons."""
         oy, ox = asked.out.row0 - work.out.row0, asked.out.col0 - work.out.col0
         h, w = asked.out.height, asked.out.width
-        if (oy, ox, h, w) != (0, 0, *class_map.shape):
+        if (oy, ox, h, w) != (0, 0, *prediction.class_map.shape):
             chip = RasterChip(
                 chip.image[oy : oy + h, ox : ox + w],
                 chip.valid[oy : oy + h, ox : ox + w],
@@ -459,7 +516,9 @@ class Engine:
                 chip.source,
             )
             prediction = Prediction(
-                class_map[oy : oy + h, ox : ox + w], score_map[oy : oy + h, ox : ox + w], vocabulary.names
+                prediction.class_map[oy : oy + h, ox : ox + w],
+                prediction.score_map[oy : oy + h, ox : ox + w],
+                vocabulary.names,
             )
             instances = [
                 replace(i, mask=replace(i.mask, y0=i.mask.y0 - oy, x0=i.mask.x0 - ox), shape=(h, w)) for i in instances
@@ -492,6 +551,126 @@ class Engine:
             chip=chip,
             instances=instances,
             summary=summary,
+        )
+
+    def _segment_concepts(
+        self, request: SegmentRequest, stage: StageFn | None = None, cancelled: CancelFn | None = None
+    ) -> SegmentResult:
+        """The sam3 engine: every class line's synonyms are SAM 3 text prompts on the raster's tile grid.
+
+        Instance mode returns SAM 3's objects. Semantic mode paints the objects of the thing classes and
+        takes stuff classes (``request.stuff``) from CLIP's dense map over the same area; each pixel takes
+        the more confident of the two (``fusion.fuse_with_stuff``), then polygons per class.
+        """
+        report = stage or (lambda name, fraction: None)
+        timings: dict[str, float] = {}
+        vocabulary = build_vocabulary(list(request.classes), request.background)
+        semantic = request.mode == "semantic"
+        stuff = vocabulary.stuff_ids(request.stuff) if semantic else []
+        things = [k for k in range(1, len(vocabulary.classes) + 1) if k not in stuff]
+        asked = self.plan(replace(request, max_side=request.max_side or INSTANCE_MAX_SIDE))
+        tiles, work = self._sam_tiles(request, asked)
+        chip = self._read_chip(request, asked, work, tiles, timings, report)
+        shape = chip.valid.shape
+        origin = (work.out.row0, work.out.col0)
+        local = (
+            sliding_windows(*shape, request.instance.tile, request.instance.tile - request.instance.tile_overlap)
+            if tiles is None
+            else [(y0 - origin[0], x0 - origin[1], y1 - origin[0], x1 - origin[1]) for y0, x0, y1, x1 in tiles]
+        )
+        key = sam_tile_key(work) if tiles is not None else repr((sam_tile_key(work), work.out))
+        t = time.perf_counter()
+        stats = WindowStats()
+        share = 0.0
+        clip_classes, clip_scores = np.zeros(shape, dtype=np.int16), np.zeros(shape, dtype=np.float32)
+        if stuff:  # CLIP over the same pixels, knowing only the stuff classes (and the background words)
+            share = self._semantic_share(request, work, len(local))
+            lines = [",".join(vocabulary.classes[k - 1].synonyms) for k in stuff]
+            stuff_map, clip_scores, _ = self._in_memory(
+                replace(request, classes=tuple(lines)), work, lambda n, f: report(n, share * f), cancelled, stats
+            )
+            clip_classes = np.array([0, *stuff], dtype=np.int16)[stuff_map]
+        timings["semantic_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        instances, summary = detect_concepts(
+            self.detector,
+            chip.image,
+            chip.valid,
+            key,
+            local,
+            origin,
+            vocabulary,
+            request.instance,
+            things,
+            example_boxes(request.examples, vocabulary, chip) if request.examples else None,
+            request.features.precision,
+            cancelled,
+            lambda f, text: report(f"finding objects with SAM 3: {text}", share + (0.93 - share) * f),
+        )
+        timings["concepts_s"] = time.perf_counter() - t
+        if isinstance(self.detector, Sam3Detector):
+            self.sam_tile_s = timings["concepts_s"] / max(len(local), 1)
+        class_map, score_map = paint_instances(instances, shape)
+        if semantic:
+            class_map, score_map = fuse_with_stuff(class_map, score_map, clip_classes, clip_scores)
+        class_map[~chip.valid], score_map[~chip.valid] = 0, 0.0
+        prediction = Prediction(class_map, score_map, vocabulary.names)
+        if not semantic:
+            return self._instance_result(
+                request, vocabulary, asked, work, chip, prediction, instances, summary, timings, stats, report
+            )
+        return self._fused_result(request, vocabulary, asked, work, chip, prediction, timings, stats, report)
+
+    def _fused_result(
+        self,
+        request: SegmentRequest,
+        vocabulary: Vocabulary,
+        asked: Plan,
+        work: Plan,
+        chip: RasterChip,
+        prediction: Prediction,
+        timings: dict,
+        stats: WindowStats,
+        report: StageFn,
+    ) -> SegmentResult:
+        """A fused class map cut to the extent asked for, and its polygons per class."""
+        oy, ox = asked.out.row0 - work.out.row0, asked.out.col0 - work.out.col0
+        h, w = asked.out.height, asked.out.width
+        rows, cols = slice(oy, oy + h), slice(ox, ox + w)
+        class_map, score_map = prediction.class_map[rows, cols], prediction.score_map[rows, cols]
+        valid = chip.valid[rows, cols]
+        if not valid.any():
+            raise InputError("The requested extent contains only nodata pixels.")
+        transform = chip.transform @ Affine.translation(ox, oy)
+        t = time.perf_counter()
+        report("vectorizing", 0.95)
+        features = (
+            polygonize(
+                class_map,
+                score_map,
+                valid,
+                transform,
+                chip.crs,
+                vocabulary.names,
+                request.simplify_px,
+                request.min_area_m2,
+            )
+            if request.vectorize
+            else []
+        )
+        timings["vectorize_s"] = time.perf_counter() - t
+        report("done", 1.0)
+        return SegmentResult(
+            vocabulary,
+            Prediction(class_map, score_map, vocabulary.names),
+            features,
+            transform,
+            chip.crs,
+            asked.bounds,
+            asked,
+            timings,
+            stats.encoded,
+            stats.cached,
         )
 
     def _semantic_share(self, request: SegmentRequest, work: Plan, tiles: int) -> float:
@@ -644,12 +823,13 @@ def load_engine(
     cache: FeatureCache | None = None,
     sam: str | None = None,
     download: bool = True,
+    sam3_model: str | None = None,
 ) -> Engine:
     """Build the real engine: CLIP by name (see ``models``), SegEarth-OV encoder, upsampler, text embedders.
 
     ``sam`` names the Segment Anything model for instance mode (loaded on first use; default: the tiny
-    one with the tiny CLIP, else ``sam-vit-b``). ``download=False``: missing CLIP weights raise
-    WeightsMissingError instead of being downloaded.
+    one with the tiny CLIP, else ``sam-vit-b``), ``sam3_model`` the SAM 3 model of the sam3 engine (the same way:
+    ``sam3``). ``download=False``: missing CLIP weights raise WeightsMissingError instead of being downloaded.
     """
     dev = resolve_device(device)
     loaded = load_model(model, dev, download)
@@ -658,7 +838,9 @@ def load_engine(
     up = up.to(dev) if up is not None else None
     name = f"{loaded.weights_id}|{upsampler}|{upsampler_checkpoint}"
     sam = sam or (TINY_MODEL if model == TINY_MODEL else DEFAULT_SAM)
+    sam3_model = sam3_model or (TINY_MODEL if model == TINY_MODEL else DEFAULT_SAM3)
     resolve_sam_spec(sam)  # a wrong name fails now, not at the first instance job
+    resolve_sam3_spec(sam3_model)
     return Engine(
         encoder,
         lambda templates: ClipTextEmbedder(loaded, templates),
@@ -667,4 +849,5 @@ def load_engine(
         name,
         cache,
         proposer_factory=lambda: SamProposer(*load_sam(sam, dev), calibration_dir=cache_dir()),
+        detector_factory=lambda: Sam3Detector(*load_sam3(sam3_model, dev), dev),
     )

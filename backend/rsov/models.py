@@ -64,6 +64,7 @@ class ModelSpec:
     sha256: str | None = None  # of the weights file, where it is known
     size_bytes: int | None = None  # of the weights file, where it is known
     quick_gelu: bool = False  # trained with QuickGELU (OpenAI and models fine-tuned from it)
+    licence_url: str | None = None  # a gated download: where a person accepts the licence first
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -127,6 +128,26 @@ SAM_MODELS: dict[str, ModelSpec] = {
 }
 DEFAULT_SAM = "sam-vit-b"
 
+# SAM 3, the concept engine (``--engine sam3``). ``arch`` names a size in ``instance.sam3_build.SAM3_SIZES``.
+_SAM3_HUB = "https://huggingface.co/facebook/sam3"
+SAM3_MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            "sam3",
+            "sam3",
+            "Meta Segment Anything 3 (848M; gated: accept its licence on the hub first)",
+            checkpoint="sam3.pt",
+            source_url=_SAM3_HUB + "/resolve/main/sam3.pt",
+            licence_url=_SAM3_HUB,
+        ),
+        ModelSpec(
+            TINY_MODEL, "sam3-tiny", "SAM 3 at 1/16 width for tests; its detections are MEANINGLESS", random=True
+        ),
+    )
+}
+DEFAULT_SAM3 = "sam3"
+
 
 @dataclass
 class LoadedModel:
@@ -171,6 +192,25 @@ def resolve_spec(name: str) -> ModelSpec:
 def resolve_sam_spec(name: str) -> ModelSpec:
     """A SAM model name (a key of ``SAM_MODELS``) or ``ARCH@/path/to/checkpoint.pth`` -> spec."""
     return _resolve(name, SAM_MODELS, SAM_ARCHS, "SAM")
+
+
+def resolve_sam3_spec(name: str) -> ModelSpec:
+    """A SAM 3 model name (a key of ``SAM3_MODELS``) or ``sam3@/path/to/sam3.pt`` (or ``sam3-tiny@...``)."""
+    from .instance.sam3_build import SAM3_SIZES
+
+    return _resolve(name, SAM3_MODELS, tuple(SAM3_SIZES), "SAM 3")
+
+
+def hub_token(explicit: str | None = None) -> str | None:
+    """The Hugging Face token for gated downloads: given, ``RSOV_HF_TOKEN``, or huggingface_hub's own
+    (``HF_TOKEN``, or the one ``hf auth login`` saved)."""
+    if explicit:
+        return explicit
+    if os.environ.get("RSOV_HF_TOKEN"):
+        return os.environ["RSOV_HF_TOKEN"]
+    from huggingface_hub import get_token
+
+    return get_token()
 
 
 def _pretrained_cfg(spec: ModelSpec) -> dict:
@@ -265,6 +305,11 @@ def _missing(spec: ModelSpec) -> WeightsMissingError:
     ]
     if not places:
         return WeightsMissingError(f"Checkpoint file for model '{spec.name}' not found: {weights_target(spec)}.")
+    if spec.licence_url:
+        return WeightsMissingError(
+            f"Weights for '{spec.name}' ({spec.description}) are not on this machine: expected "
+            f"{weights_target(spec)}. {_licence_step(spec)}"
+        )
     return WeightsMissingError(
         f"Weights for model '{spec.name}' ({spec.description}) are not available offline: expected "
         f"{' or '.join(places)}. Run `rsov models --download {spec.name}` on a machine with internet and "
@@ -274,15 +319,31 @@ def _missing(spec: ModelSpec) -> WeightsMissingError:
     )
 
 
-def download_weights(spec: ModelSpec, progress: weights.Progress | None = None) -> Path:
-    """Return the local weights file for ``spec``, downloading (and verifying) it into the cache if needed."""
+def _licence_step(spec: ModelSpec) -> str:
+    return (
+        f"They are gated: sign in at {spec.licence_url}, accept the licence there, then make a read token "
+        "available (HF_TOKEN or RSOV_HF_TOKEN, `hf auth login`, or the token field of the plugin's Models tab) "
+        f"and run `rsov models --download {spec.name}`; or download {spec.checkpoint} there and run "
+        f"`rsov models --import {spec.checkpoint} --name {spec.name}`."
+    )
+
+
+def download_weights(spec: ModelSpec, progress: weights.Progress | None = None, token: str | None = None) -> Path:
+    """Return the local weights file for ``spec``, downloading (and verifying) it into the cache if needed;
+    a gated model is downloaded with ``token`` (default: ``hub_token()``)."""
     found = find_weights(spec)
     if found is not None:
         return found
     url = weights_url(spec)
     if url is not None and _reachable(url):
         target = weights_target(spec)
-        weights.download(url, target, expected_sha256(spec), progress)
+        token = hub_token(token) if spec.licence_url else None
+        if spec.licence_url and token is None:
+            raise WeightsMissingError(f"Downloading '{spec.name}' needs a Hugging Face token. {_licence_step(spec)}")
+        try:
+            weights.download(url, target, expected_sha256(spec), progress, token)
+        except weights.AccessRefusedError as exc:
+            raise weights.AccessRefusedError(f"{exc} {_licence_step(spec)}") from None
         return target
     if spec.pretrained and _hub_files(spec) and _reachable(f"https://{_HF_HOST}"):
         return Path(open_clip.download_pretrained(_pretrained_cfg(spec), cache_dir=str(cache_dir() / "open_clip")))
@@ -290,7 +351,7 @@ def download_weights(spec: ModelSpec, progress: weights.Progress | None = None) 
 
 
 def _spec_of_digest(digest: str) -> ModelSpec | None:
-    for registry in (MODELS, SAM_MODELS):
+    for registry in (MODELS, SAM_MODELS, SAM3_MODELS):
         for spec in registry.values():
             if not spec.random and expected_sha256(spec) == digest:
                 return spec
@@ -298,8 +359,11 @@ def _spec_of_digest(digest: str) -> ModelSpec | None:
 
 
 def resolve_any(name: str) -> ModelSpec:
-    """A CLIP or SAM model name from either registry."""
-    return SAM_MODELS[name] if name in SAM_MODELS and name != TINY_MODEL else resolve_spec(name)
+    """A CLIP, SAM or SAM 3 model name from any registry."""
+    for registry in (SAM_MODELS, SAM3_MODELS):
+        if name in registry and name != TINY_MODEL:
+            return registry[name]
+    return resolve_spec(name)
 
 
 def import_weights(
@@ -330,7 +394,9 @@ def import_weights(
 
 def _check_loads(spec: ModelSpec, path: Path) -> None:
     """Refuse a file that does not load into ``spec``'s architecture."""
-    if spec in SAM_MODELS.values():
+    if spec in SAM3_MODELS.values():
+        load_sam3_file(spec, path)
+    elif spec in SAM_MODELS.values():
         try:
             _sam_builder(spec.arch)(checkpoint=str(path))
         except (RuntimeError, KeyError, OSError, ValueError, EOFError) as exc:
@@ -482,10 +548,40 @@ def load_sam(name: str = DEFAULT_SAM, device: str | torch.device = "cpu") -> tup
     return model.to(device).eval().requires_grad_(False), weights_id
 
 
+def load_sam3_file(spec: ModelSpec, path: Path | None) -> torch.nn.Module:
+    """SAM 3 of ``spec``'s size with the checkpoint at ``path`` (None: random weights, seed 0)."""
+    from .instance.sam3_build import SAM3_SIZES, build_sam3, load_checkpoint
+
+    torch.manual_seed(0)
+    model = build_sam3(SAM3_SIZES[spec.arch])
+    if path is not None:
+        load_checkpoint(model, path)
+    return model
+
+
+def load_sam3(name: str = DEFAULT_SAM3, device: str | torch.device = "cpu"):
+    """The SAM 3 model called ``name`` in eval mode, its size and an id of its weights. Never downloads:
+    missing weights raise WeightsMissingError naming the licence step (``rsov models --download``)."""
+    from .instance.sam3_build import SAM3_SIZES
+
+    spec = resolve_sam3_spec(name)
+    if spec.random:
+        warnings.warn(f"SAM 3 '{spec.name}' has random weights: its detections are MEANINGLESS.", stacklevel=2)
+        path, weights_id = None, f"sam3-{spec.name}-seed0"
+    else:
+        path = find_weights(spec)
+        if path is None:
+            raise _missing(spec)
+        stat = path.stat()
+        weights_id = f"sam3-{spec.name}-{path.name}-{stat.st_size}-{int(stat.st_mtime)}"
+    model = load_sam3_file(spec, path)
+    return model.to(device).eval().requires_grad_(False), SAM3_SIZES[spec.arch], weights_id
+
+
 def list_models() -> list[dict]:
-    """Known CLIP and SAM models: whether their weights are on this machine, where, and their size."""
+    """Known CLIP, SAM and SAM 3 models: whether their weights are on this machine, where, and their size."""
     rows = []
-    for kind, registry in (("clip", MODELS), ("sam", SAM_MODELS)):
+    for kind, registry in (("clip", MODELS), ("sam", SAM_MODELS), ("sam3", SAM3_MODELS)):
         for name, spec in registry.items():
             if name != spec.name:
                 continue  # aliases

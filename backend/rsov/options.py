@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import InputError
 from .grid import BLOCK_SIDE
-from .semantic.vocabulary import DEFAULT_BACKGROUND
+from .semantic.vocabulary import DEFAULT_BACKGROUND, DEFAULT_STUFF
 
 STAGES = ("request", "features", "scoring", "instance", "engine")
 KINDS = ("float", "int", "bool", "str", "ints", "words")
@@ -32,6 +32,7 @@ SURFACES = frozenset({"cli", "api", "eval"})
 PRECISIONS = ("fp32", "fast", "bf16", "fp16", "int8")
 REFINE_MODES = ("none", "sam")  # semantic mode: "sam" cleans the class map with SAM's regions (see ``refine``)
 UPSAMPLERS = ("bilinear", "jbu")
+ENGINES = ("clip", "sam3")  # clip: SegEarth-OV (and SAM proposals in instance mode); sam3: SAM 3 concept prompts
 NONE_WORDS = ("", "none", "off")
 METAVARS = {"float": "X", "int": "N", "str": "TEXT", "ints": "N,N", "words": "WORD,WORD"}  # a bool row is a bare switch
 
@@ -161,7 +162,36 @@ OPTIONS: tuple[Option, ...] = (
         optional=True,
         surfaces=CLI_EVAL,
     ),
+    _opt(
+        "sam3_model",
+        "str",
+        None,
+        "SAM 3 model for --engine sam3 (see `rsov models`) or sam3@/path/to/sam3.pt "
+        "(default: sam3, or tiny-random with --model tiny-random)",
+        "engine",
+        optional=True,
+        surfaces=CLI_EVAL,
+    ),
     # the request
+    _opt(
+        "engine",
+        "str",
+        "clip",
+        "clip: training-free CLIP (SegEarth-OV; SAM proposals in instance mode); sam3: SAM 3 finds every "
+        "object of each class from its text (semantic mode: stuff classes from CLIP, see docs/engines.md)",
+        "request",
+        choices=ENGINES,
+    ),
+    _opt(
+        "stuff",
+        "words",
+        DEFAULT_STUFF,
+        "with --engine sam3 in semantic mode: a class with any of these words comes from CLIP's dense map, "
+        "not from SAM 3's objects (none: every class from SAM 3)",
+        "request",
+        maximum=256,
+        tasks=("semantic",),
+    ),
     _opt(
         "templates",
         "str",

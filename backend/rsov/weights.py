@@ -65,10 +65,26 @@ def _hub_digest(response) -> str | None:
     return etag if len(etag) == 64 else None
 
 
-def download(url: str, target: Path, sha256: str | None = None, progress: Progress | None = None) -> str:
-    """Download ``url`` to ``target``, verified against ``sha256`` (or the hub's digest); returns the digest."""
+class AccessRefusedError(WeightsMissingError):
+    """The server refused the download (HTTP 401 or 403): a gated model whose licence is not accepted."""
+
+
+def download(
+    url: str, target: Path, sha256: str | None = None, progress: Progress | None = None, token: str | None = None
+) -> str:
+    """Download ``url`` to ``target``, verified against ``sha256`` (or the hub's digest); returns the digest.
+
+    ``token`` is sent as a bearer token (gated Hugging Face repositories need one)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:  # the URL comes from the model registry, never from a request
-        response = urllib.request.urlopen(url, timeout=TIMEOUT_S)  # nosec B310
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)  # nosec B310
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise AccessRefusedError(f"{url} refused the download (HTTP {exc.code}).") from None
+        raise WeightsMissingError(
+            f"Downloading {url} failed (HTTP {exc.code}); "
+            f"download it elsewhere and import it with `rsov models --import FILE`."
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         raise WeightsMissingError(
             f"Downloading {url} failed ({getattr(exc, 'reason', exc)}); "

@@ -25,6 +25,7 @@ class EngineSpec:
     upsampler: str = "bilinear"
     upsampler_checkpoint: str | None = None
     sam: str | None = None  # instance mode's Segment Anything model (None: the engine's default)
+    sam3_model: str | None = None  # the sam3 engine's SAM 3 model (None: the engine's default)
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,9 @@ class EngineSegmenter:
 
     def __init__(self, device: str = "auto", load: Callable[[EngineSpec], Engine] | None = None) -> None:
         self._load = load or (
-            lambda spec: load_engine(spec.model, device, spec.upsampler, spec.upsampler_checkpoint, sam=spec.sam)
+            lambda spec: load_engine(
+                spec.model, device, spec.upsampler, spec.upsampler_checkpoint, sam=spec.sam, sam3_model=spec.sam3_model
+            )
         )
         self._engines: dict[EngineSpec, Engine] = {}
 

@@ -77,6 +77,30 @@ def build_example_bank(
     )
 
 
+def example_boxes(
+    examples: tuple[Example, ...], vocabulary: Vocabulary, chip: RasterChip
+) -> dict[int, list[tuple[float, float, float, float]]]:
+    """The examples' bounding boxes (x0, y0, x1, y1) in ``chip`` pixels by class id (SAM 3's exemplar prompts);
+    an example of a class not in the vocabulary is an error, one off the chip is left out."""
+    ids = {name.lower(): k for k, name in enumerate(vocabulary.names, start=1)}
+    boxes: dict[int, list[tuple[float, float, float, float]]] = {}
+    height, width = chip.valid.shape
+    for example in examples:
+        k = ids.get(example.class_name.lower())
+        if k is None:
+            raise InputError(f"An example is of '{example.class_name}', which is not a class of this vocabulary.")
+        geometry = mapping(example.geometry)
+        if example.crs is not None and chip.crs is not None:
+            geometry = transform_geom(example.crs, chip.crs, geometry)
+        minx, miny, maxx, maxy = shape(geometry).bounds
+        cols, rows = (~chip.transform) * (np.array([minx, maxx]), np.array([maxy, miny]))
+        x0, x1 = np.clip(np.sort(cols), 0, width)
+        y0, y1 = np.clip(np.sort(rows), 0, height)
+        if x1 > x0 and y1 > y0:
+            boxes.setdefault(k, []).append((float(x0), float(y0), float(x1), float(y1)))
+    return boxes
+
+
 def instance_features(
     instances: list[Instance], chip: RasterChip, simplify_px: float, options: InstanceOptions, min_area_m2: float = 0.0
 ) -> list[VectorFeature]:

@@ -18,6 +18,32 @@ BACKGROUND = "background"
 # Generic land-cover words that absorb whatever the analyst did not ask for, so a
 # one-class vocabulary ("swimming pool") does not paint the whole map.
 DEFAULT_BACKGROUND = ("background", "bare land", "grass", "tree", "road", "pavement", "water", "shadow")
+# Land cover without countable objects ("stuff"): with the SAM 3 engine in semantic mode, a class with one of
+# these words among its synonyms comes from CLIP's dense map, since SAM 3 finds objects, not surfaces.
+DEFAULT_STUFF = (
+    "grass",
+    "meadow",
+    "rangeland",
+    "low vegetation",
+    "forest",
+    "water",
+    "river",
+    "lake",
+    "sea",
+    "road",
+    "pavement",
+    "impervious surface",
+    "bare land",
+    "bareland",
+    "barren",
+    "soil",
+    "sand",
+    "cropland",
+    "farmland",
+    "agriculture",
+    "snow",
+    "background",
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +65,11 @@ class Vocabulary:
     def names(self) -> list[str]:
         """Class names; class id k (1-based) is ``names[k - 1]``."""
         return [c.name for c in self.classes]
+
+    def stuff_ids(self, words: tuple[str, ...] | list[str]) -> list[int]:
+        """Class ids (1-based) of the classes with any synonym among ``words`` (case-insensitive)."""
+        wanted = {w.lower() for w in words}
+        return [k for k, c in enumerate(self.classes, start=1) if any(s.lower() in wanted for s in c.synonyms)]
 
     def queries(self) -> tuple[list[str], list[int]]:
         """All text queries and, for each, its class id (0 for background queries)."""

@@ -43,9 +43,10 @@ class Transfers:
     def get(self, name: str) -> Transfer | None:
         return self._by_name.get(name)
 
-    def download(self, spec: ModelSpec) -> Transfer:
-        """Start downloading ``spec``'s weights unless a transfer for it is running."""
-        return self._start(spec, "download", lambda t: download_weights(spec, t.progress))
+    def download(self, spec: ModelSpec, token: str | None = None) -> Transfer:
+        """Start downloading ``spec``'s weights unless a transfer for it is running (``token``: a hub
+        token for a gated model)."""
+        return self._start(spec, "download", lambda t: download_weights(spec, t.progress, token))
 
     def import_file(self, spec: ModelSpec, path: str) -> Transfer:
         """Start importing the file at ``path`` as ``spec``'s weights (verified, then copied)."""

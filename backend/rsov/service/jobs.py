@@ -299,10 +299,10 @@ class JobManager:
 
     def _segment(self, request: SegmentRequest, job: Job, stage) -> tuple[int, InstanceSummary | None]:
         engine = self.engines.get()
-        if request.mode == "instance":
+        if request.mode == "instance" or request.engine == "sam3":  # one extent in memory
             result = engine.segment(request, stage, job.cancel.is_set)
-            write_vector(result.features, job.gpkg_path, result.crs, instances=True)
-            return len(result.features), result.summary
+            write_vector(result.features, job.gpkg_path, result.crs, instances=request.mode == "instance")
+            return len(result.features), result.summary if request.mode == "instance" else None
         # semantic jobs stream block by block: any raster size, progress per block
         streamed = segment_streamed(
             request,

@@ -61,6 +61,18 @@ class ImportRequest(BaseModel):
     path: str = Field(..., max_length=4096, description="absolute path of the file, under the allowed folders")
 
 
+class DownloadRequest(BaseModel):
+    """Optional body of ``POST /v1/models/{name}/download``."""
+
+    model_config = ConfigDict(extra="forbid")
+    hub_token: str | None = Field(
+        None,
+        max_length=512,
+        description="Hugging Face read token for a gated model (SAM 3), used for this download only and "
+        "never stored; default: the backend's HF_TOKEN / RSOV_HF_TOKEN or saved hub login",
+    )
+
+
 class JobRequest(BaseModel):
     """Body of ``POST /v1/jobs`` (for an upload, the ``request`` part, without ``raster``)."""
 
@@ -122,7 +134,7 @@ class ModelRow(Answer):
     """One model the backend knows."""
 
     name: str
-    kind: Literal["clip", "sam"]
+    kind: Literal["clip", "sam", "sam3"]
     arch: str
     description: str
     weights_present: bool

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends
 from ...models import list_models
 from ..deps import ServiceDep
 from ..errors import documented
-from ..schemas import ImportRequest, ModelList, ModelTransfer
+from ..schemas import DownloadRequest, ImportRequest, ModelList, ModelTransfer
 from ..security import require_token
 
 router = APIRouter(tags=["models"], dependencies=[Depends(require_token)])
@@ -47,10 +47,12 @@ def models(service: ServiceDep) -> ModelList:
 
 
 @router.post("/v1/models/{name}/download", status_code=202, responses=documented("unauthorized", "no_such_model"))
-def download_model(name: str, service: ServiceDep) -> ModelTransfer:
-    """Download a model's weights into the cache, verified; progress in GET /v1/models."""
+def download_model(name: str, service: ServiceDep, body: DownloadRequest | None = None) -> ModelTransfer:
+    """Download a model's weights into the cache, verified; progress in GET /v1/models. A gated model
+    (SAM 3) takes a hub token in the body; a refusal is the transfer's error, naming the licence step."""
     spec = service.model(name)
-    return ModelTransfer.model_validate({"name": spec.name, "transfer": service.transfers.download(spec).as_dict()})
+    transfer = service.transfers.download(spec, body.hub_token if body else None)
+    return ModelTransfer.model_validate({"name": spec.name, "transfer": transfer.as_dict()})
 
 
 @router.post(
