@@ -1,5 +1,6 @@
 """`make bench`: speed and memory of the engine, its precisions, the server and instance mode on 1024 x 1024
-extents, 10 classes; the scale figures; and the plugin's backend installer.
+extents, 10 classes; SAM 3's encoder and prompt side (`--only sam3`, about 5 minutes on 2 cores); the scale
+figures; and the plugin's backend installer.
 
 Uses the real ViT-B/16 architecture. If its OpenAI weights are in the cache they are used; otherwise
 random weights are saved to a checkpoint and loaded the real way (speed does not depend on weight
@@ -28,6 +29,7 @@ import rasterio
 import torch
 from common import CLASSES, JBU, SHARED, SIZE, extent, line, make_raster, timed
 from instances_bench import bench_dedup, bench_instances, bench_refine, bench_tiny_job
+from sam3_bench import bench_sam3
 from scale import bench_scale
 
 from rsov.engine import FeatureCache, SegmentRequest, load_engine, resolve_device
@@ -324,7 +326,9 @@ def main() -> int:
     parser.add_argument("--no-jbu", action="store_true", help="skip the FeatUp JBU run")
     parser.add_argument("--jobs", type=int, default=5, help="back-to-back jobs for the server figures")
     parser.add_argument(
-        "--only", choices=["engine", "precision", "server", "instances", "scale", "install"], help="run one part"
+        "--only",
+        choices=["engine", "precision", "server", "instances", "sam3", "scale", "install"],
+        help="run one part",
     )
     parser.add_argument("--full", action="store_true", help="scale: whole rasters at 1 m and 0.5 m (hours on a CPU)")
     parser.add_argument("--coarse", default="8.0", help="scale: resolution (m) of the whole-raster runs without --full")
@@ -354,6 +358,8 @@ def main() -> int:
             bench_instances(args, model, device, raster, folder)
             bench_tiny_job(device, folder)
             bench_refine(args, model, device, raster, folder)
+        if args.only in (None, "sam3"):
+            bench_sam3(device.type, raster)
         if args.only in (None, "scale"):
             bench_scale(args, model, device.type, SHARED / "data" / "openearthmap" / "oem_koeln_50.tif", folder)
         if args.only in (None, "install"):

@@ -36,6 +36,8 @@ API_VERSION = 1  # the version of the backend's HTTP API this plugin speaks (hea
 DEFAULT_TOKEN_FILE = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "rsov" / "token"
 FINISHED_STATES = ("done", "failed", "cancelled")
 REFINE_SAM = "sam"  # the semantic option refine: SAM's automatic regions clean the class map
+# the option engine: training-free CLIP (the backend's default), or SAM 3 finding every object of each class
+ENGINE_CLIP, ENGINE_SAM3 = "clip", "sam3"
 
 
 class BackendError(RsovPluginError):
@@ -127,7 +129,7 @@ class ModelInfo:
     """One model of ``GET /v1/models``."""
 
     name: str
-    kind: str  # "clip" or "sam"
+    kind: str  # "clip", "sam" or "sam3"
     description: str = ""
     weights_present: bool = False
     size_bytes: int | None = None
@@ -151,6 +153,11 @@ class ModelInfo:
             bool(data.get("loaded")),
             Transfer.from_json(transfer) if transfer else None,
         )
+
+    @property
+    def gated(self) -> bool:
+        """Whether its download needs a Hugging Face token of someone who accepted its licence (SAM 3)."""
+        return self.kind == "sam3" or "gated" in self.description.lower()
 
     @property
     def takes_weights(self) -> bool:
@@ -245,6 +252,7 @@ class SegmentOptions:
     templates: str | None = None
     background: list[str] | None = None
     refine: str | None = None  # semantic mode: REFINE_SAM cleans the map with SAM's regions; None: "none"
+    engine: str | None = None  # ENGINE_SAM3: SAM 3 finds the objects; None: ENGINE_CLIP (older backends know no other)
 
     def to_json(self) -> dict[str, Any]:
         """The options that are set."""
@@ -600,10 +608,12 @@ class BackendClient:
                 "bad_response", f"The backend at {self.url} answered the model list malformed."
             ) from None
 
-    def download_model(self, name: str) -> Transfer:
+    def download_model(self, name: str, hub_token: str | None = None) -> Transfer:
         """``POST /v1/models/{name}/download``: the backend downloads the weights in the background
-        (poll :meth:`models` for the bytes)."""
-        return self._transfer(f"/v1/models/{urllib.parse.quote(name)}/download", None)
+        (poll :meth:`models` for the bytes). ``hub_token``: a Hugging Face read token for a gated
+        model, sent for this download only (None or "": the backend's own, if it has one)."""
+        payload = {"hub_token": hub_token} if hub_token else None
+        return self._transfer(f"/v1/models/{urllib.parse.quote(name)}/download", payload)
 
     def import_model(self, name: str, path: str) -> Transfer:
         """``POST /v1/models/{name}/import``: the backend verifies the file at ``path`` (on its own

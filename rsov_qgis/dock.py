@@ -169,6 +169,7 @@ class RsovDock(QDockWidget):
         tab = self.segment_page
         self.raster_combo, self.area_combo, self.mask_combo = tab.raster_combo, tab.area_combo, tab.mask_combo
         self.mode_combo, self.instance_panel, self.refine_check = tab.mode_combo, tab.instance_panel, tab.refine_check
+        self.engine_combo = tab.engine_combo
         self.threshold_spin, self.resolution_spin = tab.threshold_spin, tab.resolution_spin
         self.vocabulary_editor, self.estimate_label = tab.vocabulary_editor, tab.estimate_label
         self.segment_button, self.cancel_button = tab.segment_button, tab.cancel_button

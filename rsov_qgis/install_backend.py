@@ -570,7 +570,8 @@ def _install_into(prefix: Path, request: Request, chosen: TorchSource, source: P
     report(60, f"installing {backend} and its dependencies")
     # the pair again, so that no dependency of the backend swaps it (pip always reinstalls a folder)
     run_logged(
-        pip_install(env, [*TORCH_PAIR, str(copy_source(source, prefix))], request),
+        # with the sam3 extra: the dock offers the SAM 3 engine (its weights are a separate, gated download)
+        pip_install(env, [*TORCH_PAIR, f"{copy_source(source, prefix)}[sam3]"], request),
         f"Installing {backend}",
         (80, f"installing {backend}: writing the packages"),
     )

@@ -12,7 +12,8 @@ from qgis.core import QgsProject, QgsRasterLayer
 from qgis.gui import QgsCollapsibleGroupBox, QgsDoubleSpinBox, QgsSpinBox
 from qgis.PyQt.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QWidget
 
-from .backend_client import InstanceOptions
+from .backend_client import ENGINE_SAM3, InstanceOptions
+from .engines import NOT_FOR_SAM3, SAM_GRID_ONLY
 from .examples import ExampleError, ExampleSet, project_examples, selected_polygons, store_examples
 from .extent import RasterRequest
 from .instance import CLASS_PROMPTS, NUMBER_OPTIONS, NumberOption
@@ -86,6 +87,14 @@ class InstancePanel(QgsCollapsibleGroupBox):
             setattr(self.settings, key, spin.value())
         self.settings.class_prompts = self.prompts_check.isChecked()
         self.settings.save()
+
+    def set_engine(self, engine: str) -> None:
+        """Follow the engine: SAM 3 does not use Segment Anything's point grid, so its options are off."""
+        grid = engine != ENGINE_SAM3
+        tips = [(self.spins[o.key], o.tip) for o in NUMBER_OPTIONS if o.key in SAM_GRID_ONLY]
+        for widget, tip in [*tips, (self.prompts_check, CLASS_PROMPTS[1])]:
+            widget.setEnabled(grid)
+            widget.setToolTip(tip if grid else f"{NOT_FOR_SAM3}. {tip}")
 
     def options(self) -> InstanceOptions:
         """The options shown."""

@@ -3,14 +3,19 @@
 
 ``model_combo`` chooses the CLIP model Start backend loads, from the backend's list (``GET
 /v1/models``; free text stays possible, e.g. ``ARCH@/path/to/file.pt``). The panel itself chooses
-whose weights to fetch (every model with a weights file, Segment Anything's too; it follows the
-model chosen above) with Download and Import weights file…, and shows the bytes as they arrive
-and the outcome. The backend does the transfers; the panel asks for them and polls the model
+whose weights to fetch (every model with a weights file, Segment Anything's and SAM 3's too; it
+follows the model chosen above) with Download and Import weights file…, and shows the bytes as they
+arrive and the outcome. The backend does the transfers; the panel asks for them and polls the model
 list from a timer, each call in a worker thread, so QGIS never waits for the backend.
+
+A gated model (SAM 3) is downloaded with the Hugging Face read token typed into the panel: sent with
+that download only, never saved (the backend does not keep it either). Its failure shows whole: it
+names the licence step.
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 
 from qgis.PyQt.QtCore import QTimer, pyqtSignal
@@ -19,6 +24,7 @@ from qgis.PyQt.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
@@ -27,6 +33,7 @@ from qgis.PyQt.QtWidgets import (
 
 from .backend_client import DEFAULT_MODEL, BackendClient, BackendError, ModelInfo, Transfer, first_sentence
 from .background import BackgroundCalls
+from .engines import SAM3_LICENCE_URL
 
 POLL_MS = 500
 PROGRESS_STEPS = 1000  # the bar counts thousandths: byte counts overflow its int
@@ -34,6 +41,22 @@ OK_COLOUR, BAD_COLOUR, IDLE_COLOUR = "#2e7d32", "#c62828", "#757575"
 VERBS = {"download": ("Downloading", "Downloaded"), "import": ("Importing", "Imported")}
 WEIGHTS_FILTER = "Weights (*.pt *.pth *.bin *.safetensors);;All files (*)"
 NO_LIST = "Start the backend (or check the connection) to list its models and fetch their weights."
+HUB_PLACEHOLDER = "Hugging Face read token (hf_…), not saved"
+HUB_TIP = (
+    "A gated model's weights are downloaded with the Hugging Face read token of an account that has "
+    "accepted its licence. It is sent to the backend with this download only, and saved neither by "
+    "the plugin nor by the backend. Empty: the backend's own (HF_TOKEN, RSOV_HF_TOKEN or `hf auth login`)"
+)
+HUB_STEPS = "make a <i>read</i> token (hub Settings → Access Tokens) and paste it here, then Download."
+
+
+def gated_steps(info: ModelInfo) -> str:
+    """What a person does before a gated model's download (rich text, with the licence page's link)."""
+    if info.kind == "sam3":
+        where = f'sign in at <a href="{SAM3_LICENCE_URL}">{SAM3_LICENCE_URL}</a> and accept the licence'
+    else:
+        where = "accept its licence on its Hugging Face page"
+    return f"{html.escape(info.name)}'s weights are gated: {where}, {HUB_STEPS}"
 
 
 def _combo(tip: str, editable: bool = False) -> QComboBox:
@@ -88,7 +111,7 @@ class ModelsPanel(QWidget):
         self.model_combo.lineEdit().editingFinished.connect(self.changed.emit)
         self.weights_combo = _combo(
             "The model whose weights Download and Import weights file… fetch into the "
-            "backend's cache (Segment Anything's for instance mode too)"
+            "backend's cache (Segment Anything's for instance mode too, SAM 3's for the SAM 3 engine)"
         )
         self.weights_combo.currentIndexChanged.connect(self._describe)
         self.download_button = QPushButton("Download")
@@ -96,6 +119,28 @@ class ModelsPanel(QWidget):
             "The backend downloads the weights into its cache, verified against their known sha256"
         )
         self.download_button.clicked.connect(self.download)
+        self.token_edit = QLineEdit()
+        self.token_edit.setObjectName("rsovHubToken")
+        self.token_edit.setEchoMode(QLineEdit.EchoMode.Password)
+        self.token_edit.setClearButtonEnabled(True)
+        self.token_edit.setPlaceholderText(HUB_PLACEHOLDER)
+        self.token_edit.setToolTip(HUB_TIP)
+        self.token_edit.returnPressed.connect(self.download)
+        self.gated_label = QLabel()
+        self.gated_label.setObjectName("rsovGatedSteps")
+        self.gated_label.setWordWrap(True)
+        self.gated_label.setOpenExternalLinks(True)
+        self.gated_box = QWidget()  # shown for a gated model only
+        gated = QVBoxLayout(self.gated_box)
+        gated.setContentsMargins(0, 0, 0, 0)
+        gated.addWidget(self.gated_label)
+        token_row = QHBoxLayout()
+        token_label = QLabel("Hub token")
+        token_label.setToolTip(HUB_TIP)
+        token_label.setBuddy(self.token_edit)
+        token_row.addWidget(token_label)
+        token_row.addWidget(self.token_edit, 1)
+        gated.addLayout(token_row)
         self.import_button = QPushButton("Import weights file…")
         self.import_button.setToolTip(
             "A weights file downloaded elsewhere (air-gapped sites), on the backend's "
@@ -115,6 +160,7 @@ class ModelsPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.weights_combo)
+        layout.addWidget(self.gated_box)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)  # a row of its own: its text is the bytes
         layout.addWidget(self.info_label)
@@ -174,6 +220,10 @@ class ModelsPanel(QWidget):
             self._show(f"{name}: weights present.", IDLE_COLOUR)
         else:
             self._show(f"{name}: weights missing. Download them, or import a file downloaded elsewhere.", IDLE_COLOUR)
+        gated = info is not None and info.gated and not info.weights_present
+        if info is not None and gated:
+            self.gated_label.setText(gated_steps(info))
+        self.gated_box.setVisible(gated)
         self._enable_buttons()
 
     def _enable_buttons(self) -> None:
@@ -182,6 +232,7 @@ class ModelsPanel(QWidget):
         self.download_button.setEnabled(idle and info is not None and info.downloadable)
         self.import_button.setEnabled(idle and info is not None)
         self.weights_combo.setEnabled(idle)
+        self.token_edit.setEnabled(idle)
 
     def _show(self, text: str, colour: str, detail: str = "") -> None:
         self.info_label.setText(text)
@@ -190,10 +241,13 @@ class ModelsPanel(QWidget):
 
     # --- transfers ---------------------------------------------------------------------------
     def download(self) -> None:
-        """Have the backend download the weights of the model shown."""
+        """Have the backend download the weights of the model shown (a gated one's with the token typed)."""
         name = self.weights_model()
-        if name:
-            self._begin(name, lambda client: client.download_model(name))
+        if not name or self._transfer is not None:
+            return
+        info = self._models.get(name)
+        token = self.token_edit.text().strip() if info is not None and info.gated else ""
+        self._begin(name, lambda client: client.download_model(name, token or None))
 
     def import_file(self, path: str) -> None:
         """Have the backend verify the weights file ``path`` (on its machine) and copy it into its
@@ -276,12 +330,17 @@ class ModelsPanel(QWidget):
             self._show(f"{verb} the weights of {name}: {transfer.amount()}…", IDLE_COLOUR)
 
     def _finished(self, name: str, transfer: Transfer) -> None:
+        info = self._models.get(name)
+        gated = info is not None and info.gated
         if transfer.state == "done":
             verb = VERBS.get(transfer.kind, ("", "Fetched"))[1]
+            if gated:
+                self.token_edit.clear()  # its work is done: it is not kept in the panel either
             self._end(name, f"{verb} the weights of {name}: {transfer.path}", OK_COLOUR)
         else:
             error = transfer.error or "The backend gave no reason."
-            self._end(name, first_sentence(error), BAD_COLOUR, error)
+            # a gated model's refusal whole: what follows its first sentence is the licence step
+            self._end(name, error if gated else first_sentence(error), BAD_COLOUR, error)
 
     def _end(self, name: str, text: str, colour: str, detail: str = "") -> None:
         """The outcome (the full message as the tooltip); the buttons are free again."""

@@ -43,6 +43,7 @@ from qgis.PyQt.QtGui import QIcon
 from . import schema
 from .area import mask_request
 from .backend_client import (
+    ENGINE_CLIP,
     REFINE_SAM,
     BackendClient,
     BackendError,
@@ -54,6 +55,7 @@ from .backend_client import (
 )
 from .backend_process import BackendProcess, find_executable, serve_shell_command, start_and_wait
 from .compat import enum_value
+from .engines import ENGINE_TIP, ENGINES
 from .examples import ExampleError, ExampleSet
 from .extent import ExtentError, chip_pipe, raster_request, write_chip
 from .instance import CLASS_PROMPTS, NUMBER_OPTIONS
@@ -123,7 +125,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         "OUTPUT",
     )
     MODE, EXAMPLES, EXAMPLES_CLASS, CLASS_PROMPTS = "MODE", "EXAMPLES", "EXAMPLES_CLASS", "CLASS_PROMPTS"
-    MASK, REFINE = "MASK", "REFINE"
+    MASK, REFINE, ENGINE = "MASK", "REFINE", "ENGINE"
     MODES = ("semantic", "instance")
     _post_processors: list[_EmbeddedStyle] = []  # kept alive until QGIS has used them
 
@@ -148,6 +150,9 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             "regions. Its optional examples are polygons of objects like those wanted, their class "
             "(one of the vocabulary's class names) in the examples' class field; examples of other "
             "classes, or off the raster, are not used. The instance options are under Advanced.\n\n"
+            "Engine 'sam3' has Meta's SAM 3 find every object of each class (semantic mode: land-cover "
+            "classes such as grass, water or road from CLIP); its gated weights must be on the backend "
+            "(`rsov models --download sam3`, after accepting the licence at huggingface.co/facebook/sam3).\n\n"
             "The output is a GeoPackage (layer 'rsov') with the review status field and the class style "
             "saved inside."
         )
@@ -195,10 +200,16 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(
             QgsProcessingParameterEnum(self.MODE, "Mode", list(self.MODES), False, self.MODES[0], False, True)
         )
+        engines = [key for key, _ in ENGINES]
+        engine = QgsProcessingParameterEnum(
+            self.ENGINE, "Engine (clip: CLIP, any vocabulary; sam3: SAM 3)", engines, False, ENGINE_CLIP, False, True
+        )
+        engine.setHelp(ENGINE_TIP)
+        self.addParameter(engine)
         advanced = enum_value(
             (Qgis, "ProcessingParameterFlag.Advanced"), (QgsProcessingParameterDefinition, "FlagAdvanced")
         )
-        refine = QgsProcessingParameterBoolean(self.REFINE, f"{REFINE[0]} (semantic mode)", False)
+        refine = QgsProcessingParameterBoolean(self.REFINE, f"{REFINE[0]} (semantic mode, clip engine)", False)
         refine.setHelp(REFINE[1])
         self._add_advanced(refine, advanced)
         self.addParameter(
@@ -274,11 +285,13 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(exc)) from None
         settings = Settings.load()
         resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context)
-        refine = self.parameterAsBoolean(parameters, self.REFINE, context)
+        engine = self.parameterAsEnumString(parameters, self.ENGINE, context) or ENGINE_CLIP
+        refine = self.parameterAsBoolean(parameters, self.REFINE, context) and engine == ENGINE_CLIP
         options = SegmentOptions(
             threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
             resolution=resolution or None,
             refine=REFINE_SAM if refine else None,
+            engine=None if engine == ENGINE_CLIP else engine,
         )
         instance = self._instance(parameters, context)
         extent = None

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""The panel's Segment tab: the raster, area, mode and options, the vocabulary, the estimate line,
+"""The panel's Segment tab: the raster, area, mode, engine and options, the vocabulary, the estimate line,
 and Segment/Cancel with the job's stage and progress.
 
 Widgets and their wiring only; the dock turns what they show into a job (:mod:`task`).
@@ -25,8 +25,9 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .area import AREAS, MASK, VISIBLE
-from .backend_client import REFINE_SAM, InstanceOptions, SegmentOptions
+from .backend_client import ENGINE_CLIP, REFINE_SAM, InstanceOptions, SegmentOptions
 from .compat import enum_value
+from .engines import ENGINE_TIP, ENGINES
 from .instance_panel import InstancePanel
 from .paths import PRESETS
 from .semantic import REFINE
@@ -92,13 +93,19 @@ class SegmentTab(QWidget):
         self.mode_combo.addItem("Semantic (classes per pixel)", "semantic")
         self.mode_combo.addItem("Instance (one polygon per object)", "instance")
         self.mode_combo.setToolTip(
-            "Semantic: every pixel gets a class, polygons are regions. Instance: "
-            "Segment Anything proposes objects and CLIP names each; the backend loads "
-            "its SAM model (rsov serve --sam) on the first instance job"
+            "Semantic: every pixel gets a class, polygons are regions. Instance: one polygon "
+            "per object; with the CLIP engine Segment Anything proposes objects and CLIP names "
+            "each (the backend loads its SAM model, rsov serve --sam, on the first instance job)"
         )
         self.instance_panel = InstancePanel(iface, settings, message)
         self.mode_combo.setCurrentIndex(max(0, self.mode_combo.findData(settings.mode)))
         self.mode_combo.currentIndexChanged.connect(self._on_mode_changed)
+        self.engine_combo = QComboBox()
+        for key, text in ENGINES:
+            self.engine_combo.addItem(text, key)
+        self.engine_combo.setToolTip(ENGINE_TIP)
+        self.engine_combo.setCurrentIndex(max(0, self.engine_combo.findData(settings.engine)))
+        self.engine_combo.currentIndexChanged.connect(self._on_engine_changed)
         self.threshold_spin = QgsDoubleSpinBox()
         self.threshold_spin.setRange(0.0, 1.0)
         self.threshold_spin.setSingleStep(0.05)
@@ -157,6 +164,7 @@ class SegmentTab(QWidget):
         form.addRow("Raster", self.raster_combo)
         form.addRow("Area", area_row)
         form.addRow("Mode", self.mode_combo)
+        form.addRow("Engine", self.engine_combo)
         form.addRow("Threshold", self.threshold_spin)
         form.addRow("Resolution", self.resolution_spin)
         form.addRow(self.refine_check)
@@ -185,12 +193,19 @@ class SegmentTab(QWidget):
         """Replace the vocabulary editor's classes."""
         self.vocabulary_editor.set_classes(classes)
 
+    def engine(self) -> str:
+        """The engine chosen: ENGINE_CLIP or ENGINE_SAM3."""
+        return self.engine_combo.currentData() or ENGINE_CLIP
+
     def options(self) -> SegmentOptions:
-        """The threshold, resolution (None: auto) and refinement shown."""
+        """The threshold, resolution (None: auto), refinement (the CLIP engine's alone) and engine
+        (None: CLIP, the backend's default) shown."""
+        clip = self.engine() == ENGINE_CLIP
         return SegmentOptions(
             threshold=self.threshold_spin.value(),
             resolution=self.resolution_spin.value() or None,
-            refine=REFINE_SAM if self.refine_check.isChecked() else None,
+            refine=REFINE_SAM if clip and self.refine_check.isChecked() else None,
+            engine=None if clip else self.engine(),
         )
 
     def instance_options(self) -> InstanceOptions | None:
@@ -238,8 +253,19 @@ class SegmentTab(QWidget):
         self.settings.mode = self.mode_combo.currentData()
         self.settings.save()
         self.instance_panel.setVisible(self.settings.mode == "instance")
-        self.refine_check.setVisible(self.settings.mode == "semantic")
+        self._show_engine_options()
         self.inputs_changed.emit()
+
+    def _on_engine_changed(self, *_args) -> None:
+        self.settings.engine = self.engine()
+        self.settings.save()
+        self._show_engine_options()
+        self.inputs_changed.emit()
+
+    def _show_engine_options(self) -> None:
+        """Refining with SAM's regions is for the CLIP engine in semantic mode; SAM 3 uses no point grid."""
+        self.refine_check.setVisible(self.settings.mode == "semantic" and self.engine() == ENGINE_CLIP)
+        self.instance_panel.set_engine(self.engine())
 
     def _on_area_changed(self, *_args) -> None:
         area = self.area_combo.currentData()

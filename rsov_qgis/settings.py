@@ -14,7 +14,7 @@ from pathlib import Path
 
 from qgis.core import QgsApplication, QgsSettings
 
-from .backend_client import DEFAULT_TOKEN_FILE, DEFAULT_URL, BackendClient, InstanceOptions
+from .backend_client import DEFAULT_TOKEN_FILE, DEFAULT_URL, ENGINE_CLIP, BackendClient, InstanceOptions
 from .install_backend import Request, default_prefix
 
 PREFIX = "rsov/"
@@ -51,6 +51,7 @@ class Settings:
     area: str = "visible"  # the processing area: "visible" (extent), "layer" (whole) or "mask" (selected polygons)
     vocabulary: str = ""  # the last vocabulary, in the text format
     mode: str = "semantic"  # or "instance"
+    engine: str = ENGINE_CLIP  # or "sam3": SAM 3 finds every object of each class
     refine: bool = False  # semantic mode: clean the map with SAM's regions (refine "sam")
     # instance mode (InstanceOptions' fields)
     object_threshold: float = InstanceOptions.object_threshold

@@ -598,3 +598,99 @@ def test_instances_through_the_real_engine(tmp_path):
     assert run["per_class"]["AP@0.5"] == [100.0, pytest.approx(100 * 51 / 101, abs=0.01)]
     assert run["per_class"]["R@100 (IoU 0.6)"] == [100.0, 50.0]
     assert run["per_image"] == [{"image": "scene.png", "detections": 3}]
+
+
+def test_instance_sweep_over_engines_scores_each_per_class(tmp_path):
+    """``--sweep engine=clip,sam3``: one run per engine, each scored per class on the same rectangles."""
+    from oracle import OracleConcepts, OracleEncoder, OracleProposer, OracleText
+
+    from rsov.engine import Engine
+
+    image = np.empty((448, 448, 3), np.uint8)
+    image[:] = PALETTE["grey"][0]
+    boxes = [("red", (32, 32, 96, 128)), ("blue", (320, 320, 400, 416))]  # a building, a lake
+    annotations = []
+    for k, (colour, (r0, c0, r1, c1)) in enumerate(boxes):
+        image[r0:r1, c0:c1] = PALETTE[colour][0]
+        annotations.append(
+            {
+                "id": k + 1,
+                "image_id": 1,
+                "category_id": k + 1,
+                "iscrowd": 0,
+                "segmentation": [[c0, r0, c1, r0, c1, r1, c0, r1]],
+                "area": float((r1 - r0) * (c1 - c0)),
+                "bbox": [c0, r0, c1 - c0, r1 - r0],
+            }
+        )
+    image[200:240, 40:80] = PALETTE["red"][0]  # a red square nobody annotated: a false building for both
+    (tmp_path / "images").mkdir()
+    Image.fromarray(image).save(tmp_path / "images" / "scene.png")
+    coco = {
+        "images": [{"id": 1, "file_name": "scene.png", "width": 448, "height": 448}],
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "building"}, {"id": 2, "name": "water"}],
+    }
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    # CLIP's oracle knows "roof" and "water", SAM 3's "roof" (0.9) and "pool" (0.7)
+    (tmp_path / "classes.txt").write_text("building,roof\nwater,pool\n")
+    text = OracleText()
+    engine = Engine(
+        OracleEncoder(),
+        lambda templates: text,
+        name="oracle",
+        proposer_factory=OracleProposer,
+        detector_factory=OracleConcepts,
+    )
+    segmenter = EngineSegmenter(load=lambda spec: engine)
+    args = ["instance", "--images", tmp_path / "images", "--annotations", tmp_path / "coco.json"]
+    args += ["--classes-file", tmp_path / "classes.txt", "--cls-lambda", 0, "--out", tmp_path / "out", "--quiet"]
+    assert run_eval(parse(*args, "--sweep", "engine=clip,sam3"), segmenter) == 0
+    runs = results(tmp_path / "out")["runs"]
+    assert [r["name"] for r in runs] == ["engine=clip", "engine=sam3"]
+    assert [r["options"]["engine"] for r in runs] == ["clip", "sam3"]
+    for run in runs:  # either engine finds both objects, and the unannotated red square as a building
+        assert run["per_class"]["R@100 (IoU 0.6)"] == [100.0, 100.0]
+        assert run["per_image"] == [{"image": "scene.png", "detections": 3}]
+        assert run["per_class"]["AP@0.5"][1] == 100.0
+    assert [texts for _, texts in engine.detector.calls] == [("building", "roof", "water", "pool")]  # one tile
+    assert "| engine=sam3 |" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_semantic_sweep_over_engines_with_the_tiny_models(shared_data, tmp_path, monkeypatch):
+    """``rsov eval semantic --sweep engine=clip,sam3`` through the real loading path (tiny CLIP, tiny SAM 3):
+    both runs are scored per class."""
+    monkeypatch.setenv("RSOV_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RSOV_OFFLINE", "1")
+    out = tmp_path / "engines"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny models say their output is meaningless
+        code = run_eval(
+            parse(
+                "semantic",
+                "--dataset",
+                "potsdam",
+                "--images",
+                shared_data / "potsdam" / "img_dir",
+                "--labels",
+                shared_data / "potsdam" / "ann_dir",
+                "--model",
+                "tiny-random",
+                "--templates",
+                "plain",
+                "--device",
+                "cpu",
+                "--sweep",
+                "engine=clip,sam3",
+                "--out",
+                out,
+                "--quiet",
+            ),
+            EngineSegmenter("cpu"),
+        )
+    assert code == 0
+    runs = results(out)["runs"]
+    assert [r["swept"] for r in runs] == [{"engine": "clip"}, {"engine": "sam3"}]
+    for run in runs:
+        assert len(run["per_class"]["IoU"]) == 6 and run["metrics"]["mIoU"] is not None
+    assert runs[0]["per_class"] != runs[1]["per_class"]  # two engines, two answers

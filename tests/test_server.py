@@ -817,3 +817,29 @@ def test_a_semantic_job_refined_with_sam_regions(server, oem):
     assert response.status_code == 400 and "raster's own pixels" in response.json()["error"]["message"]
     response = server.http("POST", "/v1/jobs", json=dict(body, options={"refine": "crf"}))
     assert response.status_code == 422
+
+
+def test_sam3_jobs_in_both_modes_and_their_bad_input(server, oem):
+    """The sam3 engine through HTTP (the tiny random SAM 3 the tiny backend defaults to)."""
+    bbox = (346100.0, 5647600.0, 346300.0, 5647800.0)
+    base = {"raster": oem, "bbox": bbox, "bbox_crs": "EPSG:25832", "classes": ["building,roof", "grass"]}
+    options = {"engine": "sam3", "object_threshold": 0.1, "tile": 512, "tile_overlap": 64}
+    for mode in ("instance", "semantic"):
+        response = server.http("POST", "/v1/jobs", json={**base, "mode": mode, "options": options})
+        assert response.status_code == 202, response.text
+        status = server.client.wait(response.json()["job_id"], timeout=300)
+        assert status["state"] == "done", status
+        features = server.client.result(response.json()["job_id"])["features"]
+        assert features  # threshold 0.1 keeps the random model's detections; semantic adds grass from CLIP
+        if mode == "instance":
+            assert status["summary"]["kept"] == len(features)
+            assert all("instance_id" in f["properties"] for f in features)
+            assert {f["properties"]["class"] for f in features} <= {"building", "grass"}
+        else:
+            assert status["summary"] is None
+    long = {**base, "classes": [" ".join(["roof"] * 40)], "options": options}
+    response = server.http("POST", "/v1/jobs", json=long)
+    assert response.status_code == 400 and "SAM 3 reads at most 30" in response.json()["error"]["message"]
+    unknown = {**base, "options": {"engine": "sam4"}}
+    response = server.http("POST", "/v1/jobs", json=unknown)
+    assert response.status_code == 422 and "sam3" in response.text

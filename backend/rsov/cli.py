@@ -197,7 +197,7 @@ def _progress(args: argparse.Namespace):
     def stage(name: str, fraction: float) -> None:
         bar.set_description(name, refresh=False)
         left = describe_remaining(clock.remaining(fraction))
-        bar.set_postfix_str(f", {left}" if left else "", refresh=False)
+        bar.set_postfix_str(left or "", refresh=False)  # tqdm puts the ", " before it
         bar.update(max(0, round(fraction * 100) - bar.n))
         bar.refresh()
 
@@ -295,7 +295,7 @@ def _preview_of(request, bounds, classes, names: list[str], path: str) -> None:
     chip = read_chip(request.raster, bounds, None, request.bands, max_side=2048)
     h, w = chip.image.shape[:2]
     if isinstance(classes, np.ndarray):
-        shown = np.asarray(Image.fromarray(classes.astype(np.int32)).resize((w, h), Image.NEAREST))
+        shown = np.asarray(Image.fromarray(classes.astype(np.int32)).resize((w, h), Image.Resampling.NEAREST))
     else:
         from rasterio.enums import Resampling
 

@@ -374,14 +374,31 @@ class Engine:
             raise InputError("The requested extent contains only nodata pixels.")
         timings = {"segment_s": time.perf_counter() - t}
         prediction = Prediction(class_map, score_map, vocabulary.names)
+        return self._semantic_result(
+            request, vocabulary, prediction, valid, job_plan.transform, job_plan, timings, stats, report
+        )
+
+    def _semantic_result(
+        self,
+        request: SegmentRequest,
+        vocabulary: Vocabulary,
+        prediction: Prediction,
+        valid: np.ndarray,
+        transform: Affine,
+        job_plan: Plan,
+        timings: dict,
+        stats: WindowStats,
+        report: StageFn,
+    ) -> SegmentResult:
+        """A class map's result: its polygons per class (``transform``: its pixel -> the raster's CRS)."""
         t = time.perf_counter()
         report("vectorizing", 0.95)
         features = (
             polygonize(
-                class_map,
-                score_map,
+                prediction.class_map,
+                prediction.score_map,
                 valid,
-                job_plan.transform,
+                transform,
                 job_plan.crs,
                 vocabulary.names,
                 request.simplify_px,
@@ -396,7 +413,7 @@ class Engine:
             vocabulary,
             prediction,
             features,
-            job_plan.transform,
+            transform,
             job_plan.crs,
             job_plan.bounds,
             job_plan,
@@ -571,10 +588,10 @@ class Engine:
         asked = self.plan(replace(request, max_side=request.max_side or INSTANCE_MAX_SIDE))
         tiles, work = self._sam_tiles(request, asked)
         chip = self._read_chip(request, asked, work, tiles, timings, report)
-        shape = chip.valid.shape
+        shape = height, width = chip.valid.shape
         origin = (work.out.row0, work.out.col0)
         local = (
-            sliding_windows(*shape, request.instance.tile, request.instance.tile - request.instance.tile_overlap)
+            sliding_windows(height, width, request.instance.tile, request.instance.tile - request.instance.tile_overlap)
             if tiles is None
             else [(y0 - origin[0], x0 - origin[1], y1 - origin[0], x1 - origin[1]) for y0, x0, y1, x1 in tiles]
         )
@@ -635,43 +652,13 @@ class Engine:
     ) -> SegmentResult:
         """A fused class map cut to the extent asked for, and its polygons per class."""
         oy, ox = asked.out.row0 - work.out.row0, asked.out.col0 - work.out.col0
-        h, w = asked.out.height, asked.out.width
-        rows, cols = slice(oy, oy + h), slice(ox, ox + w)
-        class_map, score_map = prediction.class_map[rows, cols], prediction.score_map[rows, cols]
+        rows, cols = slice(oy, oy + asked.out.height), slice(ox, ox + asked.out.width)
         valid = chip.valid[rows, cols]
         if not valid.any():
             raise InputError("The requested extent contains only nodata pixels.")
+        cut = Prediction(prediction.class_map[rows, cols], prediction.score_map[rows, cols], prediction.class_names)
         transform = chip.transform @ Affine.translation(ox, oy)
-        t = time.perf_counter()
-        report("vectorizing", 0.95)
-        features = (
-            polygonize(
-                class_map,
-                score_map,
-                valid,
-                transform,
-                chip.crs,
-                vocabulary.names,
-                request.simplify_px,
-                request.min_area_m2,
-            )
-            if request.vectorize
-            else []
-        )
-        timings["vectorize_s"] = time.perf_counter() - t
-        report("done", 1.0)
-        return SegmentResult(
-            vocabulary,
-            Prediction(class_map, score_map, vocabulary.names),
-            features,
-            transform,
-            chip.crs,
-            asked.bounds,
-            asked,
-            timings,
-            stats.encoded,
-            stats.cached,
-        )
+        return self._semantic_result(request, vocabulary, cut, valid, transform, asked, timings, stats, report)
 
     def _semantic_share(self, request: SegmentRequest, work: Plan, tiles: int) -> float:
         """The fraction of an instance job's time the semantic pass is expected to take (windows to encode

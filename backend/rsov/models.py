@@ -30,6 +30,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import open_clip
@@ -38,6 +39,9 @@ from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
 from . import weights
 from .errors import InputError, WeightsMissingError
+
+if TYPE_CHECKING:
+    from .instance.sam3_build import Sam3Size
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +326,7 @@ def _missing(spec: ModelSpec) -> WeightsMissingError:
 def _licence_step(spec: ModelSpec) -> str:
     return (
         f"They are gated: sign in at {spec.licence_url}, accept the licence there, then make a read token "
-        "available (HF_TOKEN or RSOV_HF_TOKEN, `hf auth login`, or the token field of the plugin's Models tab) "
+        "available (HF_TOKEN or RSOV_HF_TOKEN, `hf auth login`, or the Hub token field in the plugin's Backend tab) "
         f"and run `rsov models --download {spec.name}`; or download {spec.checkpoint} there and run "
         f"`rsov models --import {spec.checkpoint} --name {spec.name}`."
     )
@@ -559,7 +563,7 @@ def load_sam3_file(spec: ModelSpec, path: Path | None) -> torch.nn.Module:
     return model
 
 
-def load_sam3(name: str = DEFAULT_SAM3, device: str | torch.device = "cpu"):
+def load_sam3(name: str = DEFAULT_SAM3, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Sam3Size, str]:
     """The SAM 3 model called ``name`` in eval mode, its size and an id of its weights. Never downloads:
     missing weights raise WeightsMissingError naming the licence step (``rsov models --download``)."""
     from .instance.sam3_build import SAM3_SIZES

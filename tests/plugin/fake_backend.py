@@ -10,7 +10,9 @@ background proposal; a done instance job tells them in its ``summary`` (and mess
 result is refused as ``too_large`` (413) past ``geojson_limit`` features; ``?format=gpkg`` always
 answers. ``POST /v1/estimate`` answers figures derived from the raster's resolution (or the fixed
 one) and the bbox. Job bodies are recorded in ``requests``, estimate bodies in ``estimates``, weights
-imports in ``imports`` (downloads and imports of the fake model stay running).
+imports in ``imports`` and download bodies in ``downloads`` (downloads and imports of the fake model
+stay running). The model list also has the gated ``sam3`` (SAM 3): its download runs only with the
+``hub_token`` of an account that accepted its licence, and fails otherwise, naming the licence step.
 
 It answers only what ``rsov serve`` answers (docs/api/openapi.json, the contract; the plugin's
 test_plugin_contract.py checks every answer against it): bodies that are not a JobRequest or an
@@ -41,6 +43,13 @@ gdal.UseExceptions()
 CONTRACT = Path(__file__).resolve().parents[2] / "docs" / "api" / "openapi.json"  # what the backend serves
 COMPONENTS = json.loads(CONTRACT.read_text(encoding="utf-8"))["components"]
 FAST_REASON = "this stand-in runs nothing: fp32"
+SAM3 = "sam3"  # the gated model
+SAM3_HUB = "https://huggingface.co/facebook/sam3"
+SAM3_LICENCE_STEP = (  # as the backend words it (rsov.models)
+    f"They are gated: sign in at {SAM3_HUB}, accept the licence there, then make a read token available "
+    "(HF_TOKEN or RSOV_HF_TOKEN, `hf auth login`, or the Hub token field in the plugin's Backend tab) and run "
+    "`rsov models --download sam3`; or download sam3.pt there and run `rsov models --import sam3.pt --name sam3`."
+)
 # (method, path pattern) of every route of the backend; the other paths answer 404, other methods 405
 ROUTES = (
     ("GET", "v1/health"),
@@ -116,6 +125,8 @@ class FakeBackend:
     estimates: list = field(default_factory=list)
     results: list = field(default_factory=list)  # the query string of each result download
     imports: list = field(default_factory=list)  # the body of each weights import
+    downloads: list = field(default_factory=list)  # the body of each weights download (None: none sent)
+    hub_token: str = "hf_licence_accepted"  # the Hugging Face token whose account accepted SAM 3's licence
     transfers: dict = field(default_factory=dict)  # the latest transfer of a model's weights, by name
     server: ThreadingHTTPServer | None = None
 
@@ -199,7 +210,20 @@ class FakeBackend:
                             "downloadable": False,
                             "loaded": True,
                             "transfer": self.transfers.get(self.model),
-                        }
+                        },
+                        {
+                            "name": SAM3,
+                            "kind": "sam3",
+                            "arch": "sam3",
+                            "description": "Meta Segment Anything 3 (848M; gated: accept its licence on the hub first)",
+                            "weights_present": False,
+                            "path": None,
+                            "size_bytes": None,
+                            "sha256": None,
+                            "downloadable": True,
+                            "loaded": False,
+                            "transfer": self.transfers.get(SAM3),
+                        },
                     ]
                 },
             )
@@ -250,7 +274,8 @@ class FakeBackend:
         self._send(http, status, {"error": {"code": code, "message": message}})
 
     def _transfer(self, http, name: str, kind: str) -> None:
-        """A download or import of the fake model's weights: recorded, and always running."""
+        """A download or import of the fake model's or SAM 3's weights: recorded, and running (but a
+        download of SAM 3 without the accepted ``hub_token`` fails once it has started)."""
         body = None
         if kind == "import":
             try:
@@ -261,7 +286,13 @@ class FakeBackend:
             error = _schema_error(body, "ImportRequest")
             if error:
                 return self._error(http, 422, "invalid_request", error)
-        if name != self.model:
+        else:  # the optional DownloadRequest, recorded as sent (the tests check it against the contract)
+            raw = http.rfile.read(int(http.headers.get("Content-Length", 0)))
+            try:
+                self.downloads.append(json.loads(raw) if raw else None)
+            except ValueError:
+                self.downloads.append(raw)  # no DownloadRequest: the tests' contract check says so
+        if name not in (self.model, SAM3):
             return self._error(
                 http, 404, "no_such_model", f"No model '{name}' with a weights file (see GET /v1/models)."
             )
@@ -272,6 +303,16 @@ class FakeBackend:
         transfer = {"kind": kind, "state": "running", "done_bytes": 0, "total_bytes": None, "path": None, "error": None}
         self.transfers[name] = transfer
         self._send(http, 202, {"name": name, "transfer": transfer})
+        if name == SAM3 and kind == "download":
+            sent = self.downloads[-1]
+            token = sent.get("hub_token") if isinstance(sent, dict) else None
+            if token != self.hub_token:  # the hub refuses the download; the next model list tells why
+                why = (
+                    f"Downloading '{SAM3}' needs a Hugging Face token."
+                    if not token
+                    else f"{SAM3_HUB}/resolve/main/sam3.pt refused the download (HTTP 403)."
+                )
+                self.transfers[name] = dict(transfer, state="failed", error=f"{why} {SAM3_LICENCE_STEP}")
 
     def _read_job(
         self, http, multipart: bool, without_raster: str, estimate: bool = False

@@ -182,6 +182,7 @@ def test_every_answer_of_the_stand_in_is_one_the_contract_documents(fake_backend
     assert _call(fake, "GET", "/v1/models", token=False) == 401
     assert _call(fake, "POST", f"/v1/models/{fake.model}/download") == 202
     assert _call(fake, "POST", "/v1/models/no-such-model/download") == 404
+    assert _call(fake, "POST", "/v1/models/sam3/download", {"hub_token": "hf_no_licence"}) == 202  # then failed
     assert _call(fake, "POST", f"/v1/models/{fake.model}/import", {"path": raster}) == 202
     assert _call(fake, "GET", "/v1/models") == 200  # with the transfer
     assert _call(fake, "POST", f"/v1/models/{fake.model}/import", {"path": "relative.pth"}) == 400
@@ -319,6 +320,7 @@ def every_option() -> SegmentOptions:
         templates="remote-sensing",
         background=["background", "grass"],
         refine=backend_client.REFINE_SAM,
+        engine=backend_client.ENGINE_SAM3,
     )
 
 
@@ -373,12 +375,19 @@ def test_the_bodies_the_client_sends_are_the_contracts(client_of_fake, fake_back
     client_of_fake.estimate(dataclasses.replace(request, instance=None, examples=None))
     client_of_fake.import_model(fake_backend.model, str(oem_raster))
     client_of_fake.download_model(fake_backend.model)
+    client_of_fake.download_model("sam3", "hf_a_read_token")
     sent = [r["json"] for r in fake_backend.requests] + fake_backend.estimates
     assert len(sent) == 3 and fake_backend.requests[1]["chip"] and "raster" not in sent[1]
     for body in sent:
         assert not errors_of(body, component("JobRequest")), body
+    assert sent[0]["options"]["engine"] == "sam3"
     assert fake_backend.imports == [{"path": str(oem_raster)}]
     assert not errors_of(fake_backend.imports[0], component("ImportRequest"))
+    assert fake_backend.downloads == [None, {"hub_token": "hf_a_read_token"}]  # no body without a token
+    body_schema = operation("POST", "/v1/models/x/download")["requestBody"]["content"]["application/json"]["schema"]
+    for body in fake_backend.downloads:
+        assert not errors_of(body, body_schema), body
+    assert not errors_of(fake_backend.downloads[1], component("DownloadRequest"))
 
 
 @pytest.fixture
@@ -415,8 +424,9 @@ def test_the_estimate_figures_the_plugin_shows_are_in_the_answer():
 # --- the plugin's defaults are the backend's ---------------------------------------------------
 
 # The plugin's None means "not sent": the backend's default applies. Where the plugin counts on that
-# default being a particular value, it is named here (SegmentOptions: refine None is "none").
-MEANS_WHEN_UNSENT = {"refine": "none", "resolution": None}
+# default being a particular value, it is named here (SegmentOptions: refine None is "none", engine None
+# is "clip": not sending the default also keeps backends from before the engine option working).
+MEANS_WHEN_UNSENT = {"refine": "none", "resolution": None, "engine": backend_client.ENGINE_CLIP}
 # Settings store some options in their own form: resolution 0 is auto (not sent), refine is a checkbox.
 SETTING_MEANS = {
     "resolution": lambda value: None if not value else value,
@@ -443,9 +453,13 @@ def test_the_settings_defaults_are_the_backends():
     from rsov_qgis.settings import Settings
 
     defaults = _defaults(Settings)
-    assert {"threshold", "resolution", "refine", *(f.name for f in dataclasses.fields(InstanceOptions))} <= set(
-        defaults
-    )
+    assert {
+        "threshold",
+        "resolution",
+        "refine",
+        "engine",
+        *(f.name for f in dataclasses.fields(InstanceOptions)),
+    } <= set(defaults)
     for name, value in defaults.items():
         meant = SETTING_MEANS.get(name, lambda v: v)(value)
         assert meant == OPTIONS[name].get("default"), ("Settings", name, value, OPTIONS[name].get("default"))
@@ -454,3 +468,20 @@ def test_the_settings_defaults_are_the_backends():
 def test_the_dock_sends_the_backends_defaults(dock):
     sent = {**dock.segment_page.options().to_json(), **dock.segment_page.instance_panel.options().to_json()}
     assert sent and all(value == OPTIONS[name].get("default") for name, value in sent.items()), sent
+    assert dock.segment_page.engine() == OPTIONS["engine"]["default"]
+
+
+def test_the_engines_the_plugin_offers_are_the_contracts():
+    from rsov_qgis.engines import ENGINES
+
+    offered = [key for key, _ in ENGINES]
+    assert offered == OPTIONS["engine"]["enum"] and offered[0] == OPTIONS["engine"]["default"]  # the default first
+    assert {backend_client.ENGINE_CLIP, backend_client.ENGINE_SAM3} == set(offered)
+
+
+def test_the_gated_model_row_is_one_the_plugin_knows():
+    assert "sam3" in COMPONENTS["schemas"]["ModelRow"]["properties"]["kind"]["enum"]
+    row = {"name": "sam3", "kind": "sam3", "description": "Meta Segment Anything 3 (848M; gated: accept ...)"}
+    assert backend_client.ModelInfo.from_json(row).gated
+    assert not backend_client.ModelInfo.from_json(dict(row, name="sam-vit-b", kind="sam", description="SAM")).gated
+    assert set(COMPONENTS["schemas"]["DownloadRequest"]["properties"]) == {"hub_token"}  # what download_model sends

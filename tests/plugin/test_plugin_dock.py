@@ -14,6 +14,7 @@ from qgis.core import (
     QgsProject,
     QgsRasterLayer,
     QgsRectangle,
+    QgsSettings,
     QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import Qt
@@ -21,6 +22,7 @@ from qgis.PyQt.QtGui import QColor
 from qgis.PyQt.QtWidgets import QApplication, QLineEdit
 
 from rsov_qgis import classFactory, schema
+from rsov_qgis.backend_client import ModelInfo
 from rsov_qgis.dock import NO_BACKEND, RsovDock
 from rsov_qgis.palette import class_colour
 from rsov_qgis.results import GROUP
@@ -576,3 +578,96 @@ def test_the_stage_line_tells_the_time_left(fake_backend, dock, oem_layer, qgis_
     _screenshot(dock, qtbot, "progress.png")
     dock.cancel()
     qtbot.waitUntil(lambda: dock.task is None, timeout=TIMEOUT_MS)
+
+
+# --- the engine -----------------------------------------------------------------------------------
+def test_the_engine_is_sent_remembered_and_sam3_has_no_sam_refinement(
+    fake_backend, dock, oem_layer, qgis_canvas, qgis_iface, qtbot
+):
+    combo = dock.engine_combo
+    assert [(combo.itemData(i), combo.itemText(i)) for i in range(combo.count())] == [
+        ("clip", "CLIP (training-free, any vocabulary)"),
+        ("sam3", "SAM 3 (finds every object of each class)"),
+    ]
+    assert combo.currentData() == "clip" and combo.isVisibleTo(dock)
+    tip = combo.toolTip()
+    assert "rsov models --download sam3" in tip and "https://huggingface.co/facebook/sam3" in tip
+    assert "grass, water or road" in tip and "CLIP" in tip
+    dock.refine_check.setChecked(True)
+    _show_central_half(qgis_canvas, oem_layer)
+    _run(dock, qtbot)
+    assert fake_backend.requests[0]["json"]["options"] == {"threshold": 0.3, "refine": "sam"}  # CLIP: not sent
+    combo.setCurrentIndex(combo.findData("sam3"))
+    assert Settings.load().engine == "sam3"
+    assert not dock.refine_check.isVisibleTo(dock)  # refining with SAM's regions is the CLIP engine's
+    _run(dock, qtbot)
+    assert fake_backend.requests[1]["json"]["options"] == {"threshold": 0.3, "engine": "sam3"}
+    dock.resize(520, 900)
+    dock.tabs.setCurrentWidget(dock.tabs.widget(0))
+    _screenshot(dock, qtbot, "engine_sam3.png")
+    # instance mode: SAM 3 finds its objects from the class names, not from Segment Anything's point grid
+    dock.mode_combo.setCurrentIndex(dock.mode_combo.findData("instance"))
+    spins = dock.instance_panel.spins
+    assert spins["object_threshold"].isEnabled() and not spins["points_per_side"].isEnabled()
+    assert not dock.instance_panel.prompts_check.isEnabled()
+    assert spins["pred_iou"].toolTip().startswith("Not used by the SAM 3 engine")
+    _run(dock, qtbot)
+    sent = fake_backend.requests[2]["json"]
+    assert sent["mode"] == "instance" and sent["options"]["engine"] == "sam3"
+    assert _messages(qgis_iface, "Critical") == []
+    again = RsovDock(qgis_iface)  # the next session
+    qtbot.addWidget(again)
+    try:
+        assert again.engine_combo.currentData() == "sam3" and again.segment_page.options().engine == "sam3"
+        assert not again.instance_panel.spins["stability"].isEnabled()
+        again.engine_combo.setCurrentIndex(again.engine_combo.findData("clip"))
+        assert again.instance_panel.spins["stability"].isEnabled()
+        assert not again.instance_panel.spins["stability"].toolTip().startswith("Not used")
+        assert Settings.load().engine == "clip" and again.segment_page.options().engine is None
+        again.mode_combo.setCurrentIndex(again.mode_combo.findData("semantic"))
+        assert again.refine_check.isVisibleTo(again) and again.refine_check.isChecked()  # remembered meanwhile
+    finally:
+        again.shutdown()
+
+
+# --- a gated model's weights ----------------------------------------------------------------------
+def test_a_gated_models_download_sends_the_typed_token_and_shows_the_licence_step(fake_backend, dock, qtbot):
+    dock.resize(520, 900)
+    dock.tabs.setCurrentWidget(dock.backend_page)
+    assert dock.check_backend()
+    panel = dock.models_panel
+    panel.set_weights_model("sam3")
+    assert panel.weights_model() == "sam3" and panel.gated_box.isVisibleTo(dock)
+    assert "https://huggingface.co/facebook/sam3" in panel.gated_label.text() and panel.gated_label.openExternalLinks()
+    assert panel.token_edit.echoMode() == QLineEdit.EchoMode.Password and panel.token_edit.text() == ""
+    assert "not saved" in panel.token_edit.placeholderText()
+
+    def download() -> str:
+        with qtbot.waitSignal(panel.transferred, timeout=TIMEOUT_MS):
+            panel.download()
+        return panel.info_label.text()
+
+    # without a token: no body (the backend's own token, if it has one); the refusal shows whole
+    shown = download()
+    assert fake_backend.downloads == [None]
+    assert shown.startswith("Downloading 'sam3' needs a Hugging Face token. They are gated: sign in at ")
+    assert "accept the licence there" in shown and "token field of the plugin's Models tab" in shown
+    # a token of an account without the licence: sent in the body, refused by the hub
+    qtbot.keyClicks(panel.token_edit, " hf_no_licence ")
+    shown = download()
+    assert fake_backend.downloads[-1] == {"hub_token": "hf_no_licence"}  # stripped
+    assert "refused the download (HTTP 403). They are gated:" in shown and "accept the licence" in shown
+    assert panel.token_edit.text() == " hf_no_licence "  # kept for another try
+    _screenshot(dock, qtbot, "models_sam3.png")
+    # the accepted one: the download runs
+    panel.token_edit.setText(fake_backend.hub_token)
+    panel.download()
+    qtbot.waitUntil(lambda: panel.info_label.text().startswith("Downloading the weights of sam3"), timeout=TIMEOUT_MS)
+    assert fake_backend.downloads[-1] == {"hub_token": fake_backend.hub_token}
+    assert not panel.token_edit.isEnabled() and not panel.download_button.isEnabled()
+    store = QgsSettings()
+    assert not [key for key in store.allKeys() if "hf_" in str(store.value(key))]  # never saved
+    panel.shutdown()
+    # a model that is not gated has no token field
+    panel.set_models([ModelInfo("other", "clip", "plain", downloadable=True)])
+    assert panel.weights_model() == "other" and not panel.gated_box.isVisibleTo(dock)

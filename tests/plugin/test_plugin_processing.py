@@ -385,7 +385,25 @@ def test_an_instance_job_without_objects_and_the_refine_parameter(fake_backend, 
     assert fake_backend.requests[2]["json"]["options"] == {"threshold": 0.3}  # unchecked: the backend's "none"
     algorithm = QgsApplication.processingRegistry().algorithmById("rsov:segment")
     refine = algorithm.parameterDefinition("REFINE")
-    assert refine.description() == "Refine with SAM regions (semantic mode)" and "1024 px tile" in refine.help()
+    assert refine.description() == "Refine with SAM regions (semantic mode, clip engine)"
+    assert "1024 px tile" in refine.help()
+
+
+def test_the_engine_parameter(fake_backend, provider, oem_layer):
+    import processing
+
+    processing.run(
+        "rsov:segment",
+        {"INPUT": oem_layer, "CLASSES": "car; grass", "ENGINE": "sam3", "REFINE": True, "OUTPUT": "TEMPORARY_OUTPUT"},
+    )
+    assert fake_backend.requests[0]["json"]["options"] == {"threshold": 0.3, "engine": "sam3"}  # no refine with SAM 3
+    processing.run(
+        "rsov:segment", {"INPUT": oem_layer, "CLASSES": "car", "ENGINE": "clip", "OUTPUT": "TEMPORARY_OUTPUT"}
+    )
+    assert fake_backend.requests[1]["json"]["options"] == {"threshold": 0.3}  # the backend's default: not sent
+    engine = QgsApplication.processingRegistry().algorithmById("rsov:segment").parameterDefinition("ENGINE")
+    assert engine.options() == ["clip", "sam3"] and engine.defaultValue() == "clip"
+    assert "rsov models --download sam3" in engine.help()
 
 
 @pytest.fixture

@@ -93,9 +93,9 @@ def example_boxes(
         if example.crs is not None and chip.crs is not None:
             geometry = transform_geom(example.crs, chip.crs, geometry)
         minx, miny, maxx, maxy = shape(geometry).bounds
-        cols, rows = (~chip.transform) * (np.array([minx, maxx]), np.array([maxy, miny]))
-        x0, x1 = np.clip(np.sort(cols), 0, width)
-        y0, y1 = np.clip(np.sort(rows), 0, height)
+        corners = [(~chip.transform) @ xy for xy in ((minx, maxy), (maxx, miny))]
+        x0, x1 = np.clip(sorted(c for c, _ in corners), 0, width)
+        y0, y1 = np.clip(sorted(r for _, r in corners), 0, height)
         if x1 > x0 and y1 > y0:
             boxes.setdefault(k, []).append((float(x0), float(y0), float(x1), float(y1)))
     return boxes

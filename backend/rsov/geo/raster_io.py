@@ -459,7 +459,7 @@ def _to_uint8(ds: DatasetReader, band: int, values: np.ndarray, valid: np.ndarra
     if math.isnan(low):  # the whole-raster sample missed every valid pixel: use the chip's
         low, high = np.percentile(values[valid], STRETCH_PERCENTILES)
     # A constant band maps to 0 instead of dividing by zero.
-    span = max(high - low, np.finfo(np.float64).eps)
+    span = max(float(high - low), float(np.finfo(np.float64).eps))
     scaled = (np.nan_to_num(values.astype(np.float64)) - low) * (255.0 / span)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 

@@ -13,24 +13,25 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from functools import lru_cache
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..errors import CancelledError, InputError
 from ..semantic.vocabulary import Vocabulary
 from .masks import clean_mask, crop_mask, mask_nms, merge_across_seams
 from .sam import precision_context
-from .sam3_build import Sam3Size
+from .sam3_build import Sam3Size, clip_bpe_path
 from .types import Instance, InstanceOptions, InstanceSummary, Mask
 
 ProgressFn = Callable[[float, str], None]  # (fraction of the tile done, what is being done)
 # SAM 3 answers every prompt with all its query slots, most of them empty: a slot scoring under this is
 # no detection at all, one between this and the job's threshold is counted "below the object threshold".
 DETECTION_FLOOR = 0.05
+TEXT_CACHE = 4096  # prompt encodings kept (32 KiB each at the published size)
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in tile pixels
 
 
@@ -86,6 +87,28 @@ def concept_prompts(
     ]
 
 
+@lru_cache(maxsize=1)
+def _tokenizer():
+    try:
+        from sam3.model.tokenizer_ve import SimpleTokenizer
+    except ImportError as exc:
+        raise InputError(f"The sam3 engine needs the `sam3` package ({exc}): pip install 'rsov[sam3]'.") from exc
+
+    return SimpleTokenizer(bpe_path=clip_bpe_path())
+
+
+def check_prompt_lengths(prompts: list[ConceptPrompt], size: Sam3Size) -> None:
+    """Refuse a prompt SAM 3 would silently cut, naming the limit (its text context less start and end)."""
+    limit = size.text_context - 2
+    for prompt in prompts:
+        n = len(_tokenizer().encode(prompt.text))
+        if n > limit:
+            raise InputError(
+                f"The prompt '{prompt.text}' is {n} word pieces long; SAM 3 reads at most {limit}: "
+                "shorten it or split it into synonyms."
+            )
+
+
 class Sam3Detector:
     """SAM 3's image model behind the ``ConceptDetector`` protocol, with its processor's preprocessing.
 
@@ -95,7 +118,7 @@ class Sam3Detector:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Any,  # sam3's Sam3Image (untyped)
         size: Sam3Size,
         weights_id: str,
         device: torch.device,
@@ -112,28 +135,12 @@ class Sam3Detector:
         self.processor = Sam3Processor(model, resolution=size.image_size, device=str(device))
         self.cache_bytes = cache_bytes
         self._tiles: OrderedDict[str, dict] = OrderedDict()
-        self._texts: dict[str, dict] = {}
+        self._texts: OrderedDict[str, dict] = OrderedDict()  # the last TEXT_CACHE prompts' encodings
         self.encoded_tiles = 0  # tiles whose image embedding was computed (not taken from the cache)
         self.prompt_calls = 0  # grounding passes run
 
-    @property
-    def prompt_tokens(self) -> int:
-        """Words-pieces one prompt may have: the text encoder's context less its start and end tokens."""
-        return self.size.text_context - 2
-
     def check_prompts(self, prompts: list[ConceptPrompt]) -> None:
-        """Refuse a prompt SAM 3 would silently cut, naming the limit."""
-        tokenizer = self.model.backbone.language_backbone.tokenizer
-        for prompt in prompts:
-            n = len(tokenizer.encode(prompt.text))
-            if n > self.prompt_tokens:
-                raise InputError(
-                    f"The prompt '{prompt.text}' is {n} word pieces long; SAM 3 reads at most {self.prompt_tokens}: "
-                    "shorten it or split it into synonyms."
-                )
-
-    def cached(self, key: str) -> bool:
-        return key in self._tiles
+        check_prompt_lengths(prompts, self.size)
 
     def _embedding(self, tile: np.ndarray, key: str, precision: str) -> dict:
         key = f"{key}|{precision}"
@@ -151,6 +158,9 @@ class Sam3Detector:
 
     def _text(self, texts: list[str]) -> dict:
         """The language features of ``texts``, batched along the prompt axis."""
+        for text in texts:  # the batch's own encodings are the newest: eviction never takes them
+            if text in self._texts:
+                self._texts.move_to_end(text)
         missing = [t for t in dict.fromkeys(texts) if t not in self._texts]
         if missing:
             out = self.model.backbone.forward_text(missing, device=str(self.device))
@@ -159,6 +169,8 @@ class Sam3Detector:
                     "language_features": out["language_features"][:, i : i + 1],
                     "language_mask": out["language_mask"][i : i + 1],
                 }
+            while len(self._texts) > max(TEXT_CACHE, len(texts)):
+                self._texts.popitem(last=False)
         return {
             name: torch.cat([self._texts[t][name] for t in texts], dim=1 if name == "language_features" else 0)
             for name in ("language_features", "language_mask")

@@ -273,7 +273,7 @@ def _allow_cpu_only() -> None:
             return self
 
         pin_memory.rsov_cpu_only = True  # type: ignore[attr-defined]
-        torch.Tensor.pin_memory = pin_memory  # type: ignore[method-assign]
+        torch.Tensor.pin_memory = pin_memory  # type: ignore[method-assign,assignment]
 
 
 def build_sam3(size: Sam3Size = SAM3_FULL, bpe_path: str | None = None) -> nn.Module:

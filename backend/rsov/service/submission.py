@@ -18,6 +18,8 @@ from ..engine import SegmentRequest, request_from_options
 from ..errors import InputError
 from ..geo.instance_io import read_examples
 from ..geo.raster_io import check_header, open_raster
+from ..instance.concepts import check_prompt_lengths, concept_prompts
+from ..instance.sam3_build import SAM3_FULL
 from ..semantic.text import TEMPLATE_SETS
 from ..semantic.vocabulary import build_vocabulary
 from ..tiled import plan
@@ -125,6 +127,8 @@ def build_request(service: Service, body: JobRequest, raster: str) -> SegmentReq
         )
         vocabulary = build_vocabulary(list(request.classes), request.background)
         engine.text_embedder(request.templates)
+        if request.engine == "sam3":  # refused now, with SAM 3's limit, not after the CLIP pass
+            check_prompt_lengths(concept_prompts(vocabulary), SAM3_FULL)
         names = {n.lower() for n in vocabulary.names}
         for example in request.examples:
             if example.class_name.lower() not in names:

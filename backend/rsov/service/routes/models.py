@@ -46,7 +46,11 @@ def models(service: ServiceDep) -> ModelList:
     return ModelList.model_validate({"models": rows})
 
 
-@router.post("/v1/models/{name}/download", status_code=202, responses=documented("unauthorized", "no_such_model"))
+@router.post(
+    "/v1/models/{name}/download",
+    status_code=202,
+    responses=documented("unauthorized", "no_such_model", "invalid_request"),
+)
 def download_model(name: str, service: ServiceDep, body: DownloadRequest | None = None) -> ModelTransfer:
     """Download a model's weights into the cache, verified; progress in GET /v1/models. A gated model
     (SAM 3) takes a hub token in the body; a refusal is the transfer's error, naming the licence step."""
