@@ -140,7 +140,7 @@ SAM3_MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             "sam3",
             "sam3",
-            "Meta Segment Anything 3 (848M; gated: accept its licence on the hub first)",
+            "Meta Segment Anything 3 (840M parameters; gated: accept its licence on the hub first)",
             checkpoint="sam3.pt",
             source_url=_SAM3_HUB + "/resolve/main/sam3.pt",
             licence_url=_SAM3_HUB,

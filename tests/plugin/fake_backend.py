@@ -215,7 +215,8 @@ class FakeBackend:
                             "name": SAM3,
                             "kind": "sam3",
                             "arch": "sam3",
-                            "description": "Meta Segment Anything 3 (848M; gated: accept its licence on the hub first)",
+                            "description": "Meta Segment Anything 3 (840M parameters; gated: accept its licence "
+                            "on the hub first)",
                             "weights_present": False,
                             "path": None,
                             "size_bytes": None,

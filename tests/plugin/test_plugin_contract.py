@@ -481,7 +481,7 @@ def test_the_engines_the_plugin_offers_are_the_contracts():
 
 def test_the_gated_model_row_is_one_the_plugin_knows():
     assert "sam3" in COMPONENTS["schemas"]["ModelRow"]["properties"]["kind"]["enum"]
-    row = {"name": "sam3", "kind": "sam3", "description": "Meta Segment Anything 3 (848M; gated: accept ...)"}
+    row = {"name": "sam3", "kind": "sam3", "description": "Meta SAM 3 (gated: accept its licence ...)"}
     assert backend_client.ModelInfo.from_json(row).gated
     assert not backend_client.ModelInfo.from_json(dict(row, name="sam-vit-b", kind="sam", description="SAM")).gated
     assert set(COMPONENTS["schemas"]["DownloadRequest"]["properties"]) == {"hub_token"}  # what download_model sends
