@@ -482,6 +482,17 @@ def test_instance_seen_unseen_split_and_cache(shared_data, tmp_path, spacenet_ma
         assert png.format == "PNG"
 
 
+def potsdam_with_the_tiny_model(shared_data, out, *more) -> list:
+    """``rsov eval semantic`` arguments: the Potsdam sample with the tiny model, on the CPU."""
+    return [
+        "semantic",
+        *("--dataset", "potsdam", "--model", "tiny-random", "--templates", "plain", "--device", "cpu"),
+        *("--images", shared_data / "potsdam" / "img_dir", "--labels", shared_data / "potsdam" / "ann_dir"),
+        *more,
+        *("--out", out, "--quiet"),
+    ]
+
+
 def test_real_engine_with_the_tiny_model(shared_data, tmp_path, monkeypatch):
     """The real loading path (load_engine), on the Potsdam sample: the tiny model's (meaningless) class map
     is scored exactly as computed here by hand from that map and the label."""
@@ -499,27 +510,7 @@ def test_real_engine_with_the_tiny_model(shared_data, tmp_path, monkeypatch):
 
     segmenter = Recording("cpu")
     with pytest.warns(UserWarning):  # the tiny model says its output is meaningless
-        code = run_eval(
-            parse(
-                "semantic",
-                "--dataset",
-                "potsdam",
-                "--images",
-                shared_data / "potsdam" / "img_dir",
-                "--labels",
-                shared_data / "potsdam" / "ann_dir",
-                "--model",
-                "tiny-random",
-                "--templates",
-                "plain",
-                "--device",
-                "cpu",
-                "--out",
-                out,
-                "--quiet",
-            ),
-            segmenter,
-        )
+        code = run_eval(parse(*potsdam_with_the_tiny_model(shared_data, out)), segmenter)
     assert code == 0
     run = results(out)["runs"][0]
     assert run["options"]["model"] == "tiny-random"
@@ -665,29 +656,8 @@ def test_semantic_sweep_over_engines_with_the_tiny_models(shared_data, tmp_path,
     out = tmp_path / "engines"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tiny models say their output is meaningless
-        code = run_eval(
-            parse(
-                "semantic",
-                "--dataset",
-                "potsdam",
-                "--images",
-                shared_data / "potsdam" / "img_dir",
-                "--labels",
-                shared_data / "potsdam" / "ann_dir",
-                "--model",
-                "tiny-random",
-                "--templates",
-                "plain",
-                "--device",
-                "cpu",
-                "--sweep",
-                "engine=clip,sam3",
-                "--out",
-                out,
-                "--quiet",
-            ),
-            EngineSegmenter("cpu"),
-        )
+        args = potsdam_with_the_tiny_model(shared_data, out, "--sweep", "engine=clip,sam3")
+        code = run_eval(parse(*args), EngineSegmenter("cpu"))
     assert code == 0
     runs = results(out)["runs"]
     assert [r["swept"] for r in runs] == [{"engine": "clip"}, {"engine": "sam3"}]

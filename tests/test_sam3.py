@@ -309,3 +309,23 @@ def test_cli_sam3_semantic_and_instance(tiny_sam3, make_geotiff, tmp_path, capsy
         cli.main(["batch", str(path), "--engine", "sam3", "--classes", "roof", "--out-dir", str(tmp_path / "b")]) != 0
     )
     assert "rsov batch streams whole rasters" in capsys.readouterr().err
+
+
+def test_a_cancel_stops_between_prompt_batches(tiny_sam3, make_geotiff):
+    from rsov.errors import CancelledError
+
+    name, _ = tiny_sam3
+    path = make_geotiff(paint(), crs="EPSG:25832", transform=TRANSFORM)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        engine = load_engine(models.TINY_MODEL, "cpu", sam3_model=name)
+    asked = []
+
+    def cancelled() -> bool:  # the job's first look (before the first tile) says go on, the next says stop
+        asked.append(1)
+        return len(asked) > 1
+
+    job = replace(request(path), classes=("roof,house,building", "pool,swimming pool", "car,vehicle"))
+    with pytest.raises(CancelledError):
+        engine.segment(job, cancelled=cancelled)
+    assert engine.detector.prompt_calls == 1  # 7 prompts are 2 batches of 4: the second never ran

@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -217,29 +218,19 @@ class Engine:
         self._text_factory = text_factory
         self._predictors: dict[tuple[str, ...], Predictor] = {}
         self._proposer_factory = proposer_factory
-        self._proposer: Proposer | None = None
         self._detector_factory = detector_factory
-        self._detector: ConceptDetector | None = None
         self.windows_per_s = DEFAULT_WINDOWS_PER_S.get(self.device.type, 4.0)  # updated as windows are encoded
         self.sam_tile_s = DEFAULT_SAM_TILE_S.get(self.device.type, 60.0)  # updated after each instance job
 
-    @property
+    @cached_property
     def proposer(self) -> Proposer:
         """The instance-mode mask proposer (SAM), built on first use."""
-        if self._proposer is None:
-            if self._proposer_factory is None:
-                raise InputError("Instance mode needs a Segment Anything model, and this engine has none.")
-            self._proposer = self._proposer_factory()
-        return self._proposer
+        return _build(self._proposer_factory, "Instance mode needs a Segment Anything model")
 
-    @property
+    @cached_property
     def detector(self) -> ConceptDetector:
         """The SAM 3 concept detector (``engine`` sam3), built on first use."""
-        if self._detector is None:
-            if self._detector_factory is None:
-                raise InputError("The sam3 engine needs a SAM 3 model, and this backend was started without one.")
-            self._detector = self._detector_factory()
-        return self._detector
+        return _build(self._detector_factory, "The sam3 engine needs a SAM 3 model")
 
     def predictor(self, templates: str = "openai") -> Predictor:
         """The predictor for a template set name or file, kept with its text cache and cast models.
@@ -751,6 +742,12 @@ class Engine:
         instances, summary = classify(predictor, chip.image, masks, vocabulary, request.scoring, options, bank)
         timings["classify_s"] = time.perf_counter() - t
         return instances, replace(summary, proposals=len(proposals), too_small=len(proposals) - len(masks))
+
+
+def _build(factory: Callable[[], Any] | None, needs: str) -> Any:
+    if factory is None:
+        raise InputError(f"{needs}, and this engine has none.")
+    return factory()
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -285,6 +285,8 @@ def detect_concepts(
         prompts = concept_prompts(vocabulary, classes, local)
 
         def tile_progress(fraction: float, text: str, index: int = index) -> None:
+            if cancelled is not None and cancelled():  # after each prompt batch: a CPU tile takes minutes
+                raise CancelledError("The job was cancelled.")
             if progress is not None:
                 progress((index + fraction) / len(tiles), f"tile {index + 1}/{len(tiles)}, {text}")
 
