@@ -651,7 +651,7 @@ def test_a_gated_models_download_sends_the_typed_token_and_shows_the_licence_ste
     shown = download()
     assert fake_backend.downloads == [None]
     assert shown.startswith("Downloading 'sam3' needs a Hugging Face token. They are gated: sign in at ")
-    assert "accept the licence there" in shown and "token field of the plugin's Models tab" in shown
+    assert "accept the licence there" in shown and "Hub token field in the plugin's Backend tab" in shown
     # a token of an account without the licence: sent in the body, refused by the hub
     qtbot.keyClicks(panel.token_edit, " hf_no_licence ")
     shown = download()
