@@ -152,6 +152,18 @@ def sam_tile_key(job_plan: Plan) -> str:
     return repr((job_plan.raster_id, job_plan.indexes, job_plan.area))
 
 
+def chip_tiles(
+    work: Plan, tiles: list[tuple[int, int, int, int]] | None
+) -> tuple[tuple[int, int], list[tuple[int, int, int, int]] | None, str]:
+    """The work chip's place on the raster, the raster's tiles in chip pixels (None: the output is decimated,
+    tiles slide over the chip) and the cache key naming the chip's pixels."""
+    origin = (work.out.row0, work.out.col0)
+    if tiles is None:
+        return origin, None, repr((sam_tile_key(work), work.out))
+    local = [(y0 - origin[0], x0 - origin[1], y1 - origin[0], x1 - origin[1]) for y0, x0, y1, x1 in tiles]
+    return origin, local, sam_tile_key(work)
+
+
 # In-memory results (``Engine.segment``) hold whole maps; larger extents stream (see ``streaming``).
 IN_MEMORY_MAX_PX = 64_000_000
 
@@ -580,13 +592,11 @@ class Engine:
         tiles, work = self._sam_tiles(request, asked)
         chip = self._read_chip(request, asked, work, tiles, timings, report)
         shape = height, width = chip.valid.shape
-        origin = (work.out.row0, work.out.col0)
-        local = (
-            sliding_windows(height, width, request.instance.tile, request.instance.tile - request.instance.tile_overlap)
-            if tiles is None
-            else [(y0 - origin[0], x0 - origin[1], y1 - origin[0], x1 - origin[1]) for y0, x0, y1, x1 in tiles]
-        )
-        key = sam_tile_key(work) if tiles is not None else repr((sam_tile_key(work), work.out))
+        origin, local, key = chip_tiles(work, tiles)
+        if local is None:
+            local = sliding_windows(
+                height, width, request.instance.tile, request.instance.tile - request.instance.tile_overlap
+            )
         t = time.perf_counter()
         stats = WindowStats()
         share = 0.0
@@ -616,8 +626,7 @@ class Engine:
             lambda f, text: report(f"finding objects with SAM 3: {text}", share + (0.93 - share) * f),
         )
         timings["concepts_s"] = time.perf_counter() - t
-        if isinstance(self.detector, Sam3Detector):
-            self.sam_tile_s = timings["concepts_s"] / max(len(local), 1)
+        self.sam_tile_s = timings["concepts_s"] / max(len(local), 1)
         class_map, score_map = paint_instances(instances, shape)
         if semantic:
             class_map, score_map = fuse_with_stuff(class_map, score_map, clip_classes, clip_scores)
@@ -698,13 +707,7 @@ class Engine:
             if options.class_prompts
             else np.zeros((0, 3))
         )
-        origin = (work.out.row0, work.out.col0)
-        local = (
-            None
-            if tiles is None
-            else [(y0 - origin[0], x0 - origin[1], y1 - origin[0], x1 - origin[1]) for y0, x0, y1, x1 in tiles]
-        )
-        key = sam_tile_key(work) if tiles is not None else repr((sam_tile_key(work), work.out))
+        origin, local, key = chip_tiles(work, tiles)
         proposals = propose(
             self.proposer,
             chip.image,
